@@ -1,0 +1,49 @@
+"""zmqrelay: an asyncio library for embedding a ZeroMQ request-reply broker in Python apps.
+
+Clients connect to the broker's ROUTER *frontend*, workers connect (never bind) to its
+*backend*, and the broker shuttles multipart frames between them::
+
+    from zmqrelay import AsyncClient, AsyncWorker, Broker
+
+    async with Broker(frontend="tcp://*:5559", backend="tcp://*:5560"):
+        ...
+"""
+
+from zmqrelay._aio.broker import Broker, Endpoints
+from zmqrelay._aio.client import AsyncClient
+from zmqrelay._aio.worker import AsyncWorker, FramesHandler, Handler
+from zmqrelay._core.client import ClientStatistics
+from zmqrelay._core.relay import BrokerStatistics
+from zmqrelay._core.worker import WorkerStatistics
+from zmqrelay.errors import (
+    ClosedError,
+    EndpointError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteError,
+    RemoteProtocolError,
+    RequestTimeout,
+    ZmqRelayError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "AsyncWorker",
+    "Broker",
+    "BrokerStatistics",
+    "ClientStatistics",
+    "ClosedError",
+    "Endpoints",
+    "EndpointError",
+    "FramesHandler",
+    "Handler",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteProtocolError",
+    "RequestTimeout",
+    "WorkerStatistics",
+    "ZmqRelayError",
+]

@@ -1,0 +1,187 @@
+"""The client: awaitable requests, many in flight on one socket, matched to replies by id."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Sequence
+from types import EllipsisType
+
+import anyio
+import anyio.abc
+import zmq
+import zmq.asyncio
+from anyio.lowlevel import checkpoint
+
+from zmqrelay._aio import sockets
+from zmqrelay._aio.service import Service
+from zmqrelay._core.client import ClientStatistics, Correlator, Reply
+from zmqrelay.errors import ClosedError, RemoteProtocolError, RequestTimeout
+
+logger = logging.getLogger("zmqrelay.client")
+
+_Waiter = asyncio.Future[Reply]
+
+
+class AsyncClient(Service):
+    """Send requests to a broker's frontend and await their replies.
+
+    One DEALER socket carries any number of requests at once. Each request goes out as
+    ``[tag, b"", body...]``, where the tag frame carries a request id (as libzmq's
+    ``ZMQ_REQ_CORRELATE`` does); stock REP workers echo it back untouched, and replies are
+    matched by id in whatever order they come. The client is safe to share between the tasks
+    of one event loop.
+
+    Use it as an async context manager (or run :meth:`run` in a task group)::
+
+        async with AsyncClient("tcp://localhost:5559") as client:
+            reply = await client.request(b"Hello", timeout=2.5)
+
+    Args:
+        endpoint: the broker's frontend, e.g. ``"tcp://localhost:5559"``.
+        context: the ``zmq.asyncio.Context``; defaults to the process-wide instance.
+        timeout: the default timeout of a request in seconds (``None``: wait forever).
+        routing_id: this client's identity on the wire (by default libzmq picks one).
+        linger: seconds unsent requests may still go out after the socket closes.
+    """
+
+    _kind = "client"
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        context: zmq.asyncio.Context | None = None,
+        timeout: float | None = None,
+        routing_id: bytes | None = None,
+        linger: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self._endpoint = endpoint
+        self._context = context
+        self._timeout = timeout
+        self._routing_id = routing_id
+        self._linger = linger
+        self._correlator: Correlator[_Waiter] = Correlator(secrets.randbits(64))
+        self._socket: sockets.AsyncSocket | None = None
+        self._sync: sockets.SyncSocket | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<AsyncClient {self._state} endpoint={self._endpoint!r} "
+            f"in_flight={self._correlator.in_flight}>"
+        )
+
+    def statistics(self) -> ClientStatistics:
+        """A snapshot of the client's counters."""
+        return self._correlator.statistics()
+
+    async def request(self, body: bytes, *, timeout: float | None | EllipsisType = ...) -> bytes:
+        """Send a single-frame request and return the single-frame reply.
+
+        Args:
+            body: the request.
+            timeout: seconds to wait for the reply; ``None`` waits forever; by default the
+                client's ``timeout``.
+
+        Raises:
+            RequestTimeout: no reply in time (also a :class:`TimeoutError`).
+            RemoteError: the worker's handler raised.
+            RemoteProtocolError: the reply has more than one frame (use :meth:`request_frames`).
+            ClosedError: the client is not running.
+        """
+        reply = await self.request_frames([body], timeout=timeout)
+        if len(reply) != 1:
+            raise RemoteProtocolError(
+                f"expected a single-frame reply, got {len(reply)} frames; use request_frames()"
+            )
+        return reply[0]
+
+    async def request_frames(
+        self, frames: Sequence[bytes], *, timeout: float | None | EllipsisType = ...
+    ) -> list[bytes]:
+        """Send a multipart request and return the reply's frames.
+
+        Raises the same errors as :meth:`request`, and :class:`LocalProtocolError` when
+        ``frames`` is empty.
+        """
+        sock, sync = self._socket, self._sync
+        if sock is None or sync is None or self._state != "running":
+            raise ClosedError(f"the client is {self._state}; use it inside 'async with'")
+        limit = self._timeout if timeout is ... else timeout
+        waiter: _Waiter = asyncio.get_running_loop().create_future()
+        request_id, message = self._correlator.open(waiter, frames)
+        try:
+            with anyio.fail_after(limit):
+                await sockets.send(sock, sync, message)
+                reply = await waiter
+        except TimeoutError:
+            self._correlator.timeouts += 1
+            raise RequestTimeout(f"no reply within {limit} s") from None
+        except zmq.ZMQError as exc:
+            raise ClosedError(f"the client's socket failed: {exc}") from exc
+        finally:
+            self._correlator.close(request_id)
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()  # retrieved here if the send, not the wait, ended the call
+        return reply.result()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Connect and match replies to requests until cancelled or closed.
+
+        Reports readiness through ``task_status`` once requests can be sent. When it stops,
+        requests still waiting fail with :class:`ClosedError`. A client runs once.
+
+        Raises:
+            EndpointError: ``endpoint`` is not a valid address.
+        """
+        self._claim()
+        try:
+            sock = sockets.open_socket(
+                sockets.get_context(self._context), zmq.DEALER, routing_id=self._routing_id
+            )
+        except BaseException:
+            self._finish()
+            raise
+        try:
+            sockets.connect(sock, self._endpoint)
+            self._socket, self._sync = sock, sockets.shadow(sock)
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(self._receive, sock, self._sync)
+                self._state = "running"
+                self._ready.set()
+                task_status.started()
+                await self._close_requested.wait()
+                task_group.cancel_scope.cancel()
+        finally:
+            self._state = "closing"
+            self._socket = self._sync = None
+            for waiter in self._correlator.waiters():
+                if not waiter.done():
+                    waiter.set_exception(ClosedError("the client closed before the reply came"))
+            sockets.close(sock, self._linger)
+            self._finish()
+
+    async def _receive(self, sock: sockets.AsyncSocket, sync: sockets.SyncSocket) -> None:
+        receive = sync.recv_multipart
+        match = self._correlator.receive
+        batch = range(512)
+        while True:
+            await sock.poll(None, sockets.POLLIN)
+            for _ in batch:
+                try:
+                    frames = receive(sockets.NOBLOCK)
+                except zmq.Again:
+                    break
+                matched = match(frames)
+                if matched is not None:
+                    waiter, reply = matched
+                    if not waiter.done():
+                        waiter.set_result(reply)
+            else:
+                await checkpoint()
+
+    async def aclose(self) -> None:
+        """Close the client; requests still waiting fail with :class:`ClosedError`."""
+        await super().aclose()

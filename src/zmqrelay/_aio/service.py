@@ -1,0 +1,78 @@
+"""What the broker, the worker and the client share: run once, report ready, close gracefully."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+
+from zmqrelay.errors import ClosedError
+
+
+class Service:
+    """A long-running object served by ``run()`` and usable as an async context manager.
+
+    Subclasses implement :meth:`run`, which calls :meth:`_claim` first, reports readiness
+    through ``task_status``, watches :attr:`_close_requested` to stop gracefully, and calls
+    :meth:`_finish` when it has closed its sockets.
+    """
+
+    _kind = "service"
+
+    def __init__(self) -> None:
+        self._state = "new"
+        self._ready = anyio.Event()
+        self._close_requested = anyio.Event()
+        self._closed = anyio.Event()
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled or closed."""
+        raise NotImplementedError
+
+    def _claim(self) -> None:
+        if self._state != "new":
+            raise ClosedError(f"the {self._kind} is {self._state}; it runs only once")
+        self._state = "starting"
+
+    def _finish(self) -> None:
+        self._state = "closed"
+        self._closed.set()
+
+    async def aclose(self) -> None:
+        """Stop gracefully and wait until closed. Safe to call more than once, or before start."""
+        if self._state == "new":
+            self._finish()
+            return
+        self._close_requested.set()
+        await self._closed.wait()
+
+    async def __aenter__(self) -> Self:
+        """Run in a background task and return once ready."""
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        try:
+            await task_group.start(self.run)
+        except BaseException:
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(None, None, None)
+            raise
+        self._task_group = task_group
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        """Close and wait: gracefully (as :meth:`aclose`), or at once if the block raised."""
+        task_group, self._task_group = self._task_group, None
+        assert task_group is not None, "__aexit__ without __aenter__"
+        if exc is None:
+            self._close_requested.set()
+        else:
+            task_group.cancel_scope.cancel()
+        return await task_group.__aexit__(exc_type, exc, tb)

@@ -1,0 +1,122 @@
+"""Socket creation, options, binding, closing, and the translation of ``zmq`` errors.
+
+Every socket zmqrelay opens is made here, so options and error handling live in one place.
+The hot loops receive and send through a synchronous *shadow* of each ``zmq.asyncio`` socket
+with plain integer flags: a non-blocking call on the shadow costs a fraction of an awaited one,
+and awaiting is needed only when a socket has nothing to read or cannot take more.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import zmq
+import zmq.asyncio
+
+from zmqrelay.errors import ClosedError, EndpointError
+
+NOBLOCK = int(zmq.NOBLOCK)
+POLLIN = int(zmq.POLLIN)
+POLLOUT = int(zmq.POLLOUT)
+EHOSTUNREACH = zmq.EHOSTUNREACH
+
+AsyncSocket = zmq.asyncio.Socket
+SyncSocket = zmq.Socket[bytes]
+
+
+def get_context(context: zmq.asyncio.Context | None) -> zmq.asyncio.Context:
+    """``context``, or the process-wide asyncio context when it is ``None``."""
+    return context if context is not None else zmq.asyncio.Context.instance()
+
+
+def open_socket(
+    context: zmq.asyncio.Context,
+    kind: int,
+    *,
+    routing_id: bytes | None = None,
+    router_mandatory: bool = False,
+    max_message_size: int | None = None,
+    high_water_mark: int | None = None,
+) -> AsyncSocket:
+    """A new ``zmq.asyncio`` socket of ``kind`` with zmqrelay's options set.
+
+    Raises:
+        ClosedError: the context is terminated.
+    """
+    try:
+        sock = context.socket(kind)
+    except zmq.ZMQError as exc:
+        raise ClosedError(f"cannot open a socket: {exc}") from exc
+    options: list[tuple[int, int | bytes]] = []
+    if routing_id is not None:
+        options.append((zmq.ROUTING_ID, routing_id))
+    if router_mandatory:
+        options.append((zmq.ROUTER_MANDATORY, 1))
+    if max_message_size is not None:
+        options.append((zmq.MAXMSGSIZE, max_message_size))
+    if high_water_mark is not None:
+        options += [(zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark)]
+    try:
+        for option, value in options:
+            sock.setsockopt(option, value)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        raise ValueError(f"invalid socket option {option!r}={value!r}: {exc}") from exc
+    return sock
+
+
+def shadow(sock: AsyncSocket) -> SyncSocket:
+    """A synchronous handle on the same libzmq socket, for non-blocking calls."""
+    return zmq.Socket.shadow(sock.underlying)
+
+
+@contextmanager
+def translated(action: str, endpoint: str) -> Iterator[None]:
+    """Turn a ``zmq.ZMQError`` raised while binding or connecting into an :class:`EndpointError`."""
+    try:
+        yield
+    except zmq.ZMQError as exc:
+        raise EndpointError(
+            exc.errno or errno.EINVAL, f"cannot {action} {endpoint!r}: {exc.strerror}"
+        ) from exc
+
+
+def bind(sock: AsyncSocket, endpoint: str) -> str:
+    """Bind ``sock`` to ``endpoint`` and return the endpoint it really bound.
+
+    ``tcp://127.0.0.1:*`` and ``tcp://127.0.0.1:0`` pick a free port; the result names it.
+
+    Raises:
+        EndpointError: the endpoint is invalid or in use.
+    """
+    with translated("bind", endpoint):
+        sock.bind(endpoint)
+    bound = sock.getsockopt(zmq.LAST_ENDPOINT)
+    assert isinstance(bound, bytes)
+    return bound.decode()
+
+
+def connect(sock: AsyncSocket, endpoint: str) -> None:
+    """Connect ``sock`` to ``endpoint``; the connection itself completes in the background.
+
+    Raises:
+        EndpointError: the endpoint is invalid.
+    """
+    with translated("connect to", endpoint):
+        sock.connect(endpoint)
+
+
+def close(sock: AsyncSocket, linger: float) -> None:
+    """Close ``sock``, letting queued messages go out for up to ``linger`` seconds."""
+    if not sock.closed:
+        sock.close(linger=max(0, round(linger * 1000)))
+
+
+async def send(sock: AsyncSocket, sync: SyncSocket, frames: list[bytes]) -> None:
+    """Send ``frames`` at once if the socket takes them, else wait until it can."""
+    try:
+        sync.send_multipart(frames, NOBLOCK)
+    except zmq.Again:
+        await sock.send_multipart(frames)

@@ -1,0 +1,259 @@
+"""The worker: connects to the broker's backend and answers requests with an async handler."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, overload
+
+import anyio
+import anyio.abc
+import zmq
+import zmq.asyncio
+from anyio.lowlevel import checkpoint
+
+from zmqrelay._aio import sockets
+from zmqrelay._aio.service import Service
+from zmqrelay._core.worker import Request, WorkerStatistics, decode_request
+from zmqrelay.errors import RemoteProtocolError
+
+logger = logging.getLogger("zmqrelay.worker")
+
+Handler = Callable[[bytes], Awaitable[bytes]]
+"""A handler of single-frame requests: ``async def handle(request: bytes) -> bytes``."""
+FramesHandler = Callable[[list[bytes]], Awaitable[Sequence[bytes]]]
+"""A handler of multipart requests: ``async def handle(frames: list[bytes]) -> list[bytes]``."""
+
+
+class AsyncWorker(Service):
+    """Serve requests from a broker's backend with an async handler.
+
+    The worker connects (never binds) a DEALER socket to ``endpoint`` and hands each request's
+    body to ``handler``, up to ``concurrency`` at once, sending every reply back with the
+    request's own envelope. It speaks to any broker that forwards ``[envelope..., b"",
+    body...]`` to its workers, such as zmqrelay's relay mode or the ZeroMQ guide's ``rrbroker``.
+
+    A handler that raises does not stop the worker: a zmqrelay client receives a
+    :class:`~zmqrelay.RemoteError` naming the exception, a plain REQ client a single frame
+    ``b"zmqrelay-error: <type>: <message>"``; the exception is logged on the
+    ``zmqrelay.worker`` logger. A request whose handler is cancelled because the worker stops
+    is answered the same way, with the type ``"WorkerStopped"``.
+
+    Args:
+        endpoint: the broker's backend, e.g. ``"tcp://localhost:5560"``.
+        handler: ``async def handle(request: bytes) -> bytes``, or with ``frames=True``
+            ``async def handle(frames: list[bytes]) -> Sequence[bytes]``.
+        frames: pass the request's body frames as a list instead of a single ``bytes``. A
+            single-frame handler answers a multipart request with an error reply.
+        concurrency: how many requests are handled at once; the rest wait in the socket.
+        context: the ``zmq.asyncio.Context``; defaults to the process-wide instance.
+        routing_id: this worker's identity on the wire (by default libzmq picks one).
+        drain_timeout: on :meth:`aclose`, how long requests in hand may take to finish before
+            their handlers are cancelled.
+        linger: seconds unsent replies may still go out after the socket closes.
+
+    Example::
+
+        async def handle(request: bytes) -> bytes:
+            return request.upper()
+
+        await AsyncWorker("tcp://localhost:5560", handle, concurrency=16).run()
+    """
+
+    _kind = "worker"
+
+    @overload
+    def __init__(
+        self,
+        endpoint: str,
+        handler: Handler,
+        *,
+        frames: Literal[False] = False,
+        concurrency: int = 1,
+        context: zmq.asyncio.Context | None = None,
+        routing_id: bytes | None = None,
+        drain_timeout: float = 5.0,
+        linger: float = 1.0,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        endpoint: str,
+        handler: FramesHandler,
+        *,
+        frames: Literal[True],
+        concurrency: int = 1,
+        context: zmq.asyncio.Context | None = None,
+        routing_id: bytes | None = None,
+        drain_timeout: float = 5.0,
+        linger: float = 1.0,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        endpoint: str,
+        handler: Handler | FramesHandler,
+        *,
+        frames: bool = False,
+        concurrency: int = 1,
+        context: zmq.asyncio.Context | None = None,
+        routing_id: bytes | None = None,
+        drain_timeout: float = 5.0,
+        linger: float = 1.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        super().__init__()
+        self._endpoint = endpoint
+        self._handler: Callable[[Any], Awaitable[Any]] = handler
+        self._frames = frames
+        self._concurrency = concurrency
+        self._context = context
+        self._routing_id = routing_id
+        self._drain_timeout = drain_timeout
+        self._linger = linger
+        self._in_flight = 0
+        self._requests_received = 0
+        self._replies_sent = 0
+        self._handler_errors = 0
+        self._malformed_requests = 0
+        self._slot_freed = anyio.Event()
+        self._idle = anyio.Event()
+
+    def __repr__(self) -> str:
+        return (
+            f"<AsyncWorker {self._state} endpoint={self._endpoint!r} "
+            f"in_flight={self._in_flight}/{self._concurrency}>"
+        )
+
+    def statistics(self) -> WorkerStatistics:
+        """A snapshot of the worker's counters."""
+        return WorkerStatistics(
+            requests_received=self._requests_received,
+            replies_sent=self._replies_sent,
+            handler_errors=self._handler_errors,
+            malformed_requests=self._malformed_requests,
+            in_flight=self._in_flight,
+            concurrency=self._concurrency,
+        )
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Connect and serve requests until cancelled or closed.
+
+        Reports readiness through ``task_status`` once the socket is connecting (libzmq
+        completes the connection in the background and keeps retrying if the broker is not
+        up). On cancellation, handlers in progress are cancelled at once; after
+        :meth:`aclose` they first get ``drain_timeout`` seconds to finish. The socket is
+        closed before this returns. A worker runs once.
+
+        Raises:
+            EndpointError: ``endpoint`` is not a valid address.
+            ClosedError: the worker already ran, or its context was terminated.
+        """
+        self._claim()
+        try:
+            sock = sockets.open_socket(
+                sockets.get_context(self._context), zmq.DEALER, routing_id=self._routing_id
+            )
+        except BaseException:
+            self._finish()
+            raise
+        try:
+            sockets.connect(sock, self._endpoint)
+            async with anyio.create_task_group() as task_group:
+                intake = anyio.CancelScope()
+                task_group.start_soon(self._receive, sock, task_group, intake)
+                self._state = "running"
+                self._ready.set()
+                task_status.started()
+                await self._close_requested.wait()
+                self._state = "draining"
+                intake.cancel()
+                self._idle = anyio.Event()
+                if self._in_flight:
+                    with anyio.move_on_after(self._drain_timeout):
+                        await self._idle.wait()
+                task_group.cancel_scope.cancel()
+        finally:
+            sockets.close(sock, self._linger)
+            self._finish()
+
+    async def _receive(
+        self,
+        sock: sockets.AsyncSocket,
+        task_group: anyio.abc.TaskGroup,
+        intake: anyio.CancelScope,
+    ) -> None:
+        sync = sockets.shadow(sock)
+        receive = sync.recv_multipart
+        batch = range(max(self._concurrency, 64))
+        with intake:
+            while True:
+                while self._in_flight >= self._concurrency:
+                    self._slot_freed = anyio.Event()
+                    await self._slot_freed.wait()
+                await sock.poll(None, sockets.POLLIN)
+                for _ in batch:
+                    if self._in_flight >= self._concurrency:
+                        break
+                    try:
+                        frames = receive(sockets.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        request = decode_request(frames)
+                    except RemoteProtocolError as exc:
+                        self._malformed_requests += 1
+                        logger.debug("dropped a malformed request: %s", exc)
+                        continue
+                    self._requests_received += 1
+                    self._in_flight += 1
+                    task_group.start_soon(self._serve, sock, sync, request)
+                else:
+                    await checkpoint()
+
+    async def _serve(
+        self, sock: sockets.AsyncSocket, sync: sockets.SyncSocket, request: Request
+    ) -> None:
+        try:
+            try:
+                reply = request.reply(await self._call_handler(request.body))
+            except anyio.get_cancelled_exc_class():
+                # The worker is stopping: tell the client now rather than let it time out.
+                with contextlib.suppress(zmq.ZMQError):
+                    sync.send_multipart(
+                        request.error("WorkerStopped", "the worker stopped"), sockets.NOBLOCK
+                    )
+                raise
+            except Exception as exc:
+                self._handler_errors += 1
+                logger.exception("handler raised while serving a request")
+                reply = request.error(type(exc).__name__, str(exc))
+            await sockets.send(sock, sync, reply)
+            self._replies_sent += 1
+        finally:
+            self._in_flight -= 1
+            self._slot_freed.set()
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _call_handler(self, body: list[bytes]) -> Sequence[bytes]:
+        if self._frames:
+            result: Sequence[bytes] = await self._handler(body)
+            return result
+        if len(body) != 1:
+            raise RemoteProtocolError(
+                f"this worker's handler takes a single-frame request, got {len(body)} frames"
+            )
+        return [await self._handler(body[0])]
+
+    async def aclose(self) -> None:
+        """Stop gracefully: take no more requests, let those in hand finish, then close.
+
+        Handlers still running after ``drain_timeout`` seconds are cancelled (their clients
+        get a ``WorkerStopped`` error). Safe to call more than once.
+        """
+        await super().aclose()
+

@@ -1,0 +1,159 @@
+"""The client side of zmqrelay's request protocol: issue request ids, match replies to them.
+
+:class:`Correlator` keeps the table of requests in flight. It holds one opaque value per request
+(the I/O shell stores the future its caller awaits) and classifies every reply it is shown:
+delivered to a waiting request, late (its request already ended), foreign (an id this client
+never issued, such as a reply misrouted after a broker restart) or malformed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Generic, NamedTuple, TypeVar
+
+from zmqrelay._core import tag
+from zmqrelay._core.envelope import DELIMITER
+from zmqrelay.errors import LocalProtocolError, RemoteError
+
+T = TypeVar("T")
+
+_ID_SPACE = 1 << 64
+
+
+class ClientStatistics(NamedTuple):
+    """A snapshot of an :class:`~zmqrelay.AsyncClient`'s counters."""
+
+    requests_sent: int
+    """Requests handed to the socket."""
+    replies_received: int
+    """Replies delivered to a waiting request (including error replies)."""
+    in_flight: int
+    """Requests waiting for their reply right now."""
+    timeouts: int
+    """Requests that ended in :class:`~zmqrelay.RequestTimeout`."""
+    late_replies: int
+    """Replies dropped because their request had already ended (timed out or cancelled)."""
+    foreign_replies: int
+    """Replies dropped because this client never issued their request id."""
+    malformed_replies: int
+    """Messages dropped because they were not a tagged reply."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A reply matched to its request."""
+
+    request_id: int
+    status: tag.Status
+    body: list[bytes]
+
+    def result(self) -> list[bytes]:
+        """The reply's body frames.
+
+        Raises:
+            RemoteError: the worker reported that its handler raised.
+        """
+        if self.status is tag.Status.OK:
+            return self.body
+        type_name, message = _decode_error(self.body)
+        raise RemoteError(type_name, message)
+
+
+def _decode_error(body: list[bytes]) -> tuple[str, str]:
+    type_name = body[0].decode("utf-8", "replace") if body else "Exception"
+    message = body[1].decode("utf-8", "replace") if len(body) > 1 else ""
+    return type_name, message
+
+
+def encode_error(type_name: str, message: str) -> list[bytes]:
+    """The body of an error reply, as :meth:`Reply.result` decodes it."""
+    return [type_name.encode(), message.encode("utf-8", "replace")]
+
+
+class Correlator(Generic[T]):
+    """Request ids and the table of requests in flight.
+
+    Ids are consecutive from a caller-chosen ``first_id`` (pass a random one, so that two
+    clients, or two lives of one client, never share ids).
+    """
+
+    def __init__(self, first_id: int) -> None:
+        self._first_id = first_id % _ID_SPACE
+        self._next_id = self._first_id
+        self._issued = 0
+        self._pending: dict[int, T] = {}
+        self.requests_sent = 0
+        self.replies_received = 0
+        self.timeouts = 0
+        self.late_replies = 0
+        self.foreign_replies = 0
+        self.malformed_replies = 0
+
+    def open(self, waiter: T, body: Sequence[bytes]) -> tuple[int, list[bytes]]:
+        """Register a request and return its id and the frames to send.
+
+        Raises:
+            LocalProtocolError: ``body`` has no frames.
+        """
+        if not body:
+            raise LocalProtocolError("a request needs at least one body frame")
+        request_id = self._next_id
+        self._next_id = (request_id + 1) % _ID_SPACE
+        self._issued += 1
+        self._pending[request_id] = waiter
+        self.requests_sent += 1
+        return request_id, [tag.encode(request_id), DELIMITER, *body]
+
+    def close(self, request_id: int) -> None:
+        """Forget a request: it was answered, timed out or cancelled. Idempotent."""
+        self._pending.pop(request_id, None)
+
+    def receive(self, frames: list[bytes]) -> tuple[T, Reply] | None:
+        """Match a received message to its request.
+
+        Returns the waiter and the reply, or ``None`` when the message was dropped (and
+        counted as late, foreign or malformed).
+        """
+        if len(frames) < 3 or frames[1] != DELIMITER:
+            self.malformed_replies += 1
+            return None
+        decoded = tag.decode(frames[0])
+        if decoded is None:
+            self.malformed_replies += 1
+            return None
+        waiter = self._pending.pop(decoded.request_id, None)
+        if waiter is None:
+            if self.issued(decoded.request_id):
+                self.late_replies += 1
+            else:
+                self.foreign_replies += 1
+            return None
+        self.replies_received += 1
+        return waiter, Reply(decoded.request_id, decoded.status, frames[2:])
+
+    def issued(self, request_id: int) -> bool:
+        """Whether this correlator ever handed out ``request_id``."""
+        return (request_id - self._first_id) % _ID_SPACE < min(self._issued, _ID_SPACE)
+
+    @property
+    def in_flight(self) -> int:
+        """How many requests are waiting for a reply."""
+        return len(self._pending)
+
+    def waiters(self) -> list[T]:
+        """The waiters of every request in flight."""
+        return list(self._pending.values())
+
+    def statistics(self) -> ClientStatistics:
+        """A snapshot of the counters."""
+        return ClientStatistics(
+            requests_sent=self.requests_sent,
+            replies_received=self.replies_received,
+            in_flight=len(self._pending),
+            timeouts=self.timeouts,
+            late_replies=self.late_replies,
+            foreign_replies=self.foreign_replies,
+            malformed_replies=self.malformed_replies,
+        )
+

@@ -1,0 +1,68 @@
+"""The request tag: zmqrelay's correlation frame.
+
+An :class:`~zmqrelay.AsyncClient` puts one tag frame in front of the delimiter of every request,
+as libzmq's ``ZMQ_REQ_CORRELATE`` does with its request id. Stock workers treat it as one more
+envelope frame and echo it back untouched; zmqrelay workers also use it to report how a request
+ended, which plain peers never see because it travels only between zmqrelay peers.
+
+Layout, 12 bytes::
+
+    offset 0  2 bytes  magic b"ZR"
+    offset 2  1 byte   version (1)
+    offset 3  1 byte   status (see :class:`Status`)
+    offset 4  8 bytes  request id, unsigned, big-endian
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import NamedTuple
+
+MAGIC = b"ZR"
+VERSION = 1
+SIZE = 12
+
+_LAYOUT = struct.Struct(">2sBBQ")
+_PREFIX = MAGIC + bytes([VERSION])
+
+
+class Status(enum.IntEnum):
+    """How a request ended, as a zmqrelay worker reports it in the reply's tag."""
+
+    OK = 0
+    """The body is the handler's reply."""
+    ERROR = 1
+    """The handler raised; the body is ``[type name, message]`` in UTF-8."""
+
+
+class Tag(NamedTuple):
+    """A decoded tag frame."""
+
+    request_id: int
+    status: Status
+
+
+def encode(request_id: int, status: Status = Status.OK) -> bytes:
+    """The tag frame for ``request_id`` (0 ≤ id < 2**64) with ``status``."""
+    return _LAYOUT.pack(MAGIC, VERSION, status, request_id)
+
+
+def decode(frame: bytes) -> Tag | None:
+    """Decode a tag frame, or return ``None`` when ``frame`` is not one.
+
+    Unknown statuses are not tags: a frame that merely looks like one is treated as an opaque
+    envelope frame, which is always safe.
+    """
+    if len(frame) != SIZE or not frame.startswith(_PREFIX):
+        return None
+    _, _, status, request_id = _LAYOUT.unpack(frame)
+    try:
+        return Tag(request_id, Status(status))
+    except ValueError:
+        return None
+
+
+def with_status(frame: bytes, status: Status) -> bytes:
+    """``frame`` (a valid tag) with its status replaced."""
+    return frame[:3] + bytes([status]) + frame[4:]

@@ -1,0 +1,92 @@
+"""The worker side of the request protocol: decode requests, encode replies and error replies.
+
+A worker behind the broker's DEALER backend receives ``[hop..., b"", body...]`` and must send
+``[hop..., b"", reply...]`` back: the hops are opaque and retrace the route to the client. When
+the innermost hop is a zmqrelay :mod:`tag <zmqrelay._core.tag>`, the client understands status
+codes, so an error travels as a status; a plain peer instead receives :func:`plain_error_reply`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from zmqrelay._core import envelope, tag
+from zmqrelay._core.client import encode_error
+from zmqrelay.errors import LocalProtocolError
+
+PLAIN_ERROR_PREFIX = b"zmqrelay-error: "
+
+
+class WorkerStatistics(NamedTuple):
+    """A snapshot of an :class:`~zmqrelay.AsyncWorker`'s counters."""
+
+    requests_received: int
+    """Well-formed requests taken from the socket."""
+    replies_sent: int
+    """Replies sent, error replies included."""
+    handler_errors: int
+    """Requests whose handler raised (each answered with an error reply)."""
+    malformed_requests: int
+    """Messages dropped because they were not a request."""
+    in_flight: int
+    """Requests being handled right now."""
+    concurrency: int
+    """The most requests handled at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request as the worker sees it."""
+
+    routing: list[bytes]
+    """The envelope's hops, outermost first, to send back unchanged."""
+    body: list[bytes]
+    """The request's body frames (at least one)."""
+
+    @property
+    def tagged(self) -> bool:
+        """Whether the client is a zmqrelay client that reads status codes."""
+        return tag.decode(self.routing[-1]) is not None
+
+    def reply(self, body: Sequence[bytes]) -> list[bytes]:
+        """The frames of a successful reply.
+
+        Raises:
+            LocalProtocolError: ``body`` is empty or holds something other than bytes.
+        """
+        if not body:
+            raise LocalProtocolError("a reply needs at least one body frame")
+        for frame in body:
+            if not isinstance(frame, bytes):
+                raise LocalProtocolError(
+                    f"reply frames must be bytes, not {type(frame).__name__}"
+                )
+        return [*self.routing, envelope.DELIMITER, *body]
+
+    def error(self, type_name: str, message: str) -> list[bytes]:
+        """The frames of an error reply: a status for zmqrelay clients, a text for plain ones."""
+        hop = self.routing[-1]
+        if tag.decode(hop) is not None:
+            marked = tag.with_status(hop, tag.Status.ERROR)
+            return [*self.routing[:-1], marked, envelope.DELIMITER, *encode_error(type_name, message)]
+        return [*self.routing, envelope.DELIMITER, plain_error_reply(type_name, message)]
+
+
+def plain_error_reply(type_name: str, message: str) -> bytes:
+    """The single reply frame a plain (REQ) client gets when the handler raises.
+
+    ``b"zmqrelay-error: <type name>: <message>"`` in UTF-8.
+    """
+    return PLAIN_ERROR_PREFIX + f"{type_name}: {message}".encode("utf-8", "replace")
+
+
+def decode_request(frames: list[bytes]) -> Request:
+    """Decode a message received from the broker.
+
+    Raises:
+        RemoteProtocolError: no routing frames, no delimiter or no body.
+    """
+    split = envelope.split(frames)
+    return Request(split.routing, split.body)

@@ -1,0 +1,76 @@
+"""The exceptions zmqrelay raises.
+
+Every error zmqrelay raises derives from :class:`ZmqRelayError`; a bare ``zmq.ZMQError`` never
+reaches user code. The tree::
+
+    ZmqRelayError
+    ├── ProtocolError
+    │   ├── LocalProtocolError    we were asked to send something the protocol cannot carry
+    │   └── RemoteProtocolError   a peer sent something that does not decode
+    ├── RemoteError               the worker's handler raised; carries its type and message
+    ├── RequestTimeout            also a TimeoutError
+    ├── EndpointError             an endpoint could not be bound or connected; also an OSError
+    └── ClosedError               the broker, worker or client is closed
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClosedError",
+    "EndpointError",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteProtocolError",
+    "RequestTimeout",
+    "ZmqRelayError",
+]
+
+
+class ZmqRelayError(Exception):
+    """Root of every exception zmqrelay raises."""
+
+
+class ProtocolError(ZmqRelayError):
+    """A message does not follow the protocol."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side was asked to send something the protocol cannot express.
+
+    Example: a request with no body frames.
+    """
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent frames that do not decode.
+
+    Inside the broker, worker and client these are counted and dropped, never raised out of a
+    receive loop; they surface to callers only where a reply they wait for is malformed.
+    """
+
+
+class RemoteError(ZmqRelayError):
+    """The worker's handler raised while serving the request.
+
+    Attributes:
+        type_name: the name of the exception class raised by the handler (``"ValueError"``).
+        message: ``str()`` of that exception.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+
+
+class RequestTimeout(ZmqRelayError, TimeoutError):
+    """No reply came before the request's timeout. Also a :class:`TimeoutError`."""
+
+
+class EndpointError(ZmqRelayError, OSError):
+    """An endpoint could not be bound or connected (bad address, address in use)."""
+
+
+class ClosedError(ZmqRelayError):
+    """The broker, worker or client was closed, or used before it was started."""
