@@ -1,0 +1,267 @@
+from __future__ import annotations
+
+import errno
+from collections import Counter
+
+import anyio
+import pytest
+import zmq
+
+from conftest import TrackingContext
+from peers import echo_handler, eventually, raw_socket, req_client
+from zmqrelay import AsyncClient, AsyncWorker, Broker, ClosedError, EndpointError, Endpoints
+
+pytestmark = pytest.mark.asyncio
+
+
+def tcp_port(endpoint: str) -> int:
+    assert endpoint.startswith("tcp://127.0.0.1:")
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("wildcard", ["tcp://127.0.0.1:0", "tcp://127.0.0.1:*", "tcp://*:0"])
+async def test_reports_the_ports_it_really_bound(context: TrackingContext, wildcard: str) -> None:
+    broker = Broker(frontend=wildcard, backend=wildcard, context=context)
+    async with anyio.create_task_group() as tg:
+        endpoints = await tg.start(broker.run)
+        assert endpoints == broker.endpoints == await broker.wait_ready()
+        assert tcp_port(endpoints.frontend) > 0
+        assert tcp_port(endpoints.backend) not in (0, tcp_port(endpoints.frontend))
+        tg.cancel_scope.cancel()
+
+
+async def test_endpoints_are_unknown_before_binding(context: TrackingContext) -> None:
+    broker = Broker(frontend="inproc://f", backend="inproc://b", context=context)
+    with pytest.raises(ClosedError, match="not bound"):
+        broker.endpoints
+    assert repr(broker) == "<Broker relay new frontend='inproc://f' backend='inproc://b'>"
+
+
+async def test_cancellation_closes_both_sockets(context: TrackingContext) -> None:
+    broker = Broker(frontend="inproc://f", backend="inproc://b", context=context)
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            await tg.start(broker.run)
+            assert "running" in repr(broker)
+            scope.cancel()
+    assert "closed" in repr(broker)
+    assert [sock.closed for sock in context.opened] == [True, True]
+
+
+async def test_runs_only_once(context: TrackingContext) -> None:
+    broker = Broker(frontend="inproc://f", backend="inproc://b", context=context)
+    async with broker:
+        with pytest.raises(ClosedError, match="running"):
+            await broker.run()
+    with pytest.raises(ClosedError, match="closed"):
+        await broker.run()
+
+
+async def test_aclose_before_start_means_it_never_starts(context: TrackingContext) -> None:
+    broker = Broker(frontend="inproc://f", backend="inproc://b", context=context)
+    await broker.aclose()
+    await broker.aclose()
+    with pytest.raises(ClosedError):
+        await broker.run()
+    assert context.opened == []
+
+
+async def test_address_in_use_is_an_endpoint_error(context: TrackingContext) -> None:
+    async with Broker(
+        frontend="tcp://127.0.0.1:0", backend="tcp://127.0.0.1:0", context=context
+    ) as first:
+        taken = first.endpoints.frontend
+        second = Broker(frontend="tcp://127.0.0.1:0", backend=taken, context=context)
+        with pytest.raises(EndpointError, match="cannot bind") as caught:
+            await second.run()
+        assert caught.value.errno == errno.EADDRINUSE
+        assert isinstance(caught.value, OSError)
+    assert "closed" in repr(second)
+
+
+async def test_invalid_endpoint_is_an_endpoint_error(context: TrackingContext) -> None:
+    with pytest.raises(EndpointError, match="nonsense"):
+        async with Broker(frontend="nonsense://x", backend="inproc://b", context=context):
+            pass
+
+
+async def test_requests_wait_for_a_worker(context: TrackingContext) -> None:
+    """With no worker connected, the broker holds requests instead of dropping them."""
+    served: Counter[str] = Counter()
+    async with (
+        Broker(frontend="inproc://f", backend="inproc://b", context=context) as broker,
+        AsyncClient(broker.endpoints.frontend, context=context, timeout=10) as client,
+        anyio.create_task_group() as tg,
+    ):
+        replies: list[bytes] = []
+
+        async def ask() -> None:
+            replies.append(await client.request(b"early"))
+
+        tg.start_soon(ask)
+        await eventually(lambda: client.statistics().requests_sent == 1)
+        await tg.start(AsyncWorker(broker.endpoints.backend, echo_handler("w", served), context=context).run)
+        await eventually(lambda: bool(replies))
+        assert replies == [b"World early"]
+        tg.cancel_scope.cancel()
+
+
+async def test_pipelined_messages_all_arrive(context: TrackingContext) -> None:
+    count = 5000
+    received: list[list[bytes]] = []
+    async with Broker(frontend="inproc://f", backend="inproc://b", context=context) as broker:
+        client = raw_socket(context, zmq.DEALER, broker.endpoints.frontend)
+        worker = raw_socket(context, zmq.DEALER, broker.endpoints.backend)
+
+        async def send() -> None:
+            for n in range(count):
+                await client.send_multipart([b"", b"%d" % n])
+
+        async def echo() -> None:
+            for _ in range(count):
+                await worker.send_multipart(await worker.recv_multipart())
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send)
+                tg.start_soon(echo)
+                for _ in range(count):
+                    received.append(await client.recv_multipart())
+        finally:
+            client.close()
+            worker.close()
+        assert received == [[b"", b"%d" % n] for n in range(count)]
+        stats = broker.statistics()
+        assert (stats.requests_forwarded, stats.replies_forwarded) == (count, count)
+
+
+async def test_malformed_and_unroutable_messages_are_dropped_and_counted(
+    context: TrackingContext,
+) -> None:
+    served: Counter[str] = Counter()
+    async with (
+        Broker(frontend="inproc://f", backend="inproc://b", context=context) as broker,
+        AsyncWorker(broker.endpoints.backend, echo_handler("w", served), context=context),
+        AsyncClient(broker.endpoints.frontend, context=context, timeout=5) as client,
+    ):
+        rogue_client = raw_socket(context, zmq.DEALER, broker.endpoints.frontend)
+        rogue_worker = raw_socket(context, zmq.DEALER, broker.endpoints.backend)
+        try:
+            await rogue_client.send_multipart([b"no delimiter"])
+            await rogue_client.send_multipart([b""])  # delimiter but no body
+            await rogue_client.send_multipart([b"x", b""])
+            await rogue_worker.send_multipart([b"nobody", b"", b"reply"])  # unknown client
+            await rogue_worker.send_multipart([b"garbage"])
+            assert await client.request(b"still fine") == b"World still fine"
+            await eventually(lambda: broker.statistics().malformed_replies == 1)
+        finally:
+            rogue_client.close()
+            rogue_worker.close()
+    stats = broker.statistics()
+    assert stats.malformed_requests == 3
+    assert stats.unroutable_replies == 1
+    assert stats.malformed_replies == 1
+    assert stats.requests_forwarded == stats.replies_forwarded == 1
+
+
+async def test_reply_to_a_client_that_left_is_counted(context: TrackingContext) -> None:
+    async with Broker(
+        frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=0
+    ) as broker:
+        worker = raw_socket(context, zmq.DEALER, broker.endpoints.backend)
+        try:
+            # A stale client id, as a worker would echo it after the client went away.
+            client = raw_socket(context, zmq.REQ, broker.endpoints.frontend)
+            await client.send(b"ask")
+            request = await worker.recv_multipart()
+            client.close()
+            await eventually(lambda: _unroutable_after(broker, worker, request))
+        finally:
+            worker.close()
+
+
+def _unroutable_after(broker: Broker, worker: zmq.asyncio.Socket, request: list[bytes]) -> bool:
+    worker.send_multipart(request[:-1] + [b"late"], zmq.NOBLOCK)
+    return broker.statistics().unroutable_replies > 0
+
+
+async def test_graceful_close_drains_replies_in_flight(context: TrackingContext) -> None:
+    release = anyio.Event()
+    entered = anyio.Event()
+
+    async def slow(request: bytes) -> bytes:
+        entered.set()
+        await release.wait()
+        return request
+
+    broker = Broker(frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=10)
+    async with (
+        anyio.create_task_group() as tg,
+        AsyncClient("inproc://f", context=context, timeout=10) as client,
+    ):
+        await tg.start(broker.run)
+        await tg.start(AsyncWorker("inproc://b", slow, context=context).run)
+        replies: list[bytes] = []
+
+        async def ask() -> None:
+            replies.append(await client.request(b"in flight"))
+
+        tg.start_soon(ask)
+        await entered.wait()
+        tg.start_soon(broker.aclose)
+        await eventually(lambda: "draining" in repr(broker))
+        release.set()
+        await eventually(lambda: "closed" in repr(broker))
+        assert replies == [b"in flight"]
+        tg.cancel_scope.cancel()
+
+
+async def test_drain_is_bounded_by_its_timeout(context: TrackingContext) -> None:
+    async with (
+        Broker(
+            frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=0.05
+        ) as broker,
+        req_client(context, "inproc://f") as request,
+        anyio.create_task_group() as tg,
+    ):
+        silent = raw_socket(context, zmq.DEALER, broker.endpoints.backend)
+        try:
+            tg.start_soon(request, b"never answered")
+            await silent.recv_multipart()
+            with anyio.fail_after(5):
+                await broker.aclose()
+        finally:
+            silent.close()
+        tg.cancel_scope.cancel()
+
+
+async def test_oversized_requests_are_refused(context: TrackingContext) -> None:
+    served: Counter[str] = Counter()
+    async with (
+        Broker(
+            frontend="tcp://127.0.0.1:0", backend="inproc://b", context=context,
+            max_message_size=1024,
+        ) as broker,
+        AsyncWorker("inproc://b", echo_handler("w", served), context=context),
+        AsyncClient(broker.endpoints.frontend, context=context, timeout=5) as client,
+    ):
+        hog = raw_socket(context, zmq.DEALER, broker.endpoints.frontend)
+        try:
+            await hog.send_multipart([b"", b"x" * 4096])
+            assert await client.request(b"small") == b"World small"
+        finally:
+            hog.close()
+    assert served["w"] == 1
+
+
+async def test_statistics_and_endpoints_are_named_tuples() -> None:
+    assert Endpoints("a", "b").frontend == "a"
+    broker = Broker(frontend="inproc://f", backend="inproc://b")
+    stats = broker.statistics()
+    assert stats.mode == "relay"
+    assert stats._asdict()["requests_forwarded"] == 0
+
+
+async def test_batch_size_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        Broker(frontend="inproc://f", backend="inproc://b", batch_size=0)

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+
+from strategies import body, messages
+from zmqrelay._core import tag
+from zmqrelay._core.client import Correlator, encode_error
+from zmqrelay.errors import LocalProtocolError, RemoteError
+
+
+def reply_to(request: list[bytes], payload: list[bytes]) -> list[bytes]:
+    """What a REP worker sends back through the broker, as the client reads it."""
+    delimiter = request.index(b"")
+    return [*request[:delimiter], b"", *payload]
+
+
+def test_request_frames_carry_a_tag_and_delimiter() -> None:
+    correlator: Correlator[str] = Correlator(first_id=41)
+    request_id, frames = correlator.open("waiter", [b"Hello"])
+    assert request_id == 41
+    assert frames == [tag.encode(41), b"", b"Hello"]
+    assert correlator.in_flight == 1
+
+
+def test_a_request_needs_a_body() -> None:
+    with pytest.raises(LocalProtocolError):
+        Correlator[str](first_id=0).open("waiter", [])
+
+
+def test_replies_match_in_any_order() -> None:
+    correlator: Correlator[str] = Correlator(first_id=7)
+    _, first = correlator.open("first", [b"1"])
+    _, second = correlator.open("second", [b"2"])
+    matched = correlator.receive(reply_to(second, [b"two"]))
+    assert matched is not None
+    assert matched[0] == "second"
+    assert matched[1].result() == [b"two"]
+    matched = correlator.receive(reply_to(first, [b"one"]))
+    assert matched is not None
+    assert matched[0] == "first"
+    assert correlator.in_flight == 0
+
+
+def test_late_foreign_and_malformed_replies_are_counted() -> None:
+    correlator: Correlator[str] = Correlator(first_id=2**64 - 1)  # ids wrap around
+    request_id, frames = correlator.open("waiter", [b"x"])
+    correlator.close(request_id)
+    assert correlator.receive(reply_to(frames, [b"late"])) is None
+    assert correlator.receive([tag.encode(12345), b"", b"foreign"]) is None
+    assert correlator.receive([b"garbage"]) is None
+    assert correlator.receive([tag.encode(0), b"not a delimiter", b"x"]) is None
+    stats = correlator.statistics()
+    assert (stats.late_replies, stats.foreign_replies, stats.malformed_replies) == (1, 1, 2)
+    assert correlator.issued(2**64 - 1)
+    assert not correlator.issued(0)
+
+
+def test_error_replies_raise_remote_error() -> None:
+    correlator: Correlator[str] = Correlator(first_id=0)
+    request_id, _ = correlator.open("waiter", [b"x"])
+    error_tag = tag.encode(request_id, tag.Status.ERROR)
+    matched = correlator.receive([error_tag, b"", *encode_error("ValueError", "bad input")])
+    assert matched is not None
+    with pytest.raises(RemoteError, match="ValueError: bad input") as caught:
+        matched[1].result()
+    assert (caught.value.type_name, caught.value.message) == ("ValueError", "bad input")
+
+
+@given(messages)
+def test_any_message_is_matched_or_counted(frames: list[bytes]) -> None:
+    correlator: Correlator[str] = Correlator(first_id=0)
+    correlator.open("waiter", [b"x"])
+    before = sum(correlator.statistics()[1:])
+    correlator.receive(frames)
+    stats = correlator.statistics()
+    dropped = stats.late_replies + stats.foreign_replies + stats.malformed_replies
+    assert stats.replies_received + dropped == 1
+    assert sum(stats[1:]) >= before
+
+
+class CorrelatorMachine(RuleBasedStateMachine):
+    """Requests open and end in any order; replies come once, twice, late or never."""
+
+    requests = Bundle("requests")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.correlator: Correlator[int] = Correlator(first_id=2**64 - 3)
+        self.frames: dict[int, list[bytes]] = {}
+        self.open_ids: set[int] = set()
+        self.delivered: dict[int, int] = {}
+        self.next_waiter = 0
+
+    @rule(target=requests, payload=body)
+    def send(self, payload: list[bytes]) -> int:
+        waiter = self.next_waiter
+        self.next_waiter += 1
+        request_id, frames = self.correlator.open(waiter, payload)
+        assert request_id not in self.open_ids
+        self.frames[waiter] = frames
+        self.open_ids.add(request_id)
+        self.delivered.setdefault(waiter, 0)
+        return waiter
+
+    @rule(waiter=requests, payload=body)
+    def reply(self, waiter: int, payload: list[bytes]) -> None:
+        matched = self.correlator.receive(reply_to(self.frames[waiter], payload))
+        if matched is not None:
+            assert matched[0] == waiter, "a reply reached the wrong request"
+            assert matched[1].result() == payload
+            self.delivered[waiter] += 1
+            self.open_ids.discard(matched[1].request_id)
+
+    @rule(waiter=requests)
+    def give_up(self, waiter: int) -> None:
+        request_id = tag.decode(self.frames[waiter][0])
+        assert request_id is not None
+        self.correlator.close(request_id.request_id)
+        self.open_ids.discard(request_id.request_id)
+
+    @rule(frames=messages)
+    def garbage(self, frames: list[bytes]) -> None:
+        matched = self.correlator.receive(frames)
+        if matched is not None:  # garbage that happens to be a valid reply to a request
+            self.delivered[matched[0]] += 1
+            self.open_ids.discard(matched[1].request_id)
+
+    @invariant()
+    def at_most_one_reply_per_request(self) -> None:
+        assert all(count <= 1 for count in self.delivered.values())
+
+    @invariant()
+    def in_flight_is_what_is_open(self) -> None:
+        assert self.correlator.in_flight == len(self.open_ids)
+
+
+TestCorrelatorMachine = CorrelatorMachine.TestCase
