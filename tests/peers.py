@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 import tempfile
 import uuid
@@ -12,6 +14,8 @@ from contextlib import asynccontextmanager, contextmanager
 import anyio
 import zmq
 import zmq.asyncio
+
+from zmqrelay._aio.service import Service
 
 
 @contextmanager
@@ -97,3 +101,32 @@ def raw_socket(context: zmq.asyncio.Context, kind: int, endpoint: str, *, bind: 
     else:
         sock.connect(endpoint)
     return sock
+
+
+@asynccontextmanager
+async def serving(service: Service) -> AsyncIterator[None]:
+    """Run ``service`` in a task of its own, so that pytest-asyncio may enter and leave this
+    context in different tasks (async generator fixtures do). Returns once it is ready."""
+    started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def host() -> None:
+        async with anyio.create_task_group() as tg:
+            try:
+                await tg.start(service.run)
+            except BaseException as exc:
+                started.set_exception(exc)
+                raise
+            started.set_result(None)
+
+    task = asyncio.get_running_loop().create_task(host())
+    try:
+        await started
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+    try:
+        yield
+    finally:
+        await service.aclose()
+        await task

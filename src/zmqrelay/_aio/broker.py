@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import NamedTuple
 
 import anyio
@@ -20,9 +19,6 @@ from zmqrelay._core.relay import BrokerStatistics, RelayCounters
 from zmqrelay.errors import ClosedError
 
 logger = logging.getLogger("zmqrelay.broker")
-
-_Forward = Callable[[sockets.SyncSocket, list[bytes]], bool]
-
 
 class Endpoints(NamedTuple):
     """Where peers connect to a running broker.
@@ -94,8 +90,6 @@ class Broker(Service):
         self._high_water_mark = high_water_mark
         self._counters = RelayCounters()
         self._endpoints: Endpoints | None = None
-        self._drained = anyio.Event()
-        self._draining = False
 
     def __repr__(self) -> str:
         where = (
@@ -179,81 +173,21 @@ class Broker(Service):
         backend: sockets.AsyncSocket,
         task_status: anyio.abc.TaskStatus[Endpoints],
     ) -> None:
-        async with anyio.create_task_group() as tg:
-            intake = anyio.CancelScope()
-            tg.start_soon(self._relay_requests, frontend, backend, intake)
-            tg.start_soon(self._pump, backend, frontend, self._forward_reply)
+        relay = _Relay(frontend, backend, self._counters, self._batch_size)
+        async with anyio.create_task_group() as phase:
+            phase.start_soon(relay.run, True)
             self._state = "running"
             assert self._endpoints is not None
             self._ready.set()
             task_status.started(self._endpoints)
             await self._close_requested.wait()
-            self._state = "draining"
-            intake.cancel()
-            self._draining = True
-            if self._counters.outstanding:
-                with anyio.move_on_after(self._drain_timeout):
-                    await self._drained.wait()
-            tg.cancel_scope.cancel()
-
-    async def _relay_requests(
-        self,
-        frontend: sockets.AsyncSocket,
-        backend: sockets.AsyncSocket,
-        intake: anyio.CancelScope,
-    ) -> None:
-        with intake:
-            await self._pump(frontend, backend, self._forward_request)
-
-    async def _pump(
-        self, source: sockets.AsyncSocket, sink: sockets.AsyncSocket, forward: _Forward
-    ) -> None:
-        # One long-lived wait per socket; messages are then drained without awaiting, up to a
-        # batch, after which we yield so the other direction is not starved.
-        receive = sockets.shadow(source).recv_multipart
-        target = sockets.shadow(sink)
-        batch = range(self._batch_size)
-        while True:
-            await source.poll(None, sockets.POLLIN)
-            for _ in batch:
-                try:
-                    frames = receive(sockets.NOBLOCK)
-                except zmq.Again:
-                    break
-                while not forward(target, frames):
-                    await sink.poll(None, sockets.POLLOUT)
-            else:
-                await checkpoint()
-
-    def _forward_request(self, backend: sockets.SyncSocket, frames: list[bytes]) -> bool:
-        if not is_routable(frames):
-            self._counters.malformed_requests += 1
-            return True
-        try:
-            backend.send_multipart(frames, sockets.NOBLOCK)
-        except zmq.Again:
-            return False  # no worker can take it yet: hold it, and stop reading clients
-        self._counters.requests_forwarded += 1
-        return True
-
-    def _forward_reply(self, frontend: sockets.SyncSocket, frames: list[bytes]) -> bool:
-        counters = self._counters
-        if not is_routable(frames):
-            counters.malformed_replies += 1
-            return True
-        try:
-            frontend.send_multipart(frames, sockets.NOBLOCK)
-        except zmq.Again:
-            counters.congested_replies += 1
-        except zmq.ZMQError as exc:
-            if exc.errno != sockets.EHOSTUNREACH:
-                raise
-            counters.unroutable_replies += 1
-        else:
-            counters.replies_forwarded += 1
-            if self._draining and not counters.outstanding:
-                self._drained.set()
-        return True
+            phase.cancel_scope.cancel()
+        self._state = "draining"
+        with anyio.move_on_after(self._drain_timeout):
+            async with anyio.create_task_group() as phase:
+                phase.start_soon(relay.run, False)
+                await relay.drained.wait()
+                phase.cancel_scope.cancel()
 
     async def aclose(self) -> None:
         """Stop gracefully and wait until the broker has closed.
@@ -263,3 +197,98 @@ class Broker(Service):
         call more than once, and before the broker started (it then never starts).
         """
         await super().aclose()
+
+
+class _Relay:
+    """Both directions of relay mode in one task.
+
+    One task owns both sockets, so every send is followed by a fresh look at both sockets'
+    events before the next wait: libzmq signals readiness on an edge-triggered descriptor, and
+    a send made while another task waited could swallow that edge. Each wake-up drains up to a
+    batch per direction without awaiting; a full batch yields before looking again, so neither
+    direction starves the other or the event loop.
+    """
+
+    def __init__(
+        self,
+        frontend: sockets.AsyncSocket,
+        backend: sockets.AsyncSocket,
+        counters: RelayCounters,
+        batch_size: int,
+    ) -> None:
+        self.frontend = frontend
+        self.backend = backend
+        self.counters = counters
+        self.batch = range(batch_size)
+        self.held: list[bytes] | None = None
+        self.drained = anyio.Event()
+
+    async def run(self, intake: bool) -> None:
+        """Relay until cancelled; with ``intake`` false, only replies (and a held request)."""
+        front, back = sockets.shadow(self.frontend), sockets.shadow(self.backend)
+        poller = zmq.asyncio.Poller()
+        while True:
+            busy = self._replies(back, front)
+            busy = self._requests(front, back, intake) or busy
+            if not intake and not self.counters.outstanding:
+                self.drained.set()
+            if busy:
+                await checkpoint()
+                continue
+            held = self.held is not None
+            poller.register(self.frontend, sockets.POLLIN if intake and not held else 0)
+            poller.register(self.backend, sockets.POLLIN | (sockets.POLLOUT if held else 0))
+            await poller.poll()
+
+    def _requests(self, front: sockets.SyncSocket, back: sockets.SyncSocket, intake: bool) -> bool:
+        """Forward requests; true when a full batch went through (there may be more)."""
+        counters = self.counters
+        if self.held is not None:
+            if not self._send_request(back, self.held):
+                return False
+            self.held = None
+        if not intake:
+            return False
+        for _ in self.batch:
+            try:
+                frames = front.recv_multipart(sockets.NOBLOCK)
+            except zmq.Again:
+                return False
+            if not is_routable(frames):
+                counters.malformed_requests += 1
+            elif not self._send_request(back, frames):
+                # No worker can take it yet: hold it and stop reading clients (backpressure).
+                self.held = frames
+                return False
+        return True
+
+    def _send_request(self, back: sockets.SyncSocket, frames: list[bytes]) -> bool:
+        try:
+            back.send_multipart(frames, sockets.NOBLOCK)
+        except zmq.Again:
+            return False
+        self.counters.requests_forwarded += 1
+        return True
+
+    def _replies(self, back: sockets.SyncSocket, front: sockets.SyncSocket) -> bool:
+        """Forward replies; true when a full batch went through (there may be more)."""
+        counters = self.counters
+        for _ in self.batch:
+            try:
+                frames = back.recv_multipart(sockets.NOBLOCK)
+            except zmq.Again:
+                return False
+            if not is_routable(frames):
+                counters.malformed_replies += 1
+                continue
+            try:
+                front.send_multipart(frames, sockets.NOBLOCK)
+            except zmq.Again:
+                counters.congested_replies += 1
+            except zmq.ZMQError as exc:
+                if exc.errno != sockets.EHOSTUNREACH:
+                    raise
+                counters.unroutable_replies += 1
+            else:
+                counters.replies_forwarded += 1
+        return True

@@ -180,6 +180,7 @@ class AsyncClient(Service):
                     if not waiter.done():
                         waiter.set_result(reply)
             else:
+                sockets.rearm(sock)
                 await checkpoint()
 
     async def aclose(self) -> None:

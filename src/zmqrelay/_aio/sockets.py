@@ -114,9 +114,22 @@ def close(sock: AsyncSocket, linger: float) -> None:
         sock.close(linger=max(0, round(linger * 1000)))
 
 
+def rearm(sock: AsyncSocket) -> None:
+    """Let ``zmq.asyncio`` see events that calls on the socket's shadow may have consumed.
+
+    libzmq signals readiness on an edge-triggered descriptor, and a send or receive on the
+    shadow can swallow the edge a pending ``zmq.asyncio`` future (another task's poll or
+    send) waits for. Reading ``EVENTS`` through the asyncio socket makes pyzmq re-dispatch
+    them.
+    """
+    sock.get(zmq.EVENTS)
+
+
 async def send(sock: AsyncSocket, sync: SyncSocket, frames: list[bytes]) -> None:
     """Send ``frames`` at once if the socket takes them, else wait until it can."""
     try:
         sync.send_multipart(frames, NOBLOCK)
     except zmq.Again:
         await sock.send_multipart(frames)
+    else:
+        rearm(sock)

@@ -212,7 +212,10 @@ class AsyncWorker(Service):
                     self._in_flight += 1
                     task_group.start_soon(self._serve, sock, sync, request)
                 else:
+                    sockets.rearm(sock)
                     await checkpoint()
+                    continue
+                sockets.rearm(sock)
 
     async def _serve(
         self, sock: sockets.AsyncSocket, sync: sockets.SyncSocket, request: Request
@@ -226,6 +229,7 @@ class AsyncWorker(Service):
                     sync.send_multipart(
                         request.error("WorkerStopped", "the worker stopped"), sockets.NOBLOCK
                     )
+                    sockets.rearm(sock)
                 raise
             except Exception as exc:
                 self._handler_errors += 1

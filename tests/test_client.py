@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+import pytest_asyncio
+import zmq
+
+from conftest import TrackingContext
+from peers import echo_handler, eventually, raw_socket, serving
+from zmqrelay import (
+    AsyncClient,
+    AsyncWorker,
+    Broker,
+    ClosedError,
+    EndpointError,
+    LocalProtocolError,
+    RemoteError,
+    RemoteProtocolError,
+    RequestTimeout,
+)
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture
+async def broker(context: TrackingContext) -> AsyncIterator[Broker]:
+    running = Broker(frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=0)
+    async with serving(running):
+        yield running
+
+
+@pytest_asyncio.fixture
+async def backend(broker: Broker, context: TrackingContext) -> AsyncIterator[zmq.asyncio.Socket]:
+    """A hand-driven DEALER worker: the test reads requests and answers them as it likes."""
+    sock = raw_socket(context, zmq.DEALER, broker.endpoints.backend)
+    yield sock
+    sock.close()
+
+
+async def test_replies_are_matched_in_any_order(
+    context: TrackingContext, backend: zmq.asyncio.Socket
+) -> None:
+    async with AsyncClient("inproc://f", context=context, timeout=5) as client:
+        replies: dict[int, bytes] = {}
+
+        async def ask(n: int) -> None:
+            replies[n] = await client.request(b"%d" % n)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(10):
+                tg.start_soon(ask, n)
+            requests = [await backend.recv_multipart() for _ in range(10)]
+            assert client.statistics().in_flight == 10
+            for request in reversed(requests):
+                await backend.send_multipart([*request[:-1], b"re " + request[-1]])
+        assert replies == {n: b"re %d" % n for n in range(10)}
+        assert client.statistics().replies_received == 10
+
+
+async def test_timeout_is_a_typed_timeout_error_and_the_late_reply_is_counted(
+    context: TrackingContext, backend: zmq.asyncio.Socket
+) -> None:
+    async with AsyncClient("inproc://f", context=context) as client:
+        with pytest.raises(RequestTimeout, match="no reply within 0.05 s") as caught:
+            await client.request(b"slow", timeout=0.05)
+        assert isinstance(caught.value, TimeoutError)
+        request = await backend.recv_multipart()
+        await backend.send_multipart(request)
+        await eventually(lambda: client.statistics().late_replies == 1)
+        stats = client.statistics()
+        assert (stats.timeouts, stats.in_flight, stats.replies_received) == (1, 0, 0)
+
+
+async def test_cancelling_one_request_disturbs_no_other(
+    context: TrackingContext, backend: zmq.asyncio.Socket
+) -> None:
+    async with AsyncClient("inproc://f", context=context, timeout=5) as client:
+        replies: list[bytes] = []
+        async with anyio.create_task_group() as tg:
+            cancelled = anyio.CancelScope()
+
+            async def doomed() -> None:
+                with cancelled:
+                    await client.request(b"doomed")
+
+            async def kept() -> None:
+                replies.append(await client.request(b"kept"))
+
+            tg.start_soon(doomed)
+            first = await backend.recv_multipart()
+            tg.start_soon(kept)
+            second = await backend.recv_multipart()
+            cancelled.cancel()
+            await eventually(lambda: client.statistics().in_flight == 1)
+            await backend.send_multipart(first)
+            await backend.send_multipart(second)
+        assert replies == [b"kept"]
+        await eventually(lambda: client.statistics().late_replies == 1)
+
+
+async def test_many_tasks_share_one_client(context: TrackingContext, broker: Broker) -> None:
+    served: Counter[str] = Counter()
+    async with (
+        AsyncWorker("inproc://b", echo_handler("w", served), context=context, concurrency=8),
+        AsyncClient("inproc://f", context=context, timeout=10) as client,
+        anyio.create_task_group() as tg,
+    ):
+        results: list[bool] = []
+
+        async def ask_five(task: int) -> None:
+            for n in range(5):
+                body = b"%d-%d" % (task, n)
+                results.append(await client.request(body) == b"World " + body)
+
+        for task in range(40):
+            tg.start_soon(ask_five, task)
+    assert results == [True] * 200
+    assert served["w"] == 200
+
+
+async def test_multipart_requests_and_replies(
+    context: TrackingContext, backend: zmq.asyncio.Socket
+) -> None:
+    frames = [b"", b"\x00\xff binary", b"", b"last"]
+    async with AsyncClient("inproc://f", context=context, timeout=5) as client, anyio.create_task_group() as tg:
+        replies: list[list[bytes]] = []
+
+        async def ask() -> None:
+            replies.append(await client.request_frames(frames))
+
+        tg.start_soon(ask)
+        request = await backend.recv_multipart()
+        delimiter = request.index(b"")
+        assert request[delimiter + 1 :] == frames
+        await backend.send_multipart(request[: delimiter + 1] + frames[::-1])
+    assert replies == [frames[::-1]]
+
+
+async def test_request_refuses_a_multipart_reply(
+    context: TrackingContext, backend: zmq.asyncio.Socket
+) -> None:
+    async with AsyncClient("inproc://f", context=context, timeout=5) as client, anyio.create_task_group() as tg:
+
+        async def answer_twice() -> None:
+            request = await backend.recv_multipart()
+            await backend.send_multipart([*request, b"extra"])
+
+        tg.start_soon(answer_twice)
+        with pytest.raises(RemoteProtocolError, match="use request_frames"):
+            await client.request(b"one")
+
+
+async def test_an_empty_request_is_refused_locally(context: TrackingContext, broker: Broker) -> None:
+    async with AsyncClient("inproc://f", context=context) as client:
+        with pytest.raises(LocalProtocolError):
+            await client.request_frames([])
+
+
+async def test_handler_errors_arrive_as_remote_errors(
+    context: TrackingContext, broker: Broker
+) -> None:
+    async def fail(request: bytes) -> bytes:
+        raise KeyError(request.decode())
+
+    async with (
+        AsyncWorker("inproc://b", fail, context=context),
+        AsyncClient("inproc://f", context=context, timeout=5) as client,
+    ):
+        with pytest.raises(RemoteError, match="KeyError: 'missing'") as caught:
+            await client.request(b"missing")
+    assert caught.value.type_name == "KeyError"
+
+
+async def test_using_a_client_outside_its_lifetime_is_a_closed_error(
+    context: TrackingContext,
+) -> None:
+    client = AsyncClient("inproc://nowhere", context=context)
+    with pytest.raises(ClosedError, match="new"):
+        await client.request(b"x")
+    async with client:
+        pass
+    with pytest.raises(ClosedError, match="closed"):
+        await client.request(b"x")
+    assert "closed" in repr(client)
+
+
+async def test_closing_fails_requests_still_waiting(
+    context: TrackingContext, backend: zmq.asyncio.Socket
+) -> None:
+    client = AsyncClient("inproc://f", context=context)
+    failures: list[BaseException] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(client.run)
+
+        async def ask() -> None:
+            try:
+                await client.request(b"pending")
+            except ClosedError as exc:
+                failures.append(exc)
+
+        tg.start_soon(ask)
+        await backend.recv_multipart()
+        await client.aclose()
+    assert len(failures) == 1
+
+
+async def test_invalid_endpoint_is_an_endpoint_error(context: TrackingContext) -> None:
+    with pytest.raises(EndpointError):
+        async with AsyncClient("nonsense", context=context):
+            pass
