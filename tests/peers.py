@@ -92,10 +92,19 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> Non
             await anyio.sleep(0.001)
 
 
-def raw_socket(context: zmq.asyncio.Context, kind: int, endpoint: str, *, bind: bool = False) -> zmq.asyncio.Socket:
+def raw_socket(
+    context: zmq.asyncio.Context,
+    kind: int,
+    endpoint: str,
+    *,
+    bind: bool = False,
+    routing_id: bytes | None = None,
+) -> zmq.asyncio.Socket:
     """A plain socket, connected (or bound) to ``endpoint``."""
     sock = context.socket(kind)
     sock.linger = 0
+    if routing_id is not None:
+        sock.routing_id = routing_id
     if bind:
         sock.bind(endpoint)
     else:

@@ -1,0 +1,211 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+import anyio
+import pytest
+import pytest_asyncio
+import zmq
+
+from conftest import TrackingContext
+from peers import eventually, raw_socket, req_client, serving
+from zmqrelay import AsyncClient, AsyncWorker, Broker, RemoteError
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture
+async def broker(context: TrackingContext) -> AsyncIterator[Broker]:
+    running = Broker(frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=0)
+    async with serving(running):
+        yield running
+
+
+@pytest_asyncio.fixture
+async def client(broker: Broker, context: TrackingContext) -> AsyncIterator[AsyncClient]:
+    running = AsyncClient("inproc://f", context=context, timeout=10)
+    async with serving(running):
+        yield running
+
+
+class Gate:
+    """A handler that holds every request until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.open = anyio.Event()
+        self.inside = 0
+        self.most_inside = 0
+
+    async def __call__(self, request: bytes) -> bytes:
+        self.inside += 1
+        self.most_inside = max(self.most_inside, self.inside)
+        try:
+            await self.open.wait()
+        finally:
+            self.inside -= 1
+        return request
+
+
+async def test_handles_up_to_concurrency_requests_at_once(
+    context: TrackingContext, client: AsyncClient
+) -> None:
+    gate = Gate()
+    worker = AsyncWorker("inproc://b", gate, context=context, concurrency=3)
+    replies: list[bytes] = []
+    async with worker, anyio.create_task_group() as tg:
+        for n in range(10):
+            tg.start_soon(lambda n=n: _append(replies, client.request(b"%d" % n)))
+        await eventually(lambda: gate.inside == 3)
+        assert worker.statistics().in_flight == 3
+        assert "in_flight=3/3" in repr(worker)
+        gate.open.set()
+    assert sorted(replies) == sorted(b"%d" % n for n in range(10))
+    assert gate.most_inside == 3
+    stats = worker.statistics()
+    assert (stats.requests_received, stats.replies_sent, stats.in_flight) == (10, 10, 0)
+
+
+async def _append(replies: list[bytes], reply: object) -> None:
+    replies.append(await reply)  # type: ignore[misc]
+
+
+async def test_a_raising_handler_answers_every_kind_of_client_and_keeps_serving(
+    context: TrackingContext, client: AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def picky(request: bytes) -> bytes:
+        if request == b"bad":
+            raise ValueError("boom")
+        return b"ok"
+
+    async with AsyncWorker("inproc://b", picky, context=context) as worker:
+        with caplog.at_level(logging.ERROR, logger="zmqrelay.worker"):
+            with pytest.raises(RemoteError, match="ValueError: boom"):
+                await client.request(b"bad")
+        assert "handler raised" in caplog.text
+        async with req_client(context, "inproc://f") as plain:
+            assert await plain(b"bad") == b"zmqrelay-error: ValueError: boom"
+            assert await plain(b"good") == b"ok"
+        assert await client.request(b"good") == b"ok"
+    assert worker.statistics().handler_errors == 2
+
+
+async def test_frames_handlers_take_and_return_multipart_bodies(
+    context: TrackingContext, client: AsyncClient
+) -> None:
+    async def reverse(frames: list[bytes]) -> Sequence[bytes]:
+        return frames[::-1]
+
+    body = [b"", b"\x00\x01binary", b"", b"end"]
+    async with AsyncWorker("inproc://b", reverse, frames=True, context=context):
+        assert await client.request_frames(body) == body[::-1]
+
+
+async def test_a_single_frame_handler_refuses_multipart_requests(
+    context: TrackingContext, client: AsyncClient
+) -> None:
+    async def echo(request: bytes) -> bytes:
+        return request
+
+    async with AsyncWorker("inproc://b", echo, context=context):
+        with pytest.raises(RemoteError, match="single-frame request, got 2 frames"):
+            await client.request_frames([b"a", b"b"])
+
+
+async def test_a_handler_returning_the_wrong_type_gets_an_error_reply(
+    context: TrackingContext, client: AsyncClient
+) -> None:
+    async def wrong(request: bytes) -> bytes:
+        return "text"  # type: ignore[return-value]
+
+    async with AsyncWorker("inproc://b", wrong, context=context):
+        with pytest.raises(RemoteError, match="LocalProtocolError: reply frames must be bytes"):
+            await client.request(b"x")
+
+
+async def test_graceful_close_finishes_requests_in_hand(
+    context: TrackingContext, client: AsyncClient
+) -> None:
+    gate = Gate()
+    worker = AsyncWorker("inproc://b", gate, context=context, drain_timeout=10)
+    replies: list[bytes] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        tg.start_soon(lambda: _append(replies, client.request(b"in hand")))
+        await eventually(lambda: gate.inside == 1)
+        tg.start_soon(worker.aclose)
+        await eventually(lambda: "draining" in repr(worker))
+        gate.open.set()
+    assert replies == [b"in hand"]
+    assert "closed" in repr(worker)
+
+
+async def test_handlers_past_the_drain_timeout_are_cancelled_and_answered(
+    context: TrackingContext, client: AsyncClient
+) -> None:
+    gate = Gate()
+    worker = AsyncWorker("inproc://b", gate, context=context, drain_timeout=0.01)
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        failures: list[RemoteError] = []
+
+        async def ask() -> None:
+            try:
+                await client.request(b"stuck")
+            except RemoteError as exc:
+                failures.append(exc)
+
+        tg.start_soon(ask)
+        await eventually(lambda: gate.inside == 1)
+        await worker.aclose()
+    assert [failure.type_name for failure in failures] == ["WorkerStopped"]
+
+
+async def test_cancelling_run_stops_at_once_and_closes_the_socket(
+    context: TrackingContext, client: AsyncClient
+) -> None:
+    gate = Gate()
+    worker = AsyncWorker("inproc://b", gate, context=context)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: _swallow(client.request(b"stuck")))
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as inner:
+                await inner.start(worker.run)
+                await eventually(lambda: gate.inside == 1)
+                scope.cancel()
+        assert "closed" in repr(worker)
+        tg.cancel_scope.cancel()
+
+
+async def _swallow(call: object) -> None:
+    try:
+        await call  # type: ignore[misc]
+    except RemoteError:
+        pass
+
+
+async def test_malformed_requests_are_dropped_and_counted(context: TrackingContext) -> None:
+    broker_side = raw_socket(context, zmq.ROUTER, "inproc://fake-broker", bind=True)
+    try:
+        async def echo(request: bytes) -> bytes:
+            return request
+
+        worker = AsyncWorker(
+            "inproc://fake-broker", echo, context=context, routing_id=b"w1"
+        )
+        async with worker:
+            for garbage in ([b"no delimiter"], [b"", b"no routing"], [b"hop", b""]):
+                await broker_side.send_multipart([b"w1", *garbage])
+            await broker_side.send_multipart([b"w1", b"client", b"", b"fine"])
+            assert await broker_side.recv_multipart() == [b"w1", b"client", b"", b"fine"]
+        assert worker.statistics().malformed_requests == 3
+    finally:
+        broker_side.close()
+
+
+async def test_concurrency_must_be_positive() -> None:
+    async def echo(request: bytes) -> bytes:
+        return request
+
+    with pytest.raises(ValueError, match="concurrency"):
+        AsyncWorker("inproc://b", echo, concurrency=0)
