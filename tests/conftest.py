@@ -46,7 +46,7 @@ def close_and_check(context: TrackingContext) -> None:
 
     threading.Thread(target=term, daemon=True).start()
     if leaked:
-        kinds = ", ".join(zmq.SocketType(sock.type).name for sock in leaked)
+        kinds = ", ".join(zmq.SocketType(int(sock.type)).name for sock in leaked)
         pytest.fail(f"{len(leaked)} socket(s) left open: {kinds}")
     if not done.wait(TERM_DEADLINE):
         pytest.fail(f"the zmq context did not terminate within {TERM_DEADLINE} s")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import errno
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
@@ -33,7 +34,7 @@ async def test_reports_the_ports_it_really_bound(context: TrackingContext, wildc
 async def test_endpoints_are_unknown_before_binding(context: TrackingContext) -> None:
     broker = Broker(frontend="inproc://f", backend="inproc://b", context=context)
     with pytest.raises(ClosedError, match="not bound"):
-        broker.endpoints
+        _ = broker.endpoints
     assert repr(broker) == "<Broker relay new frontend='inproc://f' backend='inproc://b'>"
 
 
@@ -100,7 +101,9 @@ async def test_requests_wait_for_a_worker(context: TrackingContext) -> None:
 
         tg.start_soon(ask)
         await eventually(lambda: client.statistics().requests_sent == 1)
-        await tg.start(AsyncWorker(broker.endpoints.backend, echo_handler("w", served), context=context).run)
+        await tg.start(
+            AsyncWorker(broker.endpoints.backend, echo_handler("w", served), context=context).run
+        )
         await eventually(lambda: bool(replies))
         assert replies == [b"World early"]
         tg.cancel_scope.cancel()
@@ -186,7 +189,7 @@ async def test_reply_to_a_client_that_left_is_counted(context: TrackingContext) 
 
 
 def _unroutable_after(broker: Broker, worker: zmq.asyncio.Socket, request: list[bytes]) -> bool:
-    worker.send_multipart(request[:-1] + [b"late"], zmq.NOBLOCK)
+    worker.send_multipart([*request[:-1], b"late"], zmq.NOBLOCK)
     return broker.statistics().unroutable_replies > 0
 
 
@@ -231,7 +234,7 @@ async def test_drain_is_bounded_by_its_timeout(context: TrackingContext) -> None
     ):
         silent = raw_socket(context, zmq.DEALER, broker.endpoints.backend)
         try:
-            tg.start_soon(request, b"never answered")
+            tg.start_soon(_ask, request, b"never answered")
             await silent.recv_multipart()
             with anyio.fail_after(5):
                 await broker.aclose()
@@ -244,7 +247,9 @@ async def test_oversized_requests_are_refused(context: TrackingContext) -> None:
     served: Counter[str] = Counter()
     async with (
         Broker(
-            frontend="tcp://127.0.0.1:0", backend="inproc://b", context=context,
+            frontend="tcp://127.0.0.1:0",
+            backend="inproc://b",
+            context=context,
             max_message_size=1024,
         ) as broker,
         AsyncWorker("inproc://b", echo_handler("w", served), context=context),
@@ -270,3 +275,7 @@ async def test_statistics_and_endpoints_are_named_tuples() -> None:
 async def test_batch_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         Broker(frontend="inproc://f", backend="inproc://b", batch_size=0)
+
+
+async def _ask(request: Callable[[bytes], Awaitable[bytes]], body: bytes) -> None:
+    await request(body)

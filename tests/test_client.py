@@ -64,7 +64,7 @@ async def test_timeout_is_a_typed_timeout_error_and_the_late_reply_is_counted(
     context: TrackingContext, backend: zmq.asyncio.Socket
 ) -> None:
     async with AsyncClient("inproc://f", context=context) as client:
-        with pytest.raises(RequestTimeout, match="no reply within 0.05 s") as caught:
+        with pytest.raises(RequestTimeout, match=r"no reply within 0\.05 s") as caught:
             await client.request(b"slow", timeout=0.05)
         assert isinstance(caught.value, TimeoutError)
         request = await backend.recv_multipart()
@@ -125,7 +125,10 @@ async def test_multipart_requests_and_replies(
     context: TrackingContext, backend: zmq.asyncio.Socket
 ) -> None:
     frames = [b"", b"\x00\xff binary", b"", b"last"]
-    async with AsyncClient("inproc://f", context=context, timeout=5) as client, anyio.create_task_group() as tg:
+    async with (
+        AsyncClient("inproc://f", context=context, timeout=5) as client,
+        anyio.create_task_group() as tg,
+    ):
         replies: list[list[bytes]] = []
 
         async def ask() -> None:
@@ -142,7 +145,10 @@ async def test_multipart_requests_and_replies(
 async def test_request_refuses_a_multipart_reply(
     context: TrackingContext, backend: zmq.asyncio.Socket
 ) -> None:
-    async with AsyncClient("inproc://f", context=context, timeout=5) as client, anyio.create_task_group() as tg:
+    async with (
+        AsyncClient("inproc://f", context=context, timeout=5) as client,
+        anyio.create_task_group() as tg,
+    ):
 
         async def answer_twice() -> None:
             request = await backend.recv_multipart()
@@ -153,7 +159,9 @@ async def test_request_refuses_a_multipart_reply(
             await client.request(b"one")
 
 
-async def test_an_empty_request_is_refused_locally(context: TrackingContext, broker: Broker) -> None:
+async def test_an_empty_request_is_refused_locally(
+    context: TrackingContext, broker: Broker
+) -> None:
     async with AsyncClient("inproc://f", context=context) as client:
         with pytest.raises(LocalProtocolError):
             await client.request_frames([])

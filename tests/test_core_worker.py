@@ -20,7 +20,9 @@ def back_to_client(worker_frames: list[bytes]) -> list[bytes]:
 
 
 @given(body, body)
-def test_client_worker_client_round_trip(request_body: list[bytes], reply_body: list[bytes]) -> None:
+def test_client_worker_client_round_trip(
+    request_body: list[bytes], reply_body: list[bytes]
+) -> None:
     correlator: Correlator[str] = Correlator(first_id=5)
     _, frames = correlator.open("waiter", request_body)
     request = decode_request(through_broker(frames))
@@ -47,7 +49,11 @@ def test_error_reaches_a_plain_client_as_one_documented_frame(hops: list[bytes])
     hops = [b"\x00" + hop for hop in hops]
     request = decode_request([*hops, b"", b"x"])
     assert not request.tagged
-    assert request.error("ValueError", "bad") == [*hops, b"", PLAIN_ERROR_PREFIX + b"ValueError: bad"]
+    assert request.error("ValueError", "bad") == [
+        *hops,
+        b"",
+        PLAIN_ERROR_PREFIX + b"ValueError: bad",
+    ]
 
 
 def test_replies_must_be_bytes_frames() -> None:

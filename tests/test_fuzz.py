@@ -41,11 +41,13 @@ async def _broker_scenario(front: list[list[bytes]], back: list[list[bytes]]) ->
     served: Counter[str] = Counter()
     try:
         async with (
-            Broker(frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=0)
-            as broker,
+            Broker(
+                frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=0
+            ) as broker,
             AsyncWorker("inproc://b", echo_handler("w", served), context=context, concurrency=4),
-            AsyncClient("inproc://f", context=context, routing_id=GOOD_CLIENT, timeout=10)
-            as client,
+            AsyncClient(
+                "inproc://f", context=context, routing_id=GOOD_CLIENT, timeout=10
+            ) as client,
         ):
             rogue_client = raw_socket(context, zmq.DEALER, "inproc://f", routing_id=b"rogue")
             rogue_worker = raw_socket(context, zmq.DEALER, "inproc://b")
@@ -75,9 +77,11 @@ async def _broker_scenario(front: list[list[bytes]], back: list[list[bytes]]) ->
                     replied = sum(is_routable(message) for message in back)
                     await eventually(lambda: len(replies) == 10)
                     await eventually(
-                        lambda: broker.statistics().malformed_requests == len(front) - routable
-                        and broker.statistics().malformed_replies == len(back) - replied
-                        and broker.statistics().unroutable_replies == replied
+                        lambda: (
+                            broker.statistics().malformed_requests == len(front) - routable
+                            and broker.statistics().malformed_replies == len(back) - replied
+                            and broker.statistics().unroutable_replies == replied
+                        )
                     )
                     tg.cancel_scope.cancel()
             finally:
@@ -101,7 +105,9 @@ async def _client_scenario(noise: list[list[bytes]]) -> None:
     context = TrackingContext()
     fake_broker = raw_socket(context, zmq.ROUTER, "inproc://fake", bind=True)
     try:
-        async with AsyncClient("inproc://fake", context=context, routing_id=b"c", timeout=10) as client:
+        async with AsyncClient(
+            "inproc://fake", context=context, routing_id=b"c", timeout=10
+        ) as client:
             replies: list[bytes] = []
             async with anyio.create_task_group() as tg:
 
@@ -136,7 +142,9 @@ async def _worker_scenario(noise: list[list[bytes]]) -> None:
     served: Counter[str] = Counter()
     fake_broker = raw_socket(context, zmq.ROUTER, "inproc://fake", bind=True)
     try:
-        worker = AsyncWorker("inproc://fake", echo_handler("w", served), context=context, routing_id=b"w")
+        worker = AsyncWorker(
+            "inproc://fake", echo_handler("w", served), context=context, routing_id=b"w"
+        )
         async with worker:
             for message in noise:
                 await fake_broker.send_multipart([b"w", *message])
@@ -144,7 +152,10 @@ async def _worker_scenario(noise: list[list[bytes]]) -> None:
             # Garbage that happens to be a request is answered too; the real one must be.
             with anyio.fail_after(10):
                 while (reply := await fake_broker.recv_multipart()) != [
-                    b"w", b"client", b"", b"World real"
+                    b"w",
+                    b"client",
+                    b"",
+                    b"World real",
                 ]:
                     assert reply[0] == b"w"
         stats = worker.statistics()

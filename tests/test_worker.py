@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 
@@ -55,7 +56,7 @@ async def test_handles_up_to_concurrency_requests_at_once(
     replies: list[bytes] = []
     async with worker, anyio.create_task_group() as tg:
         for n in range(10):
-            tg.start_soon(lambda n=n: _append(replies, client.request(b"%d" % n)))
+            tg.start_soon(_ask, client, b"%d" % n, replies)
         await eventually(lambda: gate.inside == 3)
         assert worker.statistics().in_flight == 3
         assert "in_flight=3/3" in repr(worker)
@@ -66,8 +67,8 @@ async def test_handles_up_to_concurrency_requests_at_once(
     assert (stats.requests_received, stats.replies_sent, stats.in_flight) == (10, 10, 0)
 
 
-async def _append(replies: list[bytes], reply: object) -> None:
-    replies.append(await reply)  # type: ignore[misc]
+async def _ask(client: AsyncClient, body: bytes, replies: list[bytes]) -> None:
+    replies.append(await client.request(body))
 
 
 async def test_a_raising_handler_answers_every_kind_of_client_and_keeps_serving(
@@ -79,9 +80,11 @@ async def test_a_raising_handler_answers_every_kind_of_client_and_keeps_serving(
         return b"ok"
 
     async with AsyncWorker("inproc://b", picky, context=context) as worker:
-        with caplog.at_level(logging.ERROR, logger="zmqrelay.worker"):
-            with pytest.raises(RemoteError, match="ValueError: boom"):
-                await client.request(b"bad")
+        with (
+            caplog.at_level(logging.ERROR, logger="zmqrelay.worker"),
+            pytest.raises(RemoteError, match="ValueError: boom"),
+        ):
+            await client.request(b"bad")
         assert "handler raised" in caplog.text
         async with req_client(context, "inproc://f") as plain:
             assert await plain(b"bad") == b"zmqrelay-error: ValueError: boom"
@@ -131,7 +134,7 @@ async def test_graceful_close_finishes_requests_in_hand(
     replies: list[bytes] = []
     async with anyio.create_task_group() as tg:
         await tg.start(worker.run)
-        tg.start_soon(lambda: _append(replies, client.request(b"in hand")))
+        tg.start_soon(_ask, client, b"in hand", replies)
         await eventually(lambda: gate.inside == 1)
         tg.start_soon(worker.aclose)
         await eventually(lambda: "draining" in repr(worker))
@@ -167,7 +170,7 @@ async def test_cancelling_run_stops_at_once_and_closes_the_socket(
     gate = Gate()
     worker = AsyncWorker("inproc://b", gate, context=context)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: _swallow(client.request(b"stuck")))
+        tg.start_soon(_ask_despite_errors, client, b"stuck")
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as inner:
                 await inner.start(worker.run)
@@ -177,22 +180,19 @@ async def test_cancelling_run_stops_at_once_and_closes_the_socket(
         tg.cancel_scope.cancel()
 
 
-async def _swallow(call: object) -> None:
-    try:
-        await call  # type: ignore[misc]
-    except RemoteError:
-        pass
+async def _ask_despite_errors(client: AsyncClient, body: bytes) -> None:
+    with contextlib.suppress(RemoteError):
+        await client.request(body)
 
 
 async def test_malformed_requests_are_dropped_and_counted(context: TrackingContext) -> None:
     broker_side = raw_socket(context, zmq.ROUTER, "inproc://fake-broker", bind=True)
     try:
+
         async def echo(request: bytes) -> bytes:
             return request
 
-        worker = AsyncWorker(
-            "inproc://fake-broker", echo, context=context, routing_id=b"w1"
-        )
+        worker = AsyncWorker("inproc://fake-broker", echo, context=context, routing_id=b"w1")
         async with worker:
             for garbage in ([b"no delimiter"], [b"", b"no routing"], [b"hop", b""]):
                 await broker_side.send_multipart([b"w1", *garbage])

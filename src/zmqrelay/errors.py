@@ -56,6 +56,7 @@ class RemoteError(ZmqRelayError):
     Attributes:
         type_name: the name of the exception class raised by the handler (``"ValueError"``).
         message: ``str()`` of that exception.
+
     """
 
     def __init__(self, type_name: str, message: str) -> None:

@@ -20,6 +20,7 @@ from zmqrelay.errors import ClosedError
 
 logger = logging.getLogger("zmqrelay.broker")
 
+
 class Endpoints(NamedTuple):
     """Where peers connect to a running broker.
 
@@ -61,6 +62,7 @@ class Broker(Service):
             ...
 
     or, to serve until cancelled: ``await Broker(frontend=..., backend=...).run()``.
+
     """
 
     _kind = "broker"
@@ -105,6 +107,7 @@ class Broker(Service):
 
         Raises:
             ClosedError: the broker has not bound its sockets yet.
+
         """
         if self._endpoints is None:
             raise ClosedError(f"the broker is {self._state}: it has not bound its endpoints")
@@ -132,6 +135,7 @@ class Broker(Service):
         Raises:
             EndpointError: an endpoint could not be bound.
             ClosedError: the broker already ran, or its context was terminated.
+
         """
         self._claim()
         context = sockets.get_context(self._context)
@@ -165,7 +169,8 @@ class Broker(Service):
             for sock in opened:
                 sockets.close(sock, self._linger)
             self._finish()
-            logger.info("broker stopped: %s", self.statistics())
+            if self._endpoints is not None:
+                logger.info("broker stopped: %s", self.statistics())
 
     async def _serve(
         self,

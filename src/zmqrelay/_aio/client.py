@@ -44,6 +44,7 @@ class AsyncClient(Service):
         timeout: the default timeout of a request in seconds (``None``: wait forever).
         routing_id: this client's identity on the wire (by default libzmq picks one).
         linger: seconds unsent requests may still go out after the socket closes.
+
     """
 
     _kind = "client"
@@ -77,7 +78,7 @@ class AsyncClient(Service):
         """A snapshot of the client's counters."""
         return self._correlator.statistics()
 
-    async def request(self, body: bytes, *, timeout: float | None | EllipsisType = ...) -> bytes:
+    async def request(self, body: bytes, *, timeout: float | EllipsisType | None = ...) -> bytes:
         """Send a single-frame request and return the single-frame reply.
 
         Args:
@@ -90,6 +91,7 @@ class AsyncClient(Service):
             RemoteError: the worker's handler raised.
             RemoteProtocolError: the reply has more than one frame (use :meth:`request_frames`).
             ClosedError: the client is not running.
+
         """
         reply = await self.request_frames([body], timeout=timeout)
         if len(reply) != 1:
@@ -99,7 +101,7 @@ class AsyncClient(Service):
         return reply[0]
 
     async def request_frames(
-        self, frames: Sequence[bytes], *, timeout: float | None | EllipsisType = ...
+        self, frames: Sequence[bytes], *, timeout: float | EllipsisType | None = ...
     ) -> list[bytes]:
         """Send a multipart request and return the reply's frames.
 
@@ -127,7 +129,9 @@ class AsyncClient(Service):
                 waiter.exception()  # retrieved here if the send, not the wait, ended the call
         return reply.result()
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Connect and match replies to requests until cancelled or closed.
 
         Reports readiness through ``task_status`` once requests can be sent. When it stops,
@@ -135,6 +139,7 @@ class AsyncClient(Service):
 
         Raises:
             EndpointError: ``endpoint`` is not a valid address.
+
         """
         self._claim()
         try:
@@ -168,7 +173,7 @@ class AsyncClient(Service):
         match = self._correlator.receive
         batch = range(512)
         while True:
-            await sock.poll(None, sockets.POLLIN)
+            await sock.poll()  # the default: wait until readable, no timeout
             for _ in batch:
                 try:
                     frames = receive(sockets.NOBLOCK)

@@ -28,7 +28,9 @@ class Service:
         self._closed = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Serve until cancelled or closed."""
         raise NotImplementedError
 
@@ -75,4 +77,7 @@ class Service:
             self._close_requested.set()
         else:
             task_group.cancel_scope.cancel()
-        return await task_group.__aexit__(exc_type, exc, tb)
+        # The block's own exception is not handed to the task group, which would wrap it in an
+        # ExceptionGroup: callers catch RequestTimeout, not a group holding it.
+        await task_group.__aexit__(None, None, None)
+        return None

@@ -44,6 +44,7 @@ def open_socket(
 
     Raises:
         ClosedError: the context is terminated.
+
     """
     try:
         sock = context.socket(kind)
@@ -74,7 +75,7 @@ def shadow(sock: AsyncSocket) -> SyncSocket:
 
 @contextmanager
 def translated(action: str, endpoint: str) -> Iterator[None]:
-    """Turn a ``zmq.ZMQError`` raised while binding or connecting into an :class:`EndpointError`."""
+    """Turn a ``zmq.ZMQError`` from binding or connecting into an :class:`EndpointError`."""
     try:
         yield
     except zmq.ZMQError as exc:
@@ -90,6 +91,7 @@ def bind(sock: AsyncSocket, endpoint: str) -> str:
 
     Raises:
         EndpointError: the endpoint is invalid or in use.
+
     """
     with translated("bind", endpoint):
         sock.bind(endpoint)
@@ -103,6 +105,7 @@ def connect(sock: AsyncSocket, endpoint: str) -> None:
 
     Raises:
         EndpointError: the endpoint is invalid.
+
     """
     with translated("connect to", endpoint):
         sock.connect(endpoint)

@@ -59,6 +59,7 @@ class AsyncWorker(Service):
             return request.upper()
 
         await AsyncWorker("tcp://localhost:5560", handle, concurrency=16).run()
+
     """
 
     _kind = "worker"
@@ -139,7 +140,9 @@ class AsyncWorker(Service):
             concurrency=self._concurrency,
         )
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Connect and serve requests until cancelled or closed.
 
         Reports readiness through ``task_status`` once the socket is connecting (libzmq
@@ -151,6 +154,7 @@ class AsyncWorker(Service):
         Raises:
             EndpointError: ``endpoint`` is not a valid address.
             ClosedError: the worker already ran, or its context was terminated.
+
         """
         self._claim()
         try:
@@ -194,7 +198,7 @@ class AsyncWorker(Service):
                 while self._in_flight >= self._concurrency:
                     self._slot_freed = anyio.Event()
                     await self._slot_freed.wait()
-                await sock.poll(None, sockets.POLLIN)
+                await sock.poll()  # the default: wait until readable, no timeout
                 for _ in batch:
                     if self._in_flight >= self._concurrency:
                         break
@@ -260,4 +264,3 @@ class AsyncWorker(Service):
         get a ``WorkerStopped`` error). Safe to call more than once.
         """
         await super().aclose()
-

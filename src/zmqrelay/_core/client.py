@@ -53,6 +53,7 @@ class Reply:
 
         Raises:
             RemoteError: the worker reported that its handler raised.
+
         """
         if self.status is tag.Status.OK:
             return self.body
@@ -95,6 +96,7 @@ class Correlator(Generic[T]):
 
         Raises:
             LocalProtocolError: ``body`` has no frames.
+
         """
         if not body:
             raise LocalProtocolError("a request needs at least one body frame")
@@ -156,4 +158,3 @@ class Correlator(Generic[T]):
             foreign_replies=self.foreign_replies,
             malformed_replies=self.malformed_replies,
         )
-

@@ -37,6 +37,7 @@ def split(frames: Sequence[bytes]) -> Envelope:
 
     Raises:
         RemoteProtocolError: there is no routing frame, no delimiter, or no body after it.
+
     """
     try:
         index = frames.index(DELIMITER)

@@ -55,14 +55,13 @@ class Request:
 
         Raises:
             LocalProtocolError: ``body`` is empty or holds something other than bytes.
+
         """
         if not body:
             raise LocalProtocolError("a reply needs at least one body frame")
         for frame in body:
             if not isinstance(frame, bytes):
-                raise LocalProtocolError(
-                    f"reply frames must be bytes, not {type(frame).__name__}"
-                )
+                raise LocalProtocolError(f"reply frames must be bytes, not {type(frame).__name__}")
         return [*self.routing, envelope.DELIMITER, *body]
 
     def error(self, type_name: str, message: str) -> list[bytes]:
@@ -70,7 +69,12 @@ class Request:
         hop = self.routing[-1]
         if tag.decode(hop) is not None:
             marked = tag.with_status(hop, tag.Status.ERROR)
-            return [*self.routing[:-1], marked, envelope.DELIMITER, *encode_error(type_name, message)]
+            return [
+                *self.routing[:-1],
+                marked,
+                envelope.DELIMITER,
+                *encode_error(type_name, message),
+            ]
         return [*self.routing, envelope.DELIMITER, plain_error_reply(type_name, message)]
 
 
@@ -87,6 +91,7 @@ def decode_request(frames: list[bytes]) -> Request:
 
     Raises:
         RemoteProtocolError: no routing frames, no delimiter or no body.
+
     """
     split = envelope.split(frames)
     return Request(split.routing, split.body)

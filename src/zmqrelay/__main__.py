@@ -1,0 +1,5 @@
+"""``python -m zmqrelay``: the same as the ``zmqrelay`` command."""
+
+from zmqrelay.cli import main
+
+main()

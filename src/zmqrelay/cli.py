@@ -1,0 +1,190 @@
+"""The ``zmqrelay`` command: run a broker, run the demo, send a request.
+
+Every option can also come from an environment variable, named in ``--help``
+(``ZMQRELAY_FRONTEND``, ``ZMQRELAY_BACKEND``, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar, TypeVarTuple
+
+import anyio
+import click
+
+from zmqrelay import __version__
+from zmqrelay._aio.broker import Broker
+from zmqrelay._aio.client import AsyncClient
+from zmqrelay._demo import run_demo
+from zmqrelay.errors import ZmqRelayError
+
+logger = logging.getLogger("zmqrelay.cli")
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="zmqrelay")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default=None,
+    envvar="ZMQRELAY_LOG_LEVEL",
+    help="How much to log to standard error [default: INFO for broker, else WARNING].",
+    show_envvar=True,
+)
+@click.pass_context
+def cli(ctx: click.Context, log_level: str | None) -> None:
+    """zmqrelay: an embeddable ZeroMQ request-reply broker."""
+    default = "INFO" if ctx.invoked_subcommand == "broker" else "WARNING"
+    logging.basicConfig(
+        level=(log_level or default).upper(),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+
+
+@cli.command()
+@click.option(
+    "--frontend",
+    default="tcp://*:5559",
+    envvar="ZMQRELAY_FRONTEND",
+    help="Endpoint to bind for clients.",
+    show_envvar=True,
+)
+@click.option(
+    "--backend",
+    default="tcp://*:5560",
+    envvar="ZMQRELAY_BACKEND",
+    help="Endpoint to bind for workers.",
+    show_envvar=True,
+)
+@click.option(
+    "--drain-timeout",
+    type=float,
+    default=5.0,
+    envvar="ZMQRELAY_DRAIN_TIMEOUT",
+    help="On SIGINT/SIGTERM, seconds to keep relaying replies of requests in flight.",
+    show_envvar=True,
+)
+@click.option(
+    "--max-message-size",
+    type=int,
+    default=None,
+    envvar="ZMQRELAY_MAX_MESSAGE_SIZE",
+    help="Disconnect clients that send larger messages (bytes).",
+    show_envvar=True,
+)
+def broker(
+    frontend: str, backend: str, drain_timeout: float, max_message_size: int | None
+) -> None:
+    """Run a relay broker until SIGINT or SIGTERM (a second signal stops it at once)."""
+    instance = Broker(
+        frontend=frontend,
+        backend=backend,
+        drain_timeout=drain_timeout,
+        max_message_size=max_message_size,
+    )
+    _run(_serve_until_signalled, instance)
+
+
+async def _serve_until_signalled(instance: Broker) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+            endpoints = await tg.start(instance.run)
+            logger.info(
+                "serving: clients connect to %s, workers to %s",
+                endpoints.frontend,
+                endpoints.backend,
+            )
+            stopping = False
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if stopping:
+                    logger.info("%s again: stopping now", name)
+                    tg.cancel_scope.cancel()
+                    break
+                logger.info("%s: finishing requests in flight, then stopping", name)
+                stopping = True
+                tg.start_soon(_close_then_stop, instance, tg.cancel_scope)
+
+
+async def _close_then_stop(instance: Broker, scope: anyio.CancelScope) -> None:
+    await instance.aclose()
+    scope.cancel()
+
+
+@cli.command()
+@click.option(
+    "--transport",
+    type=click.Choice(["inproc", "tcp"]),
+    default="inproc",
+    envvar="ZMQRELAY_DEMO_TRANSPORT",
+    help="inproc: all in memory; tcp: over loopback on free ports.",
+    show_envvar=True,
+)
+@click.option("--clients", type=click.IntRange(1, 100), default=2, help="Clients.")
+@click.option("--workers", type=click.IntRange(1, 100), default=3, help="Workers.")
+@click.option(
+    "--requests", type=click.IntRange(1, 10_000), default=10, help="Requests per client."
+)
+def demo(transport: str, clients: int, workers: int, requests: int) -> None:
+    """Run the guide's scenario in one process: 2 clients, 3 workers, 10 requests each."""
+    result = anyio.run(
+        lambda: run_demo(transport=transport, clients=clients, workers=workers, requests=requests)
+    )
+    if result.failures or len(result.served_by) != clients * requests:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option(
+    "--connect",
+    default="tcp://localhost:5559",
+    envvar="ZMQRELAY_CONNECT",
+    help="The broker's frontend.",
+    show_envvar=True,
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=5.0,
+    envvar="ZMQRELAY_TIMEOUT",
+    help="Seconds to wait for the reply.",
+    show_envvar=True,
+)
+@click.argument("frames", nargs=-1, required=True)
+def request(connect: str, timeout: float, frames: Sequence[str]) -> None:
+    """Send one request (one frame per argument) and print the reply, a frame per line."""
+    reply = _run(_request, connect, timeout, [frame.encode() for frame in frames])
+    for frame in reply:
+        click.echo(frame.decode("utf-8", "backslashreplace"))
+
+
+async def _request(endpoint: str, timeout: float, frames: list[bytes]) -> list[bytes]:
+    async with AsyncClient(endpoint, timeout=timeout) as client:
+        return await client.request_frames(frames)
+
+
+def _run(function: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+    """``anyio.run`` that reports zmqrelay's errors as a one-line message and exit status 1."""
+    try:
+        return anyio.run(function, *args)
+    except ZmqRelayError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    except BaseExceptionGroup as group:
+        ours, rest = group.split(ZmqRelayError)
+        if ours is None or rest is not None:
+            raise
+        first = ours.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise click.ClickException(f"{type(first).__name__}: {first}") from group
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``zmqrelay`` console script and ``python -m zmqrelay``."""
+    cli.main(args=argv, prog_name="zmqrelay")

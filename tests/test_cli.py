@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from collections import Counter
+
+import anyio
+import pytest
+from anyio.abc import ByteReceiveStream, Process
+from click.testing import CliRunner
+
+from conftest import TrackingContext
+from peers import echo_handler
+from zmqrelay import AsyncWorker
+from zmqrelay.cli import cli
+
+ZMQRELAY = [sys.executable, "-m", "zmqrelay"]
+
+
+def test_demo_runs_the_seed_scenario_and_exits_0() -> None:
+    result = CliRunner().invoke(cli, ["demo"])
+    assert result.exit_code == 0, result.output
+    served = re.findall(
+        r"client-(\d) request +\d+: Hello -> World  \(served by (worker-\d)\)", result.output
+    )
+    assert len(served) == 20
+    assert Counter(client for client, _ in served) == {"1": 10, "2": 10}
+    assert {worker for _, worker in served} == {"worker-1", "worker-2", "worker-3"}
+    assert "20 of 20 requests answered 'World'" in result.output
+
+
+def test_demo_over_tcp() -> None:
+    result = CliRunner().invoke(cli, ["demo", "--transport", "tcp", "--requests", "3"])
+    assert result.exit_code == 0, result.output
+    assert "6 of 6 requests answered 'World'" in result.output
+
+
+def test_request_without_a_broker_fails_with_a_typed_timeout() -> None:
+    result = CliRunner().invoke(
+        cli, ["request", "--connect", "tcp://127.0.0.1:9", "--timeout", "0.05", "Hello"]
+    )
+    assert result.exit_code == 1
+    assert "RequestTimeout" in result.output
+
+
+def test_an_invalid_endpoint_is_reported_not_raised() -> None:
+    result = CliRunner().invoke(
+        cli, ["broker", "--frontend", "nonsense", "--backend", "inproc://b"]
+    )
+    assert result.exit_code == 1
+    assert "cannot bind 'nonsense'" in result.output
+
+
+async def _line_containing(stream: ByteReceiveStream, marker: bytes) -> bytes:
+    buffer = b""
+    with anyio.fail_after(20):
+        while marker not in buffer:
+            buffer += await stream.receive()
+    return next(line for line in buffer.splitlines() if marker in line)
+
+
+async def _stop(process: Process, signum: signal.Signals) -> int:
+    process.send_signal(signum)
+    with anyio.fail_after(20):
+        return await process.wait()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_broker_command_serves_and_stops_on_a_signal(
+    context: TrackingContext, signum: signal.Signals
+) -> None:
+    env = {**os.environ, "ZMQRELAY_FRONTEND": "tcp://127.0.0.1:0"}
+    command = [*ZMQRELAY, "broker", "--backend", "tcp://127.0.0.1:0"]
+    process = await anyio.open_process(command, env=env, stdout=None)
+    try:
+        assert process.stderr is not None
+        line = await _line_containing(process.stderr, b"serving:")
+        frontend, backend = re.findall(rb"tcp://127\.0\.0\.1:\d+", line)
+        served: Counter[str] = Counter()
+        async with AsyncWorker(backend.decode(), echo_handler("w", served), context=context):
+            result = await anyio.run_process(
+                [*ZMQRELAY, "request", "--connect", frontend.decode(), "Hello"]
+            )
+        assert result.stdout == b"World Hello\n"
+        assert await _stop(process, signum) == 0
+        assert b"broker stopped" in await process.stderr.receive()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.aclose()
