@@ -41,7 +41,9 @@ class AsyncClient(Service):
     Args:
         endpoint: the broker's frontend, e.g. ``"tcp://localhost:5559"``.
         context: the ``zmq.asyncio.Context``; defaults to the process-wide instance.
-        timeout: the default timeout of a request in seconds (``None``: wait forever).
+        timeout: the default timeout of a request in seconds. It is finite by default so that
+            a request whose worker died ends in :class:`~zmqrelay.RequestTimeout`, never in a
+            hang; ``None`` waits forever.
         routing_id: this client's identity on the wire (by default libzmq picks one).
         linger: seconds unsent requests may still go out after the socket closes.
 
@@ -54,7 +56,7 @@ class AsyncClient(Service):
         endpoint: str,
         *,
         context: zmq.asyncio.Context | None = None,
-        timeout: float | None = None,
+        timeout: float | None = 30.0,
         routing_id: bytes | None = None,
         linger: float = 0.0,
     ) -> None:
@@ -105,8 +107,16 @@ class AsyncClient(Service):
     ) -> list[bytes]:
         """Send a multipart request and return the reply's frames.
 
-        Raises the same errors as :meth:`request`, and :class:`LocalProtocolError` when
-        ``frames`` is empty.
+        Args:
+            frames: the request's body frames (at least one; empty frames are fine).
+            timeout: seconds to wait for the reply; ``None`` waits forever; by default the
+                client's ``timeout``.
+
+        Raises:
+            RequestTimeout: no reply in time (also a :class:`TimeoutError`).
+            RemoteError: the worker's handler raised.
+            LocalProtocolError: ``frames`` is empty.
+            ClosedError: the client is not running.
         """
         sock, sync = self._socket, self._sync
         if sock is None or sync is None or self._state != "running":

@@ -23,7 +23,7 @@ logger = logging.getLogger("zmqrelay.worker")
 Handler = Callable[[bytes], Awaitable[bytes]]
 """A handler of single-frame requests: ``async def handle(request: bytes) -> bytes``."""
 FramesHandler = Callable[[list[bytes]], Awaitable[Sequence[bytes]]]
-"""A handler of multipart requests: ``async def handle(frames: list[bytes]) -> list[bytes]``."""
+"""A multipart handler: ``async def handle(frames: list[bytes]) -> Sequence[bytes]``."""
 
 
 class AsyncWorker(Service):
