@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import subprocess
 import sys
 from collections import Counter
 
@@ -92,3 +94,15 @@ async def test_broker_command_serves_and_stops_on_a_signal(
             process.kill()
             await process.wait()
         await process.aclose()
+
+
+def test_bench_measures_zmqrelay_against_the_proxy() -> None:
+    command = [*ZMQRELAY, "bench", "--compare", "proxy", "--warmup", "0.2", "--duration", "0.5"]
+    result = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    runs = {run["broker"]: run for run in json.loads(result.stdout)}
+    assert set(runs) == {"zmqrelay", "proxy"}
+    for run in runs.values():
+        assert run["requests"] > 0
+        assert run["requests_per_second"] == pytest.approx(run["requests"] / run["seconds"])
+        assert run["broker_cpu_seconds"] >= 0

@@ -18,6 +18,7 @@ import click
 from zmqrelay import __version__
 from zmqrelay._aio.broker import Broker
 from zmqrelay._aio.client import AsyncClient
+from zmqrelay._bench import generate_load, report, run_bench, serve_echo, serve_proxy
 from zmqrelay._demo import run_demo
 from zmqrelay.errors import ZmqRelayError
 
@@ -167,6 +168,86 @@ def request(connect: str, timeout: float, frames: Sequence[str]) -> None:
 async def _request(endpoint: str, timeout: float, frames: list[bytes]) -> list[bytes]:
     async with AsyncClient(endpoint, timeout=timeout) as client:
         return await client.request_frames(frames)
+
+
+@cli.command()
+@click.option(
+    "--broker",
+    "brokers",
+    type=click.Choice(["zmqrelay", "proxy"]),
+    multiple=True,
+    default=["zmqrelay"],
+    help="Broker to measure (repeat for several).",
+)
+@click.option("--compare", type=click.Choice(["proxy"]), help="Also measure libzmq's proxy.")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, help="Echo worker processes.")
+@click.option("--clients", type=click.IntRange(1, 64), default=1, help="Load client processes.")
+@click.option(
+    "--window", type=click.IntRange(1, 100_000), default=100, help="Requests in flight per client."
+)
+@click.option(
+    "--size", type=click.IntRange(0, 64 * 1024 * 1024), default=16, help="Payload bytes."
+)
+@click.option(
+    "--warmup", type=click.FloatRange(0, 60), default=1.0, help="Seconds before measuring."
+)
+@click.option("--duration", type=click.FloatRange(0.1, 600), default=3.0, help="Seconds measured.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def bench(
+    brokers: Sequence[str],
+    compare: str | None,
+    workers: int,
+    clients: int,
+    window: int,
+    size: int,
+    warmup: float,
+    duration: float,
+    as_json: bool,
+) -> None:
+    """Measure requests/s and broker CPU per request, each party a process of its own."""
+    chosen = list(dict.fromkeys([*brokers, *([compare] if compare else [])]))
+    results = [
+        run_bench(
+            broker=broker,
+            workers=workers,
+            clients=clients,
+            window=window,
+            size=size,
+            warmup=warmup,
+            duration=duration,
+        )
+        for broker in chosen
+    ]
+    click.echo(report(results, as_json=as_json))
+
+
+@cli.group("bench-peer", hidden=True)
+def bench_peer() -> None:
+    """The processes ``zmqrelay bench`` starts."""
+
+
+@bench_peer.command("proxy")
+def bench_proxy() -> None:
+    """LibZMQ's proxy on free loopback ports."""
+    serve_proxy()
+
+
+@bench_peer.command("worker")
+@click.argument("endpoint")
+def bench_worker(endpoint: str) -> None:
+    """An echo worker."""
+    serve_echo(endpoint)
+
+
+@bench_peer.command("client")
+@click.argument("endpoint")
+@click.argument("window", type=int)
+@click.argument("size", type=int)
+@click.argument("warmup", type=float)
+@click.argument("duration", type=float)
+def bench_client(endpoint: str, window: int, size: int, warmup: float, duration: float) -> None:
+    """A pipelined load client."""
+    generate_load(endpoint, window, size, warmup, duration)
 
 
 def _run(function: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
