@@ -181,10 +181,8 @@ class Broker(Service):
         relay = _Relay(frontend, backend, self._counters, self._batch_size)
         async with anyio.create_task_group() as phase:
             phase.start_soon(relay.run, True)
-            self._state = "running"
             assert self._endpoints is not None
-            self._ready.set()
-            task_status.started(self._endpoints)
+            self._report_ready(task_status, self._endpoints)
             await self._close_requested.wait()
             phase.cancel_scope.cancel()
         self._state = "draining"

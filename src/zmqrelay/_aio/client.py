@@ -151,32 +151,24 @@ class AsyncClient(Service):
             EndpointError: ``endpoint`` is not a valid address.
 
         """
-        self._claim()
-        try:
-            sock = sockets.open_socket(
-                sockets.get_context(self._context), zmq.DEALER, routing_id=self._routing_id
-            )
-        except BaseException:
-            self._finish()
-            raise
-        try:
-            sockets.connect(sock, self._endpoint)
-            self._socket, self._sync = sock, sockets.shadow(sock)
-            async with anyio.create_task_group() as task_group:
-                task_group.start_soon(self._receive, sock, self._sync)
-                self._state = "running"
-                self._ready.set()
-                task_status.started()
-                await self._close_requested.wait()
-                task_group.cancel_scope.cancel()
-        finally:
-            self._state = "closing"
-            self._socket = self._sync = None
-            for waiter in self._correlator.waiters():
-                if not waiter.done():
-                    waiter.set_exception(ClosedError("the client closed before the reply came"))
-            sockets.close(sock, self._linger)
-            self._finish()
+        with self._connected_dealer(
+            self._context, self._endpoint, self._routing_id, self._linger
+        ) as sock:
+            try:
+                self._socket, self._sync = sock, sockets.shadow(sock)
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(self._receive, sock, self._sync)
+                    self._report_ready(task_status, None)
+                    await self._close_requested.wait()
+                    task_group.cancel_scope.cancel()
+            finally:
+                self._state = "closing"
+                self._socket = self._sync = None
+                for waiter in self._correlator.waiters():
+                    if not waiter.done():
+                        waiter.set_exception(
+                            ClosedError("the client closed before the reply came")
+                        )
 
     async def _receive(self, sock: sockets.AsyncSocket, sync: sockets.SyncSocket) -> None:
         receive = sync.recv_multipart

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import anyio
 import anyio.abc
+import zmq
+import zmq.asyncio
 
+from zmqrelay._aio import sockets
 from zmqrelay.errors import ClosedError
+
+T = TypeVar("T")
 
 
 class Service:
@@ -39,9 +46,39 @@ class Service:
             raise ClosedError(f"the {self._kind} is {self._state}; it runs only once")
         self._state = "starting"
 
+    def _report_ready(self, task_status: anyio.abc.TaskStatus[T], value: T) -> None:
+        self._state = "running"
+        self._ready.set()
+        task_status.started(value)
+
     def _finish(self) -> None:
         self._state = "closed"
         self._closed.set()
+
+    @contextmanager
+    def _connected_dealer(
+        self,
+        context: zmq.asyncio.Context | None,
+        endpoint: str,
+        routing_id: bytes | None,
+        linger: float,
+    ) -> Iterator[sockets.AsyncSocket]:
+        """Claim this service and lend it a DEALER connected to ``endpoint``.
+
+        On the way out the socket is closed with ``linger`` and the service marked closed.
+        """
+        self._claim()
+        try:
+            sock = sockets.open_socket(
+                sockets.get_context(context), zmq.DEALER, routing_id=routing_id
+            )
+            try:
+                sockets.connect(sock, endpoint)
+                yield sock
+            finally:
+                sockets.close(sock, linger)
+        finally:
+            self._finish()
 
     async def aclose(self) -> None:
         """Stop gracefully and wait until closed. Safe to call more than once, or before start."""

@@ -156,22 +156,13 @@ class AsyncWorker(Service):
             ClosedError: the worker already ran, or its context was terminated.
 
         """
-        self._claim()
-        try:
-            sock = sockets.open_socket(
-                sockets.get_context(self._context), zmq.DEALER, routing_id=self._routing_id
-            )
-        except BaseException:
-            self._finish()
-            raise
-        try:
-            sockets.connect(sock, self._endpoint)
+        with self._connected_dealer(
+            self._context, self._endpoint, self._routing_id, self._linger
+        ) as sock:
             async with anyio.create_task_group() as task_group:
                 intake = anyio.CancelScope()
                 task_group.start_soon(self._receive, sock, task_group, intake)
-                self._state = "running"
-                self._ready.set()
-                task_status.started()
+                self._report_ready(task_status, None)
                 await self._close_requested.wait()
                 self._state = "draining"
                 intake.cancel()
@@ -180,9 +171,6 @@ class AsyncWorker(Service):
                     with anyio.move_on_after(self._drain_timeout):
                         await self._idle.wait()
                 task_group.cancel_scope.cancel()
-        finally:
-            sockets.close(sock, self._linger)
-            self._finish()
 
     async def _receive(
         self,
