@@ -279,3 +279,51 @@ async def test_batch_size_must_be_positive() -> None:
 
 async def _ask(request: Callable[[bytes], Awaitable[bytes]], body: bytes) -> None:
     await request(body)
+
+
+async def test_a_dropped_reply_does_not_hold_up_the_drain(context: TrackingContext) -> None:
+    broker = Broker(frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=60)
+    async with anyio.create_task_group() as tg:
+        await tg.start(broker.run)
+        worker = raw_socket(context, zmq.DEALER, "inproc://b")
+        try:
+            client = raw_socket(context, zmq.REQ, "inproc://f")
+            await client.send(b"ask")
+            request = await worker.recv_multipart()
+            client.close()
+            await eventually(lambda: _unroutable_after(broker, worker, request))
+            with anyio.fail_after(5):
+                await broker.aclose()
+        finally:
+            worker.close()
+
+
+async def test_a_request_no_worker_took_is_counted_when_the_broker_closes(
+    context: TrackingContext,
+) -> None:
+    broker = Broker(frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(broker.run)
+        async with req_client(context, "inproc://f") as request:
+            tg.start_soon(_ask, request, b"nobody serves this")
+            await eventually(lambda: broker.statistics().requests_held == 1)
+            await broker.aclose()
+        tg.cancel_scope.cancel()
+    assert broker.statistics().undelivered_requests == 1
+
+
+async def test_wait_ready_fails_when_the_broker_closes_before_it_is_ready(
+    context: TrackingContext,
+) -> None:
+    taken = Broker(frontend="tcp://127.0.0.1:0", backend="inproc://b", context=context)
+    async with taken:
+        broker = Broker(frontend=taken.endpoints.frontend, backend="inproc://x", context=context)
+        async with anyio.create_task_group() as tg:
+
+            async def run_and_fail() -> None:
+                with pytest.raises(EndpointError):
+                    await broker.run()
+
+            tg.start_soon(run_and_fail)
+            with pytest.raises(ClosedError, match="before it was ready"):
+                await broker.wait_ready()

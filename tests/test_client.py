@@ -219,3 +219,24 @@ async def test_invalid_endpoint_is_an_endpoint_error(context: TrackingContext) -
     with pytest.raises(EndpointError):
         async with AsyncClient("nonsense", context=context):
             pass
+
+
+async def test_closing_wakes_requests_stuck_behind_a_full_queue(context: TrackingContext) -> None:
+    """Requests waiting to be queued end in ClosedError, never in a cancellation that would
+    escape into the caller's task group."""
+    client = AsyncClient("tcp://127.0.0.1:9", context=context)  # nobody there: queue fills up
+    outcomes: Counter[str] = Counter()
+    async with anyio.create_task_group() as tg:
+        await tg.start(client.run)
+
+        async def ask() -> None:
+            try:
+                await client.request(b"x")
+            except ClosedError:
+                outcomes["closed"] += 1
+
+        for _ in range(1010):  # more than the 1000 messages a socket queues by default
+            tg.start_soon(ask)
+        await eventually(lambda: client.statistics().requests_sent == 1010)
+        await client.aclose()
+    assert outcomes == {"closed": 1010}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -209,3 +210,46 @@ async def test_concurrency_must_be_positive() -> None:
 
     with pytest.raises(ValueError, match="concurrency"):
         AsyncWorker("inproc://b", echo, concurrency=0)
+
+
+async def test_a_handler_raising_cancelled_error_is_a_handler_error(
+    context: TrackingContext, client: AsyncClient
+) -> None:
+    async def awaits_a_cancelled_future(request: bytes) -> bytes:
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future.cancel()
+        return await future
+
+    async with AsyncWorker("inproc://b", awaits_a_cancelled_future, context=context) as worker:
+        for _ in range(2):  # the worker survives it
+            with pytest.raises(RemoteError, match="CancelledError"):
+                await client.request(b"x")
+        assert "running" in repr(worker)
+    assert worker.statistics().handler_errors == 2
+
+
+async def test_graceful_close_refuses_requests_queued_behind_the_one_in_hand(
+    context: TrackingContext, client: AsyncClient
+) -> None:
+    gate = Gate()
+    worker = AsyncWorker("inproc://b", gate, context=context, drain_timeout=10)
+    outcomes: list[bytes | str] = []
+
+    async def ask(body: bytes) -> None:
+        try:
+            outcomes.append(await client.request(body))
+        except RemoteError as exc:
+            outcomes.append(exc.type_name)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        for n in range(5):
+            tg.start_soon(ask, b"%d" % n)
+        await eventually(lambda: gate.inside == 1 and client.statistics().requests_sent == 5)
+        tg.start_soon(worker.aclose)
+        # The four queued requests are refused at once, while the one in hand still runs.
+        await eventually(lambda: outcomes.count("WorkerStopped") == 4)
+        assert gate.inside == 1
+        gate.open.set()
+    assert len(outcomes) == 5
+    assert worker.statistics().refused_requests == 4

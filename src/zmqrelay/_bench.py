@@ -91,6 +91,7 @@ def _start_broker(kind: str, started: list[subprocess.Popen[str]]) -> tuple[int,
         command = [
             sys.executable, "-m", "zmqrelay", "--log-level", "INFO", "broker",
             "--frontend", "tcp://127.0.0.1:0", "--backend", "tcp://127.0.0.1:0",
+            "--drain-timeout", "0",
         ]  # fmt: skip
     elif kind == "proxy":
         command = _peer("proxy")
@@ -193,14 +194,7 @@ def serve_proxy() -> None:
     backend.bind("tcp://127.0.0.1:*")
     front, back = (sock.getsockopt_string(zmq.LAST_ENDPOINT) for sock in (frontend, backend))
     print(f"serving: clients connect to {front}, workers to {back}", file=sys.stderr, flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: context.term())
-    try:
-        zmq.proxy(frontend, backend)
-    except zmq.ContextTerminated:
-        pass
-    finally:
-        frontend.close(linger=0)
-        backend.close(linger=0)
+    zmq.proxy(frontend, backend)  # until SIGTERM ends the process
 
 
 def serve_echo(endpoint: str) -> None:
@@ -208,13 +202,7 @@ def serve_echo(endpoint: str) -> None:
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     sock.connect(endpoint)
-    signal.signal(signal.SIGTERM, lambda *_: context.term())
-    try:
-        zmq.proxy(sock, sock)
-    except zmq.ContextTerminated:
-        pass
-    finally:
-        sock.close(linger=0)
+    zmq.proxy(sock, sock)  # until SIGTERM ends the process
 
 
 def generate_load(endpoint: str, window: int, size: int, warmup: float, duration: float) -> None:

@@ -12,7 +12,7 @@ import zmq.asyncio
 from anyio.lowlevel import checkpoint
 
 from zmqrelay._aio import sockets
-from zmqrelay._aio.service import Service
+from zmqrelay._aio.service import Service, boundary_errors
 from zmqrelay._core.endpoints import connectable
 from zmqrelay._core.envelope import is_routable
 from zmqrelay._core.relay import BrokerStatistics, RelayCounters
@@ -51,8 +51,9 @@ class Broker(Service):
         drain_timeout: how long :meth:`aclose` keeps passing replies of requests already
             forwarded, after it has stopped taking new ones.
         linger: seconds queued messages may still go out once the sockets close.
-        max_message_size: if set, a client sending a larger message (in bytes) is disconnected
-            by libzmq before the message is read.
+        max_message_size: if set, a client sending a frame larger than this many bytes is
+            disconnected by libzmq before the message is read. It bounds each frame, not the
+            number of frames in a message.
         high_water_mark: per-peer queue limit in messages (libzmq's default is 1000).
 
     Example::
@@ -117,9 +118,13 @@ class Broker(Service):
         """A snapshot of the broker's counters."""
         return self._counters.snapshot("relay")
 
-    async def wait_ready(self) -> Endpoints:
-        """Wait until the broker has bound both sockets and forwards messages."""
-        await self._ready.wait()
+    async def wait_ready(self) -> Endpoints:  # type: ignore[override]
+        """Wait until the broker has bound both sockets and forwards messages.
+
+        Raises:
+            ClosedError: the broker closed without ever becoming ready.
+        """
+        await super().wait_ready()
         return self.endpoints
 
     async def run(
@@ -162,9 +167,8 @@ class Broker(Service):
                 self._endpoints.frontend,
                 self._endpoints.backend,
             )
-            await self._serve(frontend, backend, task_status)
-        except zmq.ZMQError as exc:
-            raise ClosedError(f"the broker's sockets failed: {exc}") from exc
+            with boundary_errors("broker"):
+                await self._serve(frontend, backend, task_status)
         finally:
             for sock in opened:
                 sockets.close(sock, self._linger)
@@ -179,18 +183,22 @@ class Broker(Service):
         task_status: anyio.abc.TaskStatus[Endpoints],
     ) -> None:
         relay = _Relay(frontend, backend, self._counters, self._batch_size)
-        async with anyio.create_task_group() as phase:
-            phase.start_soon(relay.run, True)
-            assert self._endpoints is not None
-            self._report_ready(task_status, self._endpoints)
-            await self._close_requested.wait()
-            phase.cancel_scope.cancel()
-        self._state = "draining"
-        with anyio.move_on_after(self._drain_timeout):
+        try:
             async with anyio.create_task_group() as phase:
-                phase.start_soon(relay.run, False)
-                await relay.drained.wait()
+                phase.start_soon(relay.run, True)
+                assert self._endpoints is not None
+                self._report_ready(task_status, self._endpoints)
+                await self._close_requested.wait()
                 phase.cancel_scope.cancel()
+            self._state = "draining"
+            with anyio.move_on_after(self._drain_timeout):
+                async with anyio.create_task_group() as phase:
+                    phase.start_soon(relay.run, False)
+                    await relay.drained.wait()
+                    phase.cancel_scope.cancel()
+        finally:
+            self._counters.undelivered_requests += self._counters.requests_held
+            self._counters.requests_held = 0
 
     async def aclose(self) -> None:
         """Stop gracefully and wait until the broker has closed.
@@ -250,6 +258,7 @@ class _Relay:
             if not self._send_request(back, self.held):
                 return False
             self.held = None
+            counters.requests_held = 0
         if not intake:
             return False
         for _ in self.batch:
@@ -262,6 +271,7 @@ class _Relay:
             elif not self._send_request(back, frames):
                 # No worker can take it yet: hold it and stop reading clients (backpressure).
                 self.held = frames
+                counters.requests_held = 1
                 return False
         return True
 

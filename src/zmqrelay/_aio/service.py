@@ -30,6 +30,7 @@ class Service:
 
     def __init__(self) -> None:
         self._state = "new"
+        self._was_ready = False
         self._ready = anyio.Event()
         self._close_requested = anyio.Event()
         self._closed = anyio.Event()
@@ -48,12 +49,24 @@ class Service:
 
     def _report_ready(self, task_status: anyio.abc.TaskStatus[T], value: T) -> None:
         self._state = "running"
+        self._was_ready = True
         self._ready.set()
         task_status.started(value)
 
     def _finish(self) -> None:
         self._state = "closed"
+        self._ready.set()  # wakes wait_ready(), which then reports that it never became ready
         self._closed.set()
+
+    async def wait_ready(self) -> None:
+        """Wait until the service is ready (bound or connected, and serving).
+
+        Raises:
+            ClosedError: it closed without ever becoming ready.
+        """
+        await self._ready.wait()
+        if not self._was_ready:
+            raise ClosedError(f"the {self._kind} closed before it was ready")
 
     @contextmanager
     def _connected_dealer(
@@ -74,7 +87,8 @@ class Service:
             )
             try:
                 sockets.connect(sock, endpoint)
-                yield sock
+                with boundary_errors(self._kind):
+                    yield sock
             finally:
                 sockets.close(sock, linger)
         finally:
@@ -116,5 +130,28 @@ class Service:
             task_group.cancel_scope.cancel()
         # The block's own exception is not handed to the task group, which would wrap it in an
         # ExceptionGroup: callers catch RequestTimeout, not a group holding it.
-        await task_group.__aexit__(None, None, None)
+        with boundary_errors(self._kind):
+            await task_group.__aexit__(None, None, None)
         return None
+
+
+@contextmanager
+def boundary_errors(kind: str) -> Iterator[None]:
+    """Map the errors that leave a service to the ones users catch (house rule 5).
+
+    Internal task groups wrap exceptions in (nested) exception groups: a lone exception is
+    raised by itself. A ``zmq.ZMQError`` becomes a :class:`ClosedError`.
+    """
+    try:
+        yield
+    except zmq.ZMQError as exc:
+        raise ClosedError(f"the {kind}'s socket failed: {exc}") from exc
+    except BaseExceptionGroup as group:
+        lone: BaseException = group
+        while isinstance(lone, BaseExceptionGroup) and len(lone.exceptions) == 1:
+            lone = lone.exceptions[0]
+        if isinstance(lone, zmq.ZMQError):
+            raise ClosedError(f"the {kind}'s socket failed: {lone}") from lone
+        if isinstance(lone, Exception) and not isinstance(lone, BaseExceptionGroup):
+            raise lone from None
+        raise

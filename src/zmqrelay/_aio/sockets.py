@@ -8,6 +8,7 @@ and awaiting is needed only when a socket has nothing to read or cannot take mor
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -128,11 +129,35 @@ def rearm(sock: AsyncSocket) -> None:
     sock.get(zmq.EVENTS)
 
 
+def being_cancelled() -> bool:
+    """Whether the current task has been asked to stop.
+
+    As opposed to merely seeing a ``CancelledError`` raised by something it awaited.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def send(sock: AsyncSocket, sync: SyncSocket, frames: list[bytes]) -> None:
-    """Send ``frames`` at once if the socket takes them, else wait until it can."""
+    """Send ``frames`` at once if the socket takes them, else wait until it can.
+
+    Raises:
+        ClosedError: the socket was closed (or its context terminated) before it took them.
+    """
     try:
         sync.send_multipart(frames, NOBLOCK)
     except zmq.Again:
-        await sock.send_multipart(frames)
+        try:
+            await sock.send_multipart(frames)
+        except asyncio.CancelledError:
+            # pyzmq cancels the sends still waiting when the socket closes: that is not a
+            # cancellation of this task, and must not look like one to the caller.
+            if sock.closed and not being_cancelled():
+                raise ClosedError("the socket closed before the message was sent") from None
+            raise
+        except zmq.ZMQError as exc:
+            raise ClosedError(f"the socket failed: {exc}") from exc
+    except zmq.ZMQError as exc:
+        raise ClosedError(f"the socket failed: {exc}") from exc
     else:
         rearm(sock)

@@ -120,6 +120,7 @@ class AsyncWorker(Service):
         self._replies_sent = 0
         self._handler_errors = 0
         self._malformed_requests = 0
+        self._refused_requests = 0
         self._slot_freed = anyio.Event()
         self._idle = anyio.Event()
 
@@ -136,6 +137,7 @@ class AsyncWorker(Service):
             replies_sent=self._replies_sent,
             handler_errors=self._handler_errors,
             malformed_requests=self._malformed_requests,
+            refused_requests=self._refused_requests,
             in_flight=self._in_flight,
             concurrency=self._concurrency,
         )
@@ -159,26 +161,34 @@ class AsyncWorker(Service):
         with self._connected_dealer(
             self._context, self._endpoint, self._routing_id, self._linger
         ) as sock:
-            async with anyio.create_task_group() as task_group:
-                intake = anyio.CancelScope()
-                task_group.start_soon(self._receive, sock, task_group, intake)
-                self._report_ready(task_status, None)
-                await self._close_requested.wait()
-                self._state = "draining"
-                intake.cancel()
-                self._idle = anyio.Event()
-                if self._in_flight:
-                    with anyio.move_on_after(self._drain_timeout):
-                        await self._idle.wait()
-                task_group.cancel_scope.cancel()
+            sync = sockets.shadow(sock)
+            try:
+                async with anyio.create_task_group() as task_group:
+                    intake = anyio.CancelScope()
+                    task_group.start_soon(self._receive, sock, sync, task_group, intake)
+                    self._report_ready(task_status, None)
+                    await self._close_requested.wait()
+                    self._state = "draining"
+                    intake.cancel()
+                    # In relay mode the broker keeps handing this worker requests until it
+                    # disconnects, which it cannot do while replies are still to be sent:
+                    # answer them at once rather than let their clients time out.
+                    task_group.start_soon(self._refuse_queued, sock, sync)
+                    self._idle = anyio.Event()
+                    if self._in_flight:
+                        with anyio.move_on_after(self._drain_timeout):
+                            await self._idle.wait()
+                    task_group.cancel_scope.cancel()
+            finally:
+                self._refuse_batch(sock, sync)
 
     async def _receive(
         self,
         sock: sockets.AsyncSocket,
+        sync: sockets.SyncSocket,
         task_group: anyio.abc.TaskGroup,
         intake: anyio.CancelScope,
     ) -> None:
-        sync = sockets.shadow(sock)
         receive = sync.recv_multipart
         batch = range(max(self._concurrency, 64))
         with intake:
@@ -215,18 +225,17 @@ class AsyncWorker(Service):
         try:
             try:
                 reply = request.reply(await self._call_handler(request.body))
-            except anyio.get_cancelled_exc_class():
-                # The worker is stopping: tell the client now rather than let it time out.
-                with contextlib.suppress(zmq.ZMQError):
-                    sync.send_multipart(
-                        request.error("WorkerStopped", "the worker stopped"), sockets.NOBLOCK
-                    )
-                    sockets.rearm(sock)
-                raise
             except Exception as exc:
-                self._handler_errors += 1
-                logger.exception("handler raised while serving a request")
-                reply = request.error(type(exc).__name__, str(exc))
+                reply = self._handler_failed(request, exc)
+            except anyio.get_cancelled_exc_class() as exc:
+                if not sockets.being_cancelled():
+                    # The handler raised CancelledError itself (it awaited something that was
+                    # cancelled): a handler error like any other, not the worker stopping.
+                    reply = self._handler_failed(request, exc)
+                else:
+                    # The worker is stopping: tell the client now rather than let it time out.
+                    self._refuse(sock, sync, request)
+                    raise
             await sockets.send(sock, sync, reply)
             self._replies_sent += 1
         finally:
@@ -234,6 +243,45 @@ class AsyncWorker(Service):
             self._slot_freed.set()
             if not self._in_flight:
                 self._idle.set()
+
+    def _handler_failed(self, request: Request, exc: BaseException) -> list[bytes]:
+        self._handler_errors += 1
+        logger.error("handler raised while serving a request", exc_info=exc)
+        return request.error(type(exc).__name__, str(exc))
+
+    def _refuse(
+        self, sock: sockets.AsyncSocket, sync: sockets.SyncSocket, request: Request
+    ) -> None:
+        """Answer ``request`` with a ``WorkerStopped`` error, without waiting."""
+        with contextlib.suppress(zmq.ZMQError):
+            sync.send_multipart(
+                request.error("WorkerStopped", "the worker stopped"), sockets.NOBLOCK
+            )
+            sockets.rearm(sock)
+            self._refused_requests += 1
+
+    async def _refuse_queued(self, sock: sockets.AsyncSocket, sync: sockets.SyncSocket) -> None:
+        while True:
+            await sock.poll()  # the default: wait until readable, no timeout
+            if self._refuse_batch(sock, sync):
+                await checkpoint()
+
+    def _refuse_batch(self, sock: sockets.AsyncSocket, sync: sockets.SyncSocket) -> bool:
+        """Refuse the requests waiting in the socket; true if a whole batch was refused."""
+        if sock.closed:
+            return False
+        for _ in range(512):
+            try:
+                frames = sync.recv_multipart(sockets.NOBLOCK)
+            except zmq.ZMQError:  # Again, or a socket gone with its context
+                sockets.rearm(sock)
+                return False
+            try:
+                self._refuse(sock, sync, decode_request(frames))
+            except RemoteProtocolError:
+                self._malformed_requests += 1
+        sockets.rearm(sock)
+        return True
 
     async def _call_handler(self, body: list[bytes]) -> Sequence[bytes]:
         if self._frames:
@@ -248,7 +296,9 @@ class AsyncWorker(Service):
     async def aclose(self) -> None:
         """Stop gracefully: take no more requests, let those in hand finish, then close.
 
-        Handlers still running after ``drain_timeout`` seconds are cancelled (their clients
-        get a ``WorkerStopped`` error). Safe to call more than once.
+        Requests the broker still hands this worker meanwhile are answered at once with a
+        ``WorkerStopped`` error, so their clients need not wait for a timeout. Handlers still
+        running after ``drain_timeout`` seconds are cancelled, and their clients get the same
+        error. Safe to call more than once.
         """
         await super().aclose()

@@ -29,6 +29,12 @@ class BrokerStatistics(NamedTuple):
     """Replies dropped because their client is not connected (any more)."""
     congested_replies: int
     """Replies dropped because their client's queue was full (it stopped reading)."""
+    undelivered_requests: int
+    """Requests read from a client but never handed to a worker, because the broker closed
+    while no worker could take them."""
+    requests_held: int
+    """Requests read from clients that wait, now, for a worker to take them. While one waits
+    the broker reads no more requests (backpressure)."""
 
 
 @dataclass(slots=True)
@@ -41,15 +47,24 @@ class RelayCounters:
     malformed_replies: int = 0
     unroutable_replies: int = 0
     congested_replies: int = 0
+    undelivered_requests: int = 0
+    requests_held: int = 0
 
     @property
     def outstanding(self) -> int:
         """Requests forwarded and not yet answered, as far as counting can tell.
 
-        An estimate: a worker that drops a request, or answers one twice, skews it. It is
-        used only to end a graceful drain early.
+        Every reply read from the backend settles one request, whether it was forwarded or
+        dropped. An estimate all the same (a worker that loses a request, or answers one twice,
+        skews it), used only to end a graceful drain before its timeout.
         """
-        return max(0, self.requests_forwarded - self.replies_forwarded)
+        settled = (
+            self.replies_forwarded
+            + self.malformed_replies
+            + self.unroutable_replies
+            + self.congested_replies
+        )
+        return max(0, self.requests_forwarded - settled)
 
     def snapshot(self, mode: str) -> BrokerStatistics:
         """The counters as an immutable :class:`BrokerStatistics`."""
@@ -61,4 +76,6 @@ class RelayCounters:
             malformed_replies=self.malformed_replies,
             unroutable_replies=self.unroutable_replies,
             congested_replies=self.congested_replies,
+            undelivered_requests=self.undelivered_requests,
+            requests_held=self.requests_held,
         )

@@ -30,6 +30,8 @@ class WorkerStatistics(NamedTuple):
     """Requests whose handler raised (each answered with an error reply)."""
     malformed_requests: int
     """Messages dropped because they were not a request."""
+    refused_requests: int
+    """Requests answered with a ``WorkerStopped`` error because the worker was stopping."""
     in_flight: int
     """Requests being handled right now."""
     concurrency: int
