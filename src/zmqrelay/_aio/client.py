@@ -151,9 +151,7 @@ class AsyncClient(Service):
             EndpointError: ``endpoint`` is not a valid address.
 
         """
-        with self._connected_dealer(
-            self._context, self._endpoint, self._routing_id, self._linger
-        ) as sock:
+        with self._connected_dealer(self._context, self._endpoint, self._routing_id) as sock:
             try:
                 self._socket, self._sync = sock, sockets.shadow(sock)
                 async with anyio.create_task_group() as task_group:

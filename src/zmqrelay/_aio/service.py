@@ -27,6 +27,7 @@ class Service:
     """
 
     _kind = "service"
+    _linger = 0.0
 
     def __init__(self) -> None:
         self._state = "new"
@@ -74,11 +75,11 @@ class Service:
         context: zmq.asyncio.Context | None,
         endpoint: str,
         routing_id: bytes | None,
-        linger: float,
     ) -> Iterator[sockets.AsyncSocket]:
         """Claim this service and lend it a DEALER connected to ``endpoint``.
 
-        On the way out the socket is closed with ``linger`` and the service marked closed.
+        On the way out the socket is closed with the linger set by then (``self._linger``) and
+        the service marked closed.
         """
         self._claim()
         try:
@@ -90,7 +91,7 @@ class Service:
                 with boundary_errors(self._kind):
                     yield sock
             finally:
-                sockets.close(sock, linger)
+                sockets.close(sock, self._linger)
         finally:
             self._finish()
 

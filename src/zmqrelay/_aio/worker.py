@@ -121,6 +121,8 @@ class AsyncWorker(Service):
         self._handler_errors = 0
         self._malformed_requests = 0
         self._refused_requests = 0
+        self._aborted = False
+        self._run_scope: anyio.CancelScope | None = None
         self._slot_freed = anyio.Event()
         self._idle = anyio.Event()
 
@@ -158,9 +160,12 @@ class AsyncWorker(Service):
             ClosedError: the worker already ran, or its context was terminated.
 
         """
-        with self._connected_dealer(
-            self._context, self._endpoint, self._routing_id, self._linger
-        ) as sock:
+        with (
+            self._connected_dealer(self._context, self._endpoint, self._routing_id) as sock,
+            anyio.CancelScope() as self._run_scope,
+        ):
+            if self._aborted:
+                self._run_scope.cancel()
             sync = sockets.shadow(sock)
             try:
                 async with anyio.create_task_group() as task_group:
@@ -253,6 +258,8 @@ class AsyncWorker(Service):
         self, sock: sockets.AsyncSocket, sync: sockets.SyncSocket, request: Request
     ) -> None:
         """Answer ``request`` with a ``WorkerStopped`` error, without waiting."""
+        if self._aborted:
+            return
         with contextlib.suppress(zmq.ZMQError):
             sync.send_multipart(
                 request.error("WorkerStopped", "the worker stopped"), sockets.NOBLOCK
@@ -268,7 +275,7 @@ class AsyncWorker(Service):
 
     def _refuse_batch(self, sock: sockets.AsyncSocket, sync: sockets.SyncSocket) -> bool:
         """Refuse the requests waiting in the socket; true if a whole batch was refused."""
-        if sock.closed:
+        if sock.closed or self._aborted:
             return False
         for _ in range(512):
             try:
@@ -302,3 +309,20 @@ class AsyncWorker(Service):
         error. Safe to call more than once.
         """
         await super().aclose()
+
+    async def abort(self) -> None:
+        """Stop at once, as a crashed process would, and wait until closed.
+
+        Handlers are cancelled, nothing more is sent (no replies, no ``WorkerStopped``
+        errors), and messages not yet sent are dropped. Clients of the requests in hand learn
+        of it only from their timeouts. Meant for fault-injection tests (see
+        :mod:`zmqrelay.testing`); use :meth:`aclose` to stop a worker properly.
+        """
+        if self._state == "new":
+            self._finish()
+            return
+        self._aborted = True
+        self._linger = 0.0
+        if self._run_scope is not None:
+            self._run_scope.cancel()
+        await self._closed.wait()
