@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import shutil
-import tempfile
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import anyio
 import zmq
 import zmq.asyncio
-
-from zmqrelay._aio.service import Service
-
-
-@contextmanager
-def endpoint_pair(transport: str) -> Iterator[tuple[str, str]]:
-    """A frontend and a backend endpoint to bind, on ``inproc``, ``ipc`` or ``tcp``."""
-    if transport == "inproc":
-        name = uuid.uuid4().hex
-        yield f"inproc://{name}-front", f"inproc://{name}-back"
-    elif transport == "ipc":
-        folder = tempfile.mkdtemp(prefix="zr-")
-        try:
-            yield f"ipc://{folder}/front", f"ipc://{folder}/back"
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-    else:
-        yield "tcp://127.0.0.1:0", "tcp://127.0.0.1:0"
 
 
 async def rep_worker(
@@ -110,32 +87,3 @@ def raw_socket(
     else:
         sock.connect(endpoint)
     return sock
-
-
-@asynccontextmanager
-async def serving(service: Service) -> AsyncIterator[None]:
-    """Run ``service`` in a task of its own, so that pytest-asyncio may enter and leave this
-    context in different tasks (async generator fixtures do). Returns once it is ready."""
-    started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def host() -> None:
-        async with anyio.create_task_group() as tg:
-            try:
-                await tg.start(service.run)
-            except BaseException as exc:
-                started.set_exception(exc)
-                raise
-            started.set_result(None)
-
-    task = asyncio.get_running_loop().create_task(host())
-    try:
-        await started
-    except BaseException:
-        with contextlib.suppress(BaseException):
-            await task
-        raise
-    try:
-        yield
-    finally:
-        await service.aclose()
-        await task

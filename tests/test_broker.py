@@ -8,9 +8,9 @@ import anyio
 import pytest
 import zmq
 
-from conftest import TrackingContext
 from peers import echo_handler, eventually, raw_socket, req_client
 from zmqrelay import AsyncClient, AsyncWorker, Broker, ClosedError, EndpointError, Endpoints
+from zmqrelay.testing import LeakCheckingContext
 
 pytestmark = pytest.mark.asyncio
 
@@ -21,7 +21,9 @@ def tcp_port(endpoint: str) -> int:
 
 
 @pytest.mark.parametrize("wildcard", ["tcp://127.0.0.1:0", "tcp://127.0.0.1:*", "tcp://*:0"])
-async def test_reports_the_ports_it_really_bound(context: TrackingContext, wildcard: str) -> None:
+async def test_reports_the_ports_it_really_bound(
+    context: LeakCheckingContext, wildcard: str
+) -> None:
     broker = Broker(frontend=wildcard, backend=wildcard, context=context)
     async with anyio.create_task_group() as tg:
         endpoints = await tg.start(broker.run)
@@ -31,14 +33,14 @@ async def test_reports_the_ports_it_really_bound(context: TrackingContext, wildc
         tg.cancel_scope.cancel()
 
 
-async def test_endpoints_are_unknown_before_binding(context: TrackingContext) -> None:
+async def test_endpoints_are_unknown_before_binding(context: LeakCheckingContext) -> None:
     broker = Broker(frontend="inproc://f", backend="inproc://b", context=context)
     with pytest.raises(ClosedError, match="not bound"):
         _ = broker.endpoints
     assert repr(broker) == "<Broker relay new frontend='inproc://f' backend='inproc://b'>"
 
 
-async def test_cancellation_closes_both_sockets(context: TrackingContext) -> None:
+async def test_cancellation_closes_both_sockets(context: LeakCheckingContext) -> None:
     broker = Broker(frontend="inproc://f", backend="inproc://b", context=context)
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:
@@ -49,7 +51,7 @@ async def test_cancellation_closes_both_sockets(context: TrackingContext) -> Non
     assert [sock.closed for sock in context.opened] == [True, True]
 
 
-async def test_runs_only_once(context: TrackingContext) -> None:
+async def test_runs_only_once(context: LeakCheckingContext) -> None:
     broker = Broker(frontend="inproc://f", backend="inproc://b", context=context)
     async with broker:
         with pytest.raises(ClosedError, match="running"):
@@ -58,7 +60,7 @@ async def test_runs_only_once(context: TrackingContext) -> None:
         await broker.run()
 
 
-async def test_aclose_before_start_means_it_never_starts(context: TrackingContext) -> None:
+async def test_aclose_before_start_means_it_never_starts(context: LeakCheckingContext) -> None:
     broker = Broker(frontend="inproc://f", backend="inproc://b", context=context)
     await broker.aclose()
     await broker.aclose()
@@ -67,7 +69,7 @@ async def test_aclose_before_start_means_it_never_starts(context: TrackingContex
     assert context.opened == []
 
 
-async def test_address_in_use_is_an_endpoint_error(context: TrackingContext) -> None:
+async def test_address_in_use_is_an_endpoint_error(context: LeakCheckingContext) -> None:
     async with Broker(
         frontend="tcp://127.0.0.1:0", backend="tcp://127.0.0.1:0", context=context
     ) as first:
@@ -80,13 +82,13 @@ async def test_address_in_use_is_an_endpoint_error(context: TrackingContext) -> 
     assert "closed" in repr(second)
 
 
-async def test_invalid_endpoint_is_an_endpoint_error(context: TrackingContext) -> None:
+async def test_invalid_endpoint_is_an_endpoint_error(context: LeakCheckingContext) -> None:
     with pytest.raises(EndpointError, match="nonsense"):
         async with Broker(frontend="nonsense://x", backend="inproc://b", context=context):
             pass
 
 
-async def test_requests_wait_for_a_worker(context: TrackingContext) -> None:
+async def test_requests_wait_for_a_worker(context: LeakCheckingContext) -> None:
     """With no worker connected, the broker holds requests instead of dropping them."""
     served: Counter[str] = Counter()
     async with (
@@ -109,7 +111,7 @@ async def test_requests_wait_for_a_worker(context: TrackingContext) -> None:
         tg.cancel_scope.cancel()
 
 
-async def test_pipelined_messages_all_arrive(context: TrackingContext) -> None:
+async def test_pipelined_messages_all_arrive(context: LeakCheckingContext) -> None:
     count = 5000
     # Fewer in flight than a queue holds (1000): a ROUTER drops replies to a client whose
     # queue is full rather than stall every other client (counted as congested).
@@ -144,7 +146,7 @@ async def test_pipelined_messages_all_arrive(context: TrackingContext) -> None:
 
 
 async def test_malformed_and_unroutable_messages_are_dropped_and_counted(
-    context: TrackingContext,
+    context: LeakCheckingContext,
 ) -> None:
     served: Counter[str] = Counter()
     async with (
@@ -172,7 +174,7 @@ async def test_malformed_and_unroutable_messages_are_dropped_and_counted(
     assert stats.requests_forwarded == stats.replies_forwarded == 1
 
 
-async def test_reply_to_a_client_that_left_is_counted(context: TrackingContext) -> None:
+async def test_reply_to_a_client_that_left_is_counted(context: LeakCheckingContext) -> None:
     async with Broker(
         frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=0
     ) as broker:
@@ -193,7 +195,7 @@ def _unroutable_after(broker: Broker, worker: zmq.asyncio.Socket, request: list[
     return broker.statistics().unroutable_replies > 0
 
 
-async def test_graceful_close_drains_replies_in_flight(context: TrackingContext) -> None:
+async def test_graceful_close_drains_replies_in_flight(context: LeakCheckingContext) -> None:
     release = anyio.Event()
     entered = anyio.Event()
 
@@ -224,7 +226,7 @@ async def test_graceful_close_drains_replies_in_flight(context: TrackingContext)
         tg.cancel_scope.cancel()
 
 
-async def test_drain_is_bounded_by_its_timeout(context: TrackingContext) -> None:
+async def test_drain_is_bounded_by_its_timeout(context: LeakCheckingContext) -> None:
     async with (
         Broker(
             frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=0.05
@@ -243,7 +245,7 @@ async def test_drain_is_bounded_by_its_timeout(context: TrackingContext) -> None
         tg.cancel_scope.cancel()
 
 
-async def test_oversized_requests_are_refused(context: TrackingContext) -> None:
+async def test_oversized_requests_are_refused(context: LeakCheckingContext) -> None:
     served: Counter[str] = Counter()
     async with (
         Broker(
@@ -281,7 +283,7 @@ async def _ask(request: Callable[[bytes], Awaitable[bytes]], body: bytes) -> Non
     await request(body)
 
 
-async def test_a_dropped_reply_does_not_hold_up_the_drain(context: TrackingContext) -> None:
+async def test_a_dropped_reply_does_not_hold_up_the_drain(context: LeakCheckingContext) -> None:
     broker = Broker(frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=60)
     async with anyio.create_task_group() as tg:
         await tg.start(broker.run)
@@ -299,7 +301,7 @@ async def test_a_dropped_reply_does_not_hold_up_the_drain(context: TrackingConte
 
 
 async def test_a_request_no_worker_took_is_counted_when_the_broker_closes(
-    context: TrackingContext,
+    context: LeakCheckingContext,
 ) -> None:
     broker = Broker(frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=0)
     async with anyio.create_task_group() as tg:
@@ -313,7 +315,7 @@ async def test_a_request_no_worker_took_is_counted_when_the_broker_closes(
 
 
 async def test_wait_ready_fails_when_the_broker_closes_before_it_is_ready(
-    context: TrackingContext,
+    context: LeakCheckingContext,
 ) -> None:
     taken = Broker(frontend="tcp://127.0.0.1:0", backend="inproc://b", context=context)
     async with taken:

@@ -13,10 +13,10 @@ import pytest
 from anyio.abc import ByteReceiveStream, Process
 from click.testing import CliRunner
 
-from conftest import TrackingContext
 from peers import echo_handler
 from zmqrelay import AsyncWorker
 from zmqrelay.cli import cli
+from zmqrelay.testing import LeakCheckingContext
 
 ZMQRELAY = [sys.executable, "-m", "zmqrelay"]
 
@@ -72,7 +72,7 @@ async def _stop(process: Process, signum: signal.Signals) -> int:
 @pytest.mark.asyncio
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_broker_command_serves_and_stops_on_a_signal(
-    context: TrackingContext, signum: signal.Signals
+    context: LeakCheckingContext, signum: signal.Signals
 ) -> None:
     env = {**os.environ, "ZMQRELAY_FRONTEND": "tcp://127.0.0.1:0"}
     command = [*ZMQRELAY, "broker", "--backend", "tcp://127.0.0.1:0"]

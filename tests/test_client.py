@@ -8,12 +8,10 @@ import pytest
 import pytest_asyncio
 import zmq
 
-from conftest import TrackingContext
-from peers import echo_handler, eventually, raw_socket, serving
+from peers import echo_handler, eventually, raw_socket
 from zmqrelay import (
     AsyncClient,
     AsyncWorker,
-    Broker,
     ClosedError,
     EndpointError,
     LocalProtocolError,
@@ -21,19 +19,23 @@ from zmqrelay import (
     RemoteProtocolError,
     RequestTimeout,
 )
+from zmqrelay.testing import BrokerHarness, LeakCheckingContext
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [
+    pytest.mark.asyncio,
+    pytest.mark.zmqrelay(frontend="inproc://f", backend="inproc://b", drain_timeout=0),
+]
+
+
+@pytest.fixture
+def broker(relay_broker: BrokerHarness) -> BrokerHarness:
+    return relay_broker
 
 
 @pytest_asyncio.fixture
-async def broker(context: TrackingContext) -> AsyncIterator[Broker]:
-    running = Broker(frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=0)
-    async with serving(running):
-        yield running
-
-
-@pytest_asyncio.fixture
-async def backend(broker: Broker, context: TrackingContext) -> AsyncIterator[zmq.asyncio.Socket]:
+async def backend(
+    broker: BrokerHarness, context: LeakCheckingContext
+) -> AsyncIterator[zmq.asyncio.Socket]:
     """A hand-driven DEALER worker: the test reads requests and answers them as it likes."""
     sock = raw_socket(context, zmq.DEALER, broker.endpoints.backend)
     yield sock
@@ -41,7 +43,7 @@ async def backend(broker: Broker, context: TrackingContext) -> AsyncIterator[zmq
 
 
 async def test_replies_are_matched_in_any_order(
-    context: TrackingContext, backend: zmq.asyncio.Socket
+    context: LeakCheckingContext, backend: zmq.asyncio.Socket
 ) -> None:
     async with AsyncClient("inproc://f", context=context, timeout=5) as client:
         replies: dict[int, bytes] = {}
@@ -61,7 +63,7 @@ async def test_replies_are_matched_in_any_order(
 
 
 async def test_timeout_is_a_typed_timeout_error_and_the_late_reply_is_counted(
-    context: TrackingContext, backend: zmq.asyncio.Socket
+    context: LeakCheckingContext, backend: zmq.asyncio.Socket
 ) -> None:
     async with AsyncClient("inproc://f", context=context) as client:
         with pytest.raises(RequestTimeout, match=r"no reply within 0\.05 s") as caught:
@@ -75,7 +77,7 @@ async def test_timeout_is_a_typed_timeout_error_and_the_late_reply_is_counted(
 
 
 async def test_cancelling_one_request_disturbs_no_other(
-    context: TrackingContext, backend: zmq.asyncio.Socket
+    context: LeakCheckingContext, backend: zmq.asyncio.Socket
 ) -> None:
     async with AsyncClient("inproc://f", context=context, timeout=5) as client:
         replies: list[bytes] = []
@@ -101,7 +103,9 @@ async def test_cancelling_one_request_disturbs_no_other(
         await eventually(lambda: client.statistics().late_replies == 1)
 
 
-async def test_many_tasks_share_one_client(context: TrackingContext, broker: Broker) -> None:
+async def test_many_tasks_share_one_client(
+    context: LeakCheckingContext, broker: BrokerHarness
+) -> None:
     served: Counter[str] = Counter()
     async with (
         AsyncWorker("inproc://b", echo_handler("w", served), context=context, concurrency=8),
@@ -122,7 +126,7 @@ async def test_many_tasks_share_one_client(context: TrackingContext, broker: Bro
 
 
 async def test_multipart_requests_and_replies(
-    context: TrackingContext, backend: zmq.asyncio.Socket
+    context: LeakCheckingContext, backend: zmq.asyncio.Socket
 ) -> None:
     frames = [b"", b"\x00\xff binary", b"", b"last"]
     async with (
@@ -143,7 +147,7 @@ async def test_multipart_requests_and_replies(
 
 
 async def test_request_refuses_a_multipart_reply(
-    context: TrackingContext, backend: zmq.asyncio.Socket
+    context: LeakCheckingContext, backend: zmq.asyncio.Socket
 ) -> None:
     async with (
         AsyncClient("inproc://f", context=context, timeout=5) as client,
@@ -160,7 +164,7 @@ async def test_request_refuses_a_multipart_reply(
 
 
 async def test_an_empty_request_is_refused_locally(
-    context: TrackingContext, broker: Broker
+    context: LeakCheckingContext, broker: BrokerHarness
 ) -> None:
     async with AsyncClient("inproc://f", context=context) as client:
         with pytest.raises(LocalProtocolError):
@@ -168,7 +172,7 @@ async def test_an_empty_request_is_refused_locally(
 
 
 async def test_handler_errors_arrive_as_remote_errors(
-    context: TrackingContext, broker: Broker
+    context: LeakCheckingContext, broker: BrokerHarness
 ) -> None:
     async def fail(request: bytes) -> bytes:
         raise KeyError(request.decode())
@@ -183,7 +187,7 @@ async def test_handler_errors_arrive_as_remote_errors(
 
 
 async def test_using_a_client_outside_its_lifetime_is_a_closed_error(
-    context: TrackingContext,
+    context: LeakCheckingContext,
 ) -> None:
     client = AsyncClient("inproc://nowhere", context=context)
     with pytest.raises(ClosedError, match="new"):
@@ -196,7 +200,7 @@ async def test_using_a_client_outside_its_lifetime_is_a_closed_error(
 
 
 async def test_closing_fails_requests_still_waiting(
-    context: TrackingContext, backend: zmq.asyncio.Socket
+    context: LeakCheckingContext, backend: zmq.asyncio.Socket
 ) -> None:
     client = AsyncClient("inproc://f", context=context)
     failures: list[BaseException] = []
@@ -215,13 +219,15 @@ async def test_closing_fails_requests_still_waiting(
     assert len(failures) == 1
 
 
-async def test_invalid_endpoint_is_an_endpoint_error(context: TrackingContext) -> None:
+async def test_invalid_endpoint_is_an_endpoint_error(context: LeakCheckingContext) -> None:
     with pytest.raises(EndpointError):
         async with AsyncClient("nonsense", context=context):
             pass
 
 
-async def test_closing_wakes_requests_stuck_behind_a_full_queue(context: TrackingContext) -> None:
+async def test_closing_wakes_requests_stuck_behind_a_full_queue(
+    context: LeakCheckingContext,
+) -> None:
     """Requests waiting to be queued end in ClosedError, never in a cancellation that would
     escape into the caller's task group."""
     client = AsyncClient("tcp://127.0.0.1:9", context=context)  # nobody there: queue fills up

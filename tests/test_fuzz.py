@@ -14,11 +14,11 @@ import zmq
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import TrackingContext, close_and_check
 from peers import echo_handler, eventually, raw_socket
 from strategies import messages
 from zmqrelay import AsyncClient, AsyncWorker, Broker
 from zmqrelay._core.envelope import is_routable
+from zmqrelay.testing import LeakCheckingContext
 
 GOOD_CLIENT = b"\xffgood client\xff" * 2
 fuzz_settings = settings(
@@ -37,7 +37,7 @@ def test_broker_drops_garbage_on_both_sockets_and_serves_everyone_else(
 
 
 async def _broker_scenario(front: list[list[bytes]], back: list[list[bytes]]) -> None:
-    context = TrackingContext()
+    context = LeakCheckingContext()
     served: Counter[str] = Counter()
     try:
         async with (
@@ -90,7 +90,7 @@ async def _broker_scenario(front: list[list[bytes]], back: list[list[bytes]]) ->
         assert sorted(replies) == sorted(b"World %d" % n for n in range(10))
         assert broker.statistics().requests_forwarded == 10 + routable
     finally:
-        close_and_check(context)
+        context.check_closed()
 
 
 @fuzz_settings
@@ -102,7 +102,7 @@ def test_client_drops_garbage_replies_and_still_matches_the_real_ones(
 
 
 async def _client_scenario(noise: list[list[bytes]]) -> None:
-    context = TrackingContext()
+    context = LeakCheckingContext()
     fake_broker = raw_socket(context, zmq.ROUTER, "inproc://fake", bind=True)
     try:
         async with AsyncClient(
@@ -128,7 +128,7 @@ async def _client_scenario(noise: list[list[bytes]]) -> None:
         assert sorted(replies) == [b"re 0", b"re 1", b"re 2"]
     finally:
         fake_broker.close()
-        close_and_check(context)
+        context.check_closed()
 
 
 @fuzz_settings
@@ -138,7 +138,7 @@ def test_worker_drops_garbage_requests_and_still_serves(noise: list[list[bytes]]
 
 
 async def _worker_scenario(noise: list[list[bytes]]) -> None:
-    context = TrackingContext()
+    context = LeakCheckingContext()
     served: Counter[str] = Counter()
     fake_broker = raw_socket(context, zmq.ROUTER, "inproc://fake", bind=True)
     try:
@@ -162,4 +162,4 @@ async def _worker_scenario(noise: list[list[bytes]]) -> None:
         assert stats.malformed_requests + stats.requests_received == len(noise) + 1
     finally:
         fake_broker.close()
-        close_and_check(context)
+        context.check_closed()

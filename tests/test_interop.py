@@ -13,9 +13,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import anyio
 import pytest
 
-from conftest import TrackingContext
-from peers import echo_handler, endpoint_pair, rep_worker, req_client
-from zmqrelay import AsyncClient, AsyncWorker, Broker
+from peers import echo_handler, rep_worker, req_client
+from zmqrelay import AsyncClient, AsyncWorker
+from zmqrelay.pytest_plugin import BrokerFactory
+from zmqrelay.testing import LeakCheckingContext
 
 pytestmark = pytest.mark.asyncio
 
@@ -23,7 +24,9 @@ Request = Callable[[bytes], Awaitable[bytes]]
 
 
 @asynccontextmanager
-async def client_of(kind: str, context: TrackingContext, endpoint: str) -> AsyncIterator[Request]:
+async def client_of(
+    kind: str, context: LeakCheckingContext, endpoint: str
+) -> AsyncIterator[Request]:
     if kind == "req":
         async with req_client(context, endpoint) as request:
             yield request
@@ -34,7 +37,7 @@ async def client_of(kind: str, context: TrackingContext, endpoint: str) -> Async
 
 async def start_workers(
     kind: str,
-    context: TrackingContext,
+    context: LeakCheckingContext,
     endpoint: str,
     served: Counter[str],
     stack: AsyncExitStack,
@@ -63,30 +66,31 @@ async def wait_until_all_serve(request: Request, served: Counter[str], count: in
 @pytest.mark.parametrize("worker_kind", ["rep", "async"])
 @pytest.mark.parametrize("client_kind", ["req", "async"])
 async def test_two_clients_ten_requests_three_workers(
-    context: TrackingContext, transport: str, client_kind: str, worker_kind: str
+    context: LeakCheckingContext,
+    relay_broker_factory: BrokerFactory,
+    transport: str,
+    client_kind: str,
+    worker_kind: str,
 ) -> None:
     served: Counter[str] = Counter()
     replies: dict[str, list[bytes]] = {}
-    with endpoint_pair(transport) as (frontend, backend):
-        async with AsyncExitStack() as stack:
-            broker = await stack.enter_async_context(
-                Broker(frontend=frontend, backend=backend, context=context)
-            )
-            await start_workers(worker_kind, context, broker.endpoints.backend, served, stack)
-            first = await stack.enter_async_context(
-                client_of(client_kind, context, broker.endpoints.frontend)
-            )
-            second = await stack.enter_async_context(
-                client_of(client_kind, context, broker.endpoints.frontend)
-            )
-            await wait_until_all_serve(first, served, 3)
+    broker = await relay_broker_factory(transport=transport)
+    async with AsyncExitStack() as stack:
+        await start_workers(worker_kind, context, broker.endpoints.backend, served, stack)
+        first = await stack.enter_async_context(
+            client_of(client_kind, context, broker.endpoints.frontend)
+        )
+        second = await stack.enter_async_context(
+            client_of(client_kind, context, broker.endpoints.frontend)
+        )
+        await wait_until_all_serve(first, served, 3)
 
-            async def run_client(name: str, request: Request) -> None:
-                replies[name] = [await request(b"Hello %d" % n) for n in range(10)]
+        async def run_client(name: str, request: Request) -> None:
+            replies[name] = [await request(b"Hello %d" % n) for n in range(10)]
 
-            async with anyio.create_task_group() as clients:
-                clients.start_soon(run_client, "A", first)
-                clients.start_soon(run_client, "B", second)
+        async with anyio.create_task_group() as clients:
+            clients.start_soon(run_client, "A", first)
+            clients.start_soon(run_client, "B", second)
 
     expected = [b"World Hello %d" % n for n in range(10)]
     assert replies == {"A": expected, "B": expected}

@@ -3,32 +3,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import anyio
 import pytest
-import pytest_asyncio
 import zmq
 
-from conftest import TrackingContext
-from peers import eventually, raw_socket, req_client, serving
-from zmqrelay import AsyncClient, AsyncWorker, Broker, RemoteError
+from peers import eventually, raw_socket, req_client
+from zmqrelay import AsyncClient, AsyncWorker, RemoteError
+from zmqrelay.testing import LeakCheckingContext
 
-pytestmark = pytest.mark.asyncio
-
-
-@pytest_asyncio.fixture
-async def broker(context: TrackingContext) -> AsyncIterator[Broker]:
-    running = Broker(frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=0)
-    async with serving(running):
-        yield running
+pytestmark = [
+    pytest.mark.asyncio,
+    pytest.mark.zmqrelay(frontend="inproc://f", backend="inproc://b", drain_timeout=0),
+]
 
 
-@pytest_asyncio.fixture
-async def client(broker: Broker, context: TrackingContext) -> AsyncIterator[AsyncClient]:
-    running = AsyncClient("inproc://f", context=context, timeout=10)
-    async with serving(running):
-        yield running
+@pytest.fixture
+def client(relay_client: AsyncClient) -> AsyncClient:
+    return relay_client
 
 
 class Gate:
@@ -50,7 +43,7 @@ class Gate:
 
 
 async def test_handles_up_to_concurrency_requests_at_once(
-    context: TrackingContext, client: AsyncClient
+    context: LeakCheckingContext, client: AsyncClient
 ) -> None:
     gate = Gate()
     worker = AsyncWorker("inproc://b", gate, context=context, concurrency=3)
@@ -73,7 +66,7 @@ async def _ask(client: AsyncClient, body: bytes, replies: list[bytes]) -> None:
 
 
 async def test_a_raising_handler_answers_every_kind_of_client_and_keeps_serving(
-    context: TrackingContext, client: AsyncClient, caplog: pytest.LogCaptureFixture
+    context: LeakCheckingContext, client: AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def picky(request: bytes) -> bytes:
         if request == b"bad":
@@ -95,7 +88,7 @@ async def test_a_raising_handler_answers_every_kind_of_client_and_keeps_serving(
 
 
 async def test_frames_handlers_take_and_return_multipart_bodies(
-    context: TrackingContext, client: AsyncClient
+    context: LeakCheckingContext, client: AsyncClient
 ) -> None:
     async def reverse(frames: list[bytes]) -> Sequence[bytes]:
         return frames[::-1]
@@ -106,7 +99,7 @@ async def test_frames_handlers_take_and_return_multipart_bodies(
 
 
 async def test_a_single_frame_handler_refuses_multipart_requests(
-    context: TrackingContext, client: AsyncClient
+    context: LeakCheckingContext, client: AsyncClient
 ) -> None:
     async def echo(request: bytes) -> bytes:
         return request
@@ -117,7 +110,7 @@ async def test_a_single_frame_handler_refuses_multipart_requests(
 
 
 async def test_a_handler_returning_the_wrong_type_gets_an_error_reply(
-    context: TrackingContext, client: AsyncClient
+    context: LeakCheckingContext, client: AsyncClient
 ) -> None:
     async def wrong(request: bytes) -> bytes:
         return "text"  # type: ignore[return-value]
@@ -128,7 +121,7 @@ async def test_a_handler_returning_the_wrong_type_gets_an_error_reply(
 
 
 async def test_graceful_close_finishes_requests_in_hand(
-    context: TrackingContext, client: AsyncClient
+    context: LeakCheckingContext, client: AsyncClient
 ) -> None:
     gate = Gate()
     worker = AsyncWorker("inproc://b", gate, context=context, drain_timeout=10)
@@ -145,7 +138,7 @@ async def test_graceful_close_finishes_requests_in_hand(
 
 
 async def test_handlers_past_the_drain_timeout_are_cancelled_and_answered(
-    context: TrackingContext, client: AsyncClient
+    context: LeakCheckingContext, client: AsyncClient
 ) -> None:
     gate = Gate()
     worker = AsyncWorker("inproc://b", gate, context=context, drain_timeout=0.01)
@@ -166,7 +159,7 @@ async def test_handlers_past_the_drain_timeout_are_cancelled_and_answered(
 
 
 async def test_cancelling_run_stops_at_once_and_closes_the_socket(
-    context: TrackingContext, client: AsyncClient
+    context: LeakCheckingContext, client: AsyncClient
 ) -> None:
     gate = Gate()
     worker = AsyncWorker("inproc://b", gate, context=context)
@@ -186,7 +179,7 @@ async def _ask_despite_errors(client: AsyncClient, body: bytes) -> None:
         await client.request(body)
 
 
-async def test_malformed_requests_are_dropped_and_counted(context: TrackingContext) -> None:
+async def test_malformed_requests_are_dropped_and_counted(context: LeakCheckingContext) -> None:
     broker_side = raw_socket(context, zmq.ROUTER, "inproc://fake-broker", bind=True)
     try:
 
@@ -213,7 +206,7 @@ async def test_concurrency_must_be_positive() -> None:
 
 
 async def test_a_handler_raising_cancelled_error_is_a_handler_error(
-    context: TrackingContext, client: AsyncClient
+    context: LeakCheckingContext, client: AsyncClient
 ) -> None:
     async def awaits_a_cancelled_future(request: bytes) -> bytes:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
@@ -229,7 +222,7 @@ async def test_a_handler_raising_cancelled_error_is_a_handler_error(
 
 
 async def test_graceful_close_refuses_requests_queued_behind_the_one_in_hand(
-    context: TrackingContext, client: AsyncClient
+    context: LeakCheckingContext, client: AsyncClient
 ) -> None:
     gate = Gate()
     worker = AsyncWorker("inproc://b", gate, context=context, drain_timeout=10)

@@ -1,0 +1,242 @@
+"""pytest fixtures for testing services built on zmqrelay; loaded automatically with zmqrelay.
+
+The fixtures (all function-scoped, for ``async`` tests run by pytest-asyncio):
+
+``zmqrelay_context``
+    A :class:`~zmqrelay.testing.LeakCheckingContext`; at teardown the test fails if a socket
+    opened in it is still open or the context does not terminate.
+``relay_broker``
+    A :class:`~zmqrelay.testing.BrokerHarness`: an in-process broker, fresh per test, on
+    ``inproc://`` unless configured otherwise, or an external broker.
+``relay_broker_factory``
+    ``await relay_broker_factory(**options)`` starts another broker (several per test are fine).
+``relay_worker``
+    ``await relay_worker(handler, concurrency=...)`` attaches an AsyncWorker to ``relay_broker``
+    and returns a :class:`~zmqrelay.testing.WorkerHandle` for fault injection.
+``relay_client``
+    A running :class:`~zmqrelay.AsyncClient` connected to ``relay_broker``.
+
+The transport of the in-process broker comes from, in this order of precedence, the marker
+``@pytest.mark.zmqrelay(transport="tcp")``, the ini option ``zmqrelay_transport``, the option
+``--zmqrelay-transport``, and is ``inproc`` otherwise. ``--zmqrelay-frontend`` and
+``--zmqrelay-backend`` (or ``ZMQRELAY_TEST_FRONTEND`` and ``ZMQRELAY_TEST_BACKEND``) point the
+fixtures at a broker that is already running instead.
+
+The async fixtures run in the event loop of the test that uses them, whatever its loop scope
+(``@pytest.mark.asyncio(loop_scope="module")`` included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Literal
+
+import pytest
+
+from zmqrelay._aio.broker import Endpoints
+from zmqrelay._aio.client import AsyncClient
+from zmqrelay.testing import (
+    TRANSPORTS,
+    BrokerHarness,
+    LeakCheckingContext,
+    SocketLeakError,
+    WorkerHandle,
+    relay_harness,
+)
+
+try:
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - the fixtures need pytest-asyncio; the rest does not
+    pytest_asyncio = None  # type: ignore[assignment]
+
+_LoopScope = Literal["function", "class", "module", "package", "session"]
+_LOOP_SCOPES: tuple[_LoopScope, ...] = ("function", "class", "module", "package", "session")
+_FRONTEND_ENV = "ZMQRELAY_TEST_FRONTEND"
+_BACKEND_ENV = "ZMQRELAY_TEST_BACKEND"
+
+BrokerFactory = Callable[..., Awaitable[BrokerHarness]]
+WorkerFactory = Callable[..., Awaitable[WorkerHandle]]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register zmqrelay's command-line and ini options."""
+    group = parser.getgroup("zmqrelay", "zmqrelay fixtures")
+    group.addoption(
+        "--zmqrelay-transport",
+        choices=TRANSPORTS,
+        default=None,
+        help="transport of the in-process broker fixtures (default: inproc)",
+    )
+    group.addoption(
+        "--zmqrelay-frontend",
+        default=None,
+        help=f"use the external broker with this frontend (or set {_FRONTEND_ENV})",
+    )
+    group.addoption(
+        "--zmqrelay-backend",
+        default=None,
+        help=f"use the external broker with this backend (or set {_BACKEND_ENV})",
+    )
+    parser.addini(
+        "zmqrelay_transport",
+        help="transport of the in-process broker fixtures: inproc, ipc or tcp",
+        default="",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Declare the ``zmqrelay`` marker."""
+    config.addinivalue_line(
+        "markers",
+        "zmqrelay(transport=None, **broker_options): how the zmqrelay fixtures start the "
+        "in-process broker for this test (transport: inproc, ipc or tcp; options: Broker's)",
+    )
+
+
+def _marker_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+    marker = request.node.get_closest_marker("zmqrelay")
+    return dict(marker.kwargs) if marker is not None else {}
+
+
+def _transport(request: pytest.FixtureRequest, marked: dict[str, Any]) -> str:
+    transport = (
+        marked.pop("transport", None)
+        or request.config.getini("zmqrelay_transport")
+        or request.config.getoption("zmqrelay_transport")
+        or "inproc"
+    )
+    if transport not in TRANSPORTS:
+        raise pytest.UsageError(
+            f"zmqrelay transport must be one of {TRANSPORTS}, not {transport!r}"
+        )
+    return str(transport)
+
+
+def _external(config: pytest.Config) -> Endpoints | None:
+    frontend = config.getoption("zmqrelay_frontend") or os.environ.get(_FRONTEND_ENV)
+    backend = config.getoption("zmqrelay_backend") or os.environ.get(_BACKEND_ENV)
+    if not frontend and not backend:
+        return None
+    if not (frontend and backend):
+        raise pytest.UsageError(
+            "an external broker needs both --zmqrelay-frontend and --zmqrelay-backend "
+            f"(or {_FRONTEND_ENV} and {_BACKEND_ENV})"
+        )
+    return Endpoints(frontend, backend)
+
+
+def _test_loop_scope(request: pytest.FixtureRequest) -> str:
+    """The loop scope of the test asking: its asyncio marker's, else the configured default."""
+    marker = request.node.get_closest_marker("asyncio")
+    scope = marker.kwargs.get("loop_scope") or marker.kwargs.get("scope") if marker else None
+    return str(scope or request.config.getini("asyncio_default_test_loop_scope") or "function")
+
+
+def _in_test_loop(request: pytest.FixtureRequest, name: str) -> Any:
+    if pytest_asyncio is None:
+        raise pytest.UsageError(f"the {name} fixture needs pytest-asyncio")
+    return request.getfixturevalue(f"_zmqrelay_{name}_{_test_loop_scope(request)}")
+
+
+@pytest.fixture
+def zmqrelay_context() -> Iterator[LeakCheckingContext]:
+    """A fresh zmq context; the test fails if it leaves a socket open."""
+    context = LeakCheckingContext()
+    yield context
+    leak = None
+    try:
+        context.check_closed()
+    except SocketLeakError as exc:
+        leak = str(exc)
+    if leak is not None:
+        pytest.fail(leak, pytrace=False)
+
+
+@pytest.fixture
+def relay_broker(request: pytest.FixtureRequest) -> BrokerHarness:
+    """An in-process broker (or the configured external one), fresh for each test."""
+    harness: BrokerHarness = _in_test_loop(request, "broker")
+    return harness
+
+
+@pytest.fixture
+def relay_broker_factory(request: pytest.FixtureRequest) -> BrokerFactory:
+    """``await relay_broker_factory(transport=..., **broker_options)`` starts another broker."""
+    factory: BrokerFactory = _in_test_loop(request, "factory")
+    return factory
+
+
+@pytest.fixture
+def relay_worker(relay_broker: BrokerHarness) -> WorkerFactory:
+    """``await relay_worker(handler, concurrency=...)`` attaches a worker to ``relay_broker``."""
+    return relay_broker.start_worker
+
+
+@pytest.fixture
+def relay_client(request: pytest.FixtureRequest) -> AsyncClient:
+    """A running AsyncClient connected to ``relay_broker`` (closed with it)."""
+    client: AsyncClient = _in_test_loop(request, "client")
+    return client
+
+
+# One variant of each async fixture per loop scope, so that it runs in the test's own loop.
+
+
+def _broker_variant() -> Callable[..., AsyncIterator[BrokerHarness]]:
+    async def broker(
+        request: pytest.FixtureRequest, zmqrelay_context: LeakCheckingContext
+    ) -> AsyncIterator[BrokerHarness]:
+        options = _marker_options(request)
+        transport = _transport(request, options)
+        external = _external(request.config)
+        async with relay_harness(
+            transport=transport, context=zmqrelay_context, external=external, **options
+        ) as harness:
+            yield harness
+
+    return broker
+
+
+def _factory_variant() -> Callable[..., AsyncIterator[BrokerFactory]]:
+    async def factory(
+        request: pytest.FixtureRequest, zmqrelay_context: LeakCheckingContext
+    ) -> AsyncIterator[BrokerFactory]:
+        default_transport = _transport(request, _marker_options(request))
+        async with contextlib.AsyncExitStack() as stack:
+
+            async def start(*, transport: str | None = None, **options: Any) -> BrokerHarness:
+                return await stack.enter_async_context(
+                    relay_harness(
+                        transport=transport or default_transport,
+                        context=zmqrelay_context,
+                        **options,
+                    )
+                )
+
+            yield start
+
+    return factory
+
+
+def _client_variant() -> Callable[..., Awaitable[AsyncClient]]:
+    async def client(relay_broker: BrokerHarness) -> AsyncClient:
+        return await relay_broker.connect_client()
+
+    return client
+
+
+_VARIANTS: dict[str, Callable[[], Callable[..., Any]]] = {
+    "broker": _broker_variant,
+    "factory": _factory_variant,
+    "client": _client_variant,
+}
+
+if pytest_asyncio is not None:
+    for _scope in _LOOP_SCOPES:
+        for _name, _make in _VARIANTS.items():
+            _fixture_name = f"_zmqrelay_{_name}_{_scope}"
+            globals()[_fixture_name] = pytest_asyncio.fixture(
+                _make(), loop_scope=_scope, name=_fixture_name
+            )

@@ -1,0 +1,440 @@
+"""Run a broker, workers and clients in-process for tests and scripts, with fault injection.
+
+The pytest plugin (:mod:`zmqrelay.pytest_plugin`) builds its fixtures from these pieces; any
+other test runner or script can use them directly::
+
+    from zmqrelay.testing import LeakCheckingContext, relay_harness
+
+    async def main() -> None:
+        context = LeakCheckingContext()
+        async with relay_harness(context=context) as harness:
+            await harness.start_worker(handle, concurrency=4)
+            client = await harness.connect_client()
+            assert await client.request(b"ping") == b"pong"
+        context.check_closed()  # raises SocketLeakError naming what was left open
+
+Everything here runs on asyncio (zmq.asyncio does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Generic, TypeVar
+
+import anyio
+import zmq
+import zmq.asyncio
+
+from zmqrelay._aio.broker import Broker, Endpoints
+from zmqrelay._aio.client import AsyncClient
+from zmqrelay._aio.service import Service
+from zmqrelay._aio.worker import AsyncWorker
+from zmqrelay._core.relay import BrokerStatistics
+from zmqrelay._core.worker import WorkerStatistics
+
+__all__ = [
+    "TRANSPORTS",
+    "BrokerHarness",
+    "Hosted",
+    "LeakCheckingContext",
+    "SocketLeakError",
+    "WorkerHandle",
+    "relay_harness",
+    "running",
+]
+
+TRANSPORTS = ("inproc", "ipc", "tcp")
+"""The transports an in-process broker can listen on."""
+
+S = TypeVar("S", bound=Service)
+
+
+class SocketLeakError(AssertionError):
+    """Sockets were left open, or the context did not terminate, when a test ended."""
+
+
+class LeakCheckingContext(zmq.asyncio.Context):
+    """A ``zmq.asyncio.Context`` that remembers the sockets opened in it.
+
+    :meth:`check_closed` then proves that every one was closed and that the context
+    terminates within a deadline, as a test's teardown should.
+    """
+
+    _opened: list[zmq.asyncio.Socket]
+    _where: dict[int, str]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._opened = []
+        self._where = {}
+
+    def socket(self, socket_type: int, **kwargs: Any) -> zmq.asyncio.Socket:  # type: ignore[override]
+        """Open a socket, and remember it and the code that opened it."""
+        sock = super().socket(socket_type, **kwargs)
+        self._opened.append(sock)
+        self._where[id(sock)] = _caller()
+        return sock
+
+    @property
+    def opened(self) -> list[zmq.asyncio.Socket]:
+        """Every socket opened in this context so far, closed or not."""
+        return list(self._opened)
+
+    def check_closed(self, deadline: float = 5.0) -> None:
+        """Terminate the context, and fail if anything was left open.
+
+        Sockets still open are closed (so the context can terminate) and named in the error.
+
+        Raises:
+            SocketLeakError: a socket was still open, or the context did not terminate within
+                ``deadline`` seconds.
+        """
+        leaked = [sock for sock in self._opened if not sock.closed]
+        descriptions = [f"{_describe(sock)}, opened at {self._where[id(sock)]}" for sock in leaked]
+        for sock in leaked:
+            sock.close(linger=0)
+        terminated = threading.Event()
+
+        def terminate() -> None:
+            self.term()
+            terminated.set()
+
+        threading.Thread(target=terminate, name="zmqrelay-term", daemon=True).start()
+        if leaked:
+            raise SocketLeakError(
+                f"{len(leaked)} zmq socket(s) left open: {'; '.join(descriptions)}"
+            )
+        if not terminated.wait(deadline):
+            raise SocketLeakError(f"the zmq context did not terminate within {deadline} s")
+
+
+def _caller() -> str:
+    """Where the code outside zmq and zmqrelay that opened a socket is."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        if not any(part in frame.filename for part in _LIBRARY_PATHS):
+            return f"{frame.filename}:{frame.lineno} in {frame.name}"
+    return "an unknown place"
+
+
+_LIBRARY_PATHS = (
+    os.path.dirname(zmq.__file__),
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(contextlib.__file__) + os.sep + "contextlib.py",
+    os.sep + "asyncio" + os.sep,
+    os.sep + "anyio" + os.sep,
+)
+
+
+def _describe(sock: zmq.asyncio.Socket) -> str:
+    kind = zmq.SocketType(int(sock.type)).name
+    try:
+        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    except zmq.ZMQError:
+        endpoint = ""
+    return f"{kind} socket" + (f" last bound/connected at {endpoint}" if endpoint else "")
+
+
+class Hosted(Generic[S]):
+    """A service (Broker, AsyncWorker or AsyncClient) running in a task of its own.
+
+    Unlike ``async with service``, it may be started and stopped from different tasks, as
+    pytest-asyncio does with the two halves of an async generator fixture.
+    """
+
+    def __init__(self, service: S) -> None:
+        self.service = service
+        self._task: asyncio.Task[None] | None = None
+        self._scope: anyio.CancelScope | None = None
+
+    async def start(self) -> S:
+        """Start the service and return it once it is ready."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        async def host() -> None:
+            try:
+                async with anyio.create_task_group() as task_group:
+                    self._scope = task_group.cancel_scope
+                    await task_group.start(self.service.run)
+                    ready.set_result(None)
+            except BaseException as exc:
+                if not ready.done():
+                    ready.set_exception(exc)
+                raise
+
+        self._task = loop.create_task(host(), name=f"zmqrelay host of {self.service!r}")
+        try:
+            await ready
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                await self._task
+            raise
+        return self.service
+
+    async def stop(self, *, graceful: bool = True) -> None:
+        """Stop the service, gracefully (``aclose()``) or at once (cancelled), and wait."""
+        if self._task is None:
+            return
+        if graceful:
+            await self.service.aclose()
+        elif self._scope is not None:
+            self._scope.cancel()
+        task, self._task = self._task, None
+        await task
+
+
+@asynccontextmanager
+async def running(service: S) -> AsyncIterator[S]:
+    """Run ``service`` in a task of its own for the duration of the block (see :class:`Hosted`).
+
+    Returns once the service is ready; on the way out closes it gracefully and waits for it.
+    """
+    hosted = Hosted(service)
+    yield await hosted.start()
+    await hosted.stop()
+
+
+class WorkerHandle:
+    """A worker attached to a :class:`BrokerHarness`, with faults to inject.
+
+    The handler is wrapped so that the test can make the worker slow (:meth:`slow_down`) or
+    silent (:meth:`pause`): with a pause the worker keeps taking requests but answers none
+    until :meth:`resume`. :meth:`kill` stops it as a crashed process would.
+    """
+
+    def __init__(self, worker: AsyncWorker) -> None:
+        self.worker = worker
+        self._delay = 0.0
+        self._resumed = anyio.Event()
+        self._resumed.set()
+
+    def __repr__(self) -> str:
+        return f"<WorkerHandle {self.worker!r} delay={self._delay} paused={self.paused}>"
+
+    def statistics(self) -> WorkerStatistics:
+        """The worker's statistics."""
+        return self.worker.statistics()
+
+    def slow_down(self, delay: float) -> None:
+        """Make every request take at least ``delay`` more seconds (0 restores speed)."""
+        self._delay = delay
+
+    def pause(self) -> None:
+        """Hold every request, in hand or new, without answering, until :meth:`resume`."""
+        if self._resumed.is_set():
+            self._resumed = anyio.Event()
+
+    def resume(self) -> None:
+        """Answer the held requests and serve normally again."""
+        self._resumed.set()
+
+    @property
+    def paused(self) -> bool:
+        """Whether the worker is paused."""
+        return not self._resumed.is_set()
+
+    async def stop(self) -> None:
+        """Stop gracefully (finish the requests in hand)."""
+        await self.worker.aclose()
+
+    async def kill(self) -> None:
+        """Stop abruptly, mid-request: no replies, nothing more sent (see ``abort()``)."""
+        await self.worker.abort()
+
+    async def _before_handling(self) -> None:
+        await self._resumed.wait()
+        if self._delay:
+            await anyio.sleep(self._delay)
+
+
+class BrokerHarness:
+    """An in-process broker, or an external one, with workers and clients attached.
+
+    Workers and clients started through the harness are closed with it. Create one with
+    :func:`relay_harness`.
+    """
+
+    def __init__(
+        self,
+        *,
+        context: zmq.asyncio.Context,
+        frontend: str,
+        backend: str,
+        external: bool = False,
+        broker_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.context = context
+        self.external = external
+        self._frontend = frontend
+        self._backend = backend
+        self._broker_options = broker_options or {}
+        self._broker: Hosted[Broker] | None = None
+        self._workers: list[tuple[WorkerHandle, Hosted[AsyncWorker]]] = []
+        self._clients: list[Hosted[AsyncClient]] = []
+        self.endpoints = Endpoints(frontend, backend)
+
+    def __repr__(self) -> str:
+        where = "external" if self.external else repr(self._broker and self._broker.service)
+        return f"<BrokerHarness {where} endpoints={self.endpoints}>"
+
+    @property
+    def broker(self) -> Broker:
+        """The in-process :class:`~zmqrelay.Broker` (a new one after a restart)."""
+        if self._broker is None:
+            raise RuntimeError(self._unavailable("has no in-process broker"))
+        return self._broker.service
+
+    def statistics(self) -> BrokerStatistics:
+        """The in-process broker's statistics (since its last restart)."""
+        return self.broker.statistics()
+
+    async def start_broker(self) -> None:
+        """Start the in-process broker; after a first start, on the endpoints it bound."""
+        if self.external:
+            raise RuntimeError(self._unavailable("cannot start a broker"))
+        hosted = Hosted(
+            Broker(
+                frontend=self._frontend, backend=self._backend, context=self.context,
+                **self._broker_options,
+            )
+        )  # fmt: skip
+        broker = await hosted.start()
+        self._broker = hosted
+        self.endpoints = broker.endpoints
+        # A restart binds the very addresses peers already connect to (tcp ports included).
+        self._frontend, self._backend = self.endpoints
+
+    async def stop_broker(self, *, graceful: bool = True) -> None:
+        """Stop the in-process broker: gracefully (draining), or at once."""
+        if self._broker is not None:
+            await self._broker.stop(graceful=graceful)
+
+    async def restart_broker(self, *, graceful: bool = False) -> None:
+        """Stop the broker and start a new one on the same endpoints.
+
+        The old one stops at once, as a crash would, unless ``graceful``. Workers and clients
+        reconnect by themselves.
+        """
+        await self.stop_broker(graceful=graceful)
+        await self.start_broker()
+
+    async def start_worker(
+        self,
+        handler: Callable[[Any], Awaitable[Any]],
+        *,
+        concurrency: int = 1,
+        frames: bool = False,
+        **options: Any,
+    ) -> WorkerHandle:
+        """Attach an :class:`~zmqrelay.AsyncWorker` running ``handler`` to the broker.
+
+        Returns once it is connecting; it stops when the harness closes.
+        """
+        handle: WorkerHandle
+
+        async def wrapped(request: Any) -> Any:
+            await handle._before_handling()
+            return await handler(request)
+
+        worker = AsyncWorker(
+            self.endpoints.backend, wrapped, frames=frames,  # type: ignore[call-overload]
+            concurrency=concurrency, context=self.context, **options,
+        )  # fmt: skip
+        handle = WorkerHandle(worker)
+        hosted = Hosted(worker)
+        await hosted.start()
+        self._workers.append((handle, hosted))
+        return handle
+
+    async def connect_client(self, **options: Any) -> AsyncClient:
+        """A running :class:`~zmqrelay.AsyncClient` connected to the broker's frontend."""
+        options.setdefault("timeout", 10.0)
+        hosted = Hosted(AsyncClient(self.endpoints.frontend, context=self.context, **options))
+        self._clients.append(hosted)
+        return await hosted.start()
+
+    async def aclose(self) -> None:
+        """Close the clients, then the broker (draining), then the workers."""
+        for client in reversed(self._clients):
+            await client.stop()
+        self._clients.clear()
+        await self.stop_broker()
+        for handle, worker in reversed(self._workers):
+            handle.resume()
+            await worker.stop()
+        self._workers.clear()
+
+    def _unavailable(self, what: str) -> str:
+        return f"this harness {what}: it uses an external broker at {self.endpoints}"
+
+
+@asynccontextmanager
+async def relay_harness(
+    *,
+    transport: str = "inproc",
+    context: zmq.asyncio.Context | None = None,
+    external: Endpoints | None = None,
+    frontend: str | None = None,
+    backend: str | None = None,
+    **broker_options: Any,
+) -> AsyncIterator[BrokerHarness]:
+    """Run a broker in-process (or use an external one) for the duration of the block.
+
+    Args:
+        transport: where the in-process broker listens: ``"inproc"`` (the default, no
+            ports; peers must share ``context``), ``"ipc"`` (a temporary folder) or ``"tcp"``
+            (loopback, ports chosen by the system and reported in ``harness.endpoints``).
+        context: the zmq context for the broker, workers and clients; a new one (terminated
+            on the way out) by default.
+        external: endpoints of a broker already running elsewhere; then none is started.
+        frontend: the endpoint to bind for clients, instead of one chosen for ``transport``.
+        backend: the endpoint to bind for workers, likewise.
+        broker_options: further keyword arguments for :class:`~zmqrelay.Broker`.
+    """
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
+    own_context = context is None
+    ctx = zmq.asyncio.Context() if context is None else context
+    folder = tempfile.mkdtemp(prefix="zmqrelay-") if transport == "ipc" else None
+    try:
+        if external is not None:
+            harness = BrokerHarness(
+                context=ctx, frontend=external.frontend, backend=external.backend, external=True
+            )
+        else:
+            chosen_frontend, chosen_backend = _endpoints_for(transport, folder)
+            harness = BrokerHarness(
+                context=ctx,
+                frontend=frontend or chosen_frontend,
+                backend=backend or chosen_backend,
+                broker_options=broker_options,
+            )
+            await harness.start_broker()
+        try:
+            yield harness
+        finally:
+            await harness.aclose()
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        if own_context:
+            ctx.term()
+
+
+def _endpoints_for(transport: str, folder: str | None) -> tuple[str, str]:
+    if transport == "inproc":
+        name = uuid.uuid4().hex
+        return f"inproc://zmqrelay-{name}-front", f"inproc://zmqrelay-{name}-back"
+    if transport == "ipc":
+        assert folder is not None
+        return f"ipc://{os.path.join(folder, 'front')}", f"ipc://{os.path.join(folder, 'back')}"
+    return "tcp://127.0.0.1:0", "tcp://127.0.0.1:0"
