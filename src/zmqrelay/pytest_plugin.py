@@ -163,14 +163,14 @@ def relay_broker(request: pytest.FixtureRequest) -> BrokerHarness:
 
 @pytest.fixture
 def relay_broker_factory(request: pytest.FixtureRequest) -> BrokerFactory:
-    """``await relay_broker_factory(transport=..., **broker_options)`` starts another broker."""
+    """Start more brokers: ``await relay_broker_factory(transport=..., **broker_options)``."""
     factory: BrokerFactory = _in_test_loop(request, "factory")
     return factory
 
 
 @pytest.fixture
 def relay_worker(relay_broker: BrokerHarness) -> WorkerFactory:
-    """``await relay_worker(handler, concurrency=...)`` attaches a worker to ``relay_broker``."""
+    """Attach workers to ``relay_broker``: ``await relay_worker(handler, concurrency=...)``."""
     return relay_broker.start_worker
 
 
