@@ -163,14 +163,14 @@ def relay_broker(request: pytest.FixtureRequest) -> BrokerHarness:
 
 @pytest.fixture
 def relay_broker_factory(request: pytest.FixtureRequest) -> BrokerFactory:
-    """Start more brokers: ``await relay_broker_factory(transport=..., **broker_options)``."""
+    """A function that starts more brokers, each with its own transport and options."""
     factory: BrokerFactory = _in_test_loop(request, "factory")
     return factory
 
 
 @pytest.fixture
 def relay_worker(relay_broker: BrokerHarness) -> WorkerFactory:
-    """Attach workers to ``relay_broker``: ``await relay_worker(handler, concurrency=...)``."""
+    """A function that attaches a worker running a handler to ``relay_broker``."""
     return relay_broker.start_worker
 
 
