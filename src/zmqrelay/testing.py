@@ -363,14 +363,17 @@ class BrokerHarness:
         return await hosted.start()
 
     async def aclose(self) -> None:
-        """Close the clients, then the broker (draining), then the workers."""
+        """Stop the clients, the broker and the workers, at once: a test is over.
+
+        Requests still in flight end in ``ClosedError`` at their clients; every socket is
+        closed before this returns.
+        """
         for client in reversed(self._clients):
-            await client.stop()
+            await client.stop(graceful=False)
         self._clients.clear()
-        await self.stop_broker()
-        for handle, worker in reversed(self._workers):
-            handle.resume()
-            await worker.stop()
+        await self.stop_broker(graceful=False)
+        for _, worker in reversed(self._workers):
+            await worker.stop(graceful=False)
         self._workers.clear()
 
     def _unavailable(self, what: str) -> str:

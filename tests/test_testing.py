@@ -1,0 +1,164 @@
+"""zmqrelay.testing: the harness and its fault injection, through the plugin's fixtures."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+import zmq
+
+from peers import eventually
+from zmqrelay import AsyncClient, RequestTimeout
+from zmqrelay.pytest_plugin import WorkerFactory
+from zmqrelay.testing import (
+    BrokerHarness,
+    LeakCheckingContext,
+    SocketLeakError,
+    relay_harness,
+    running,
+)
+
+pytestmark = pytest.mark.asyncio
+
+
+async def echo(request: bytes) -> bytes:
+    return request
+
+
+async def test_fixtures_give_a_broker_a_worker_and_a_client(
+    relay_broker: BrokerHarness, relay_worker: WorkerFactory, relay_client: AsyncClient
+) -> None:
+    assert relay_broker.endpoints.frontend.startswith("inproc://")
+    worker = await relay_worker(echo, concurrency=4)
+    assert await relay_client.request(b"ping") == b"ping"
+    assert relay_broker.statistics().replies_forwarded == 1
+    assert worker.statistics().replies_sent == 1
+    assert "endpoints=" in repr(relay_broker)
+
+
+async def test_a_slowed_worker_makes_requests_time_out(
+    relay_worker: WorkerFactory, relay_client: AsyncClient
+) -> None:
+    worker = await relay_worker(echo)
+    worker.slow_down(10)
+    with pytest.raises(RequestTimeout):
+        await relay_client.request(b"slow", timeout=0.05)
+    worker.slow_down(0)
+    worker.resume()
+
+
+async def test_a_paused_worker_is_silent_until_resumed(
+    relay_worker: WorkerFactory, relay_client: AsyncClient
+) -> None:
+    worker = await relay_worker(echo)
+    worker.pause()
+    assert worker.paused
+    replies: list[bytes] = []
+    async with anyio.create_task_group() as tg:
+
+        async def ask() -> None:
+            replies.append(await relay_client.request(b"held"))
+
+        tg.start_soon(ask)
+        await eventually(lambda: worker.statistics().in_flight == 1)
+        assert replies == []
+        worker.resume()
+    assert replies == [b"held"]
+
+
+async def test_a_killed_worker_answers_nothing(
+    relay_worker: WorkerFactory, relay_client: AsyncClient
+) -> None:
+    worker = await relay_worker(echo)
+    worker.pause()
+    async with anyio.create_task_group() as tg:
+        outcome: list[BaseException] = []
+
+        async def ask() -> None:
+            try:
+                await relay_client.request(b"doomed", timeout=0.3)
+            except RequestTimeout as exc:
+                outcome.append(exc)
+
+        tg.start_soon(ask)
+        await eventually(lambda: worker.statistics().in_flight == 1)
+        await worker.kill()
+    assert len(outcome) == 1  # a timeout, not a WorkerStopped reply: it died mid-request
+    assert worker.statistics().replies_sent == 0
+    assert "closed" in repr(worker.worker)
+
+
+@pytest.mark.zmqrelay(transport="tcp")
+async def test_restarting_the_broker_on_the_same_endpoints(
+    relay_broker: BrokerHarness, relay_worker: WorkerFactory, relay_client: AsyncClient
+) -> None:
+    await relay_worker(echo)
+    assert await relay_client.request(b"before") == b"before"
+    endpoints = relay_broker.endpoints
+    first = relay_broker.broker
+    await relay_broker.restart_broker()
+    assert relay_broker.endpoints == endpoints
+    assert relay_broker.broker is not first
+    # Worker and client reconnect by themselves; a request sent meanwhile may be lost.
+    with anyio.fail_after(10):
+        while True:
+            try:
+                assert await relay_client.request(b"after", timeout=0.5) == b"after"
+                break
+            except RequestTimeout:
+                continue
+
+
+@pytest.mark.parametrize("transport", ["inproc", "ipc", "tcp"])
+async def test_the_factory_starts_brokers_on_any_transport(
+    relay_broker_factory: object, transport: str
+) -> None:
+    start = relay_broker_factory
+    assert callable(start)
+    harness: BrokerHarness = await start(transport=transport, drain_timeout=0)
+    assert harness.endpoints.frontend.startswith(f"{transport}://")
+    await harness.start_worker(echo)
+    client = await harness.connect_client()
+    assert await client.request(b"x") == b"x"
+
+
+async def test_the_harness_works_without_pytest_fixtures() -> None:
+    context = LeakCheckingContext()
+    async with relay_harness(context=context) as harness:
+        await harness.start_worker(echo)
+        client = await harness.connect_client()
+        assert await client.request(b"script") == b"script"
+    context.check_closed()
+
+
+async def test_an_external_harness_has_no_broker_of_its_own(
+    relay_broker: BrokerHarness, context: LeakCheckingContext
+) -> None:
+    async with relay_harness(context=context, external=relay_broker.endpoints) as harness:
+        assert harness.external
+        with pytest.raises(RuntimeError, match="external broker"):
+            harness.statistics()
+        with pytest.raises(RuntimeError, match="external broker"):
+            await harness.restart_broker()
+        await harness.start_worker(echo)
+        client = await harness.connect_client()
+        assert await client.request(b"via external") == b"via external"
+
+
+async def test_leak_checks_name_the_socket_and_where_it_was_opened() -> None:
+    context = LeakCheckingContext()
+    async with running(AsyncClient("inproc://nowhere", context=context)):
+        pass
+    forgotten = context.socket(zmq.PUB)
+    forgotten.bind("inproc://forgotten")
+    with pytest.raises(SocketLeakError) as caught:
+        context.check_closed()
+    message = str(caught.value)
+    assert "1 zmq socket(s) left open: PUB socket" in message
+    assert "inproc://forgotten" in message
+    assert "test_testing.py" in message
+
+
+async def test_an_unknown_transport_is_refused() -> None:
+    with pytest.raises(ValueError, match="transport"):
+        async with relay_harness(transport="udp"):
+            pass
