@@ -1,0 +1,202 @@
+"""The pytest plugin, tested with real sub-runs of small test files (pytester)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import anyio.to_thread
+import pytest
+
+from zmqrelay.testing import BrokerHarness
+
+pytest_plugins = ["pytester"]
+
+USES_THE_FIXTURES = """
+    import pytest
+
+    async def echo(request: bytes) -> bytes:
+        return request
+
+    {mark}
+    async def test_round_trip(relay_broker, relay_worker, relay_client):
+        await relay_worker(echo, concurrency=2)
+        assert await relay_client.request(b"ping") == b"ping"
+        assert relay_broker.statistics().replies_forwarded == 1
+
+    {mark}
+    async def test_second_round_trip_gets_a_fresh_broker(relay_broker, relay_worker, relay_client):
+        await relay_worker(echo)
+        assert await relay_client.request(b"pong") == b"pong"
+        assert relay_broker.statistics().replies_forwarded == 1
+"""
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", *args)
+
+
+def ini(pytester: pytest.Pytester, **options: str) -> None:
+    lines = "\n".join(f"{key} = {value}" for key, value in options.items())
+    pytester.makeini(f"[pytest]\nasyncio_default_fixture_loop_scope = function\n{lines}\n")
+
+
+@pytest.mark.parametrize(
+    ("mode", "mark"),
+    [
+        ("strict", "@pytest.mark.asyncio"),
+        ("auto", ""),
+        ("strict", '@pytest.mark.asyncio(loop_scope="module")'),
+        ("auto", '@pytest.mark.asyncio(loop_scope="module")'),
+    ],
+)
+def test_fixtures_work_in_every_mode_and_loop_scope(
+    pytester: pytest.Pytester, mode: str, mark: str
+) -> None:
+    ini(pytester, asyncio_mode=mode)
+    pytester.makepyfile(textwrap.dedent(USES_THE_FIXTURES.format(mark=mark)))
+    run(pytester).assert_outcomes(passed=2)
+
+
+def test_a_leaked_socket_fails_the_test_and_is_named(pytester: pytest.Pytester) -> None:
+    ini(pytester, asyncio_mode="strict")
+    pytester.makepyfile(
+        """
+        import pytest, zmq
+
+        @pytest.mark.asyncio
+        async def test_forgets_to_close(zmqrelay_context):
+            sock = zmqrelay_context.socket(zmq.DEALER)
+            sock.connect("inproc://somewhere")
+
+        @pytest.mark.asyncio
+        async def test_closes(zmqrelay_context):
+            zmqrelay_context.socket(zmq.DEALER).close()
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_forgets_to_close*",
+            "*1 zmq socket(s) left open: DEALER socket last bound/connected at "
+            "inproc://somewhere, opened at *test_a_leaked_socket_fails_the_test_and_is_named.py:5 "
+            "in test_forgets_to_close*",
+        ]
+    )
+
+
+TRANSPORT_REPORT = """
+    import pytest
+
+    @pytest.mark.asyncio
+    {mark}
+    async def test_transport(relay_broker):
+        print("TRANSPORT", relay_broker.endpoints.frontend.split(":")[0])
+"""
+
+
+@pytest.mark.parametrize(
+    ("mark", "ini_value", "option", "expected"),
+    [
+        ("", "", "", "inproc"),
+        ("", "", "tcp", "tcp"),
+        ("", "ipc", "tcp", "ipc"),
+        ('@pytest.mark.zmqrelay(transport="tcp")', "ipc", "inproc", "tcp"),
+    ],
+)
+def test_transport_precedence_marker_then_ini_then_option(
+    pytester: pytest.Pytester, mark: str, ini_value: str, option: str, expected: str
+) -> None:
+    ini(
+        pytester, asyncio_mode="strict", **({"zmqrelay_transport": ini_value} if ini_value else {})
+    )
+    pytester.makepyfile(textwrap.dedent(TRANSPORT_REPORT.format(mark=mark)))
+    result = run(pytester, "-s", *(["--zmqrelay-transport", option] if option else []))
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*TRANSPORT {expected}*"])
+
+
+@pytest.mark.asyncio
+@pytest.mark.zmqrelay(transport="tcp")
+async def test_fixtures_can_use_an_external_broker(
+    relay_broker: BrokerHarness, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outer test's broker stands for an integration environment's broker."""
+    ini(pytester, asyncio_mode="strict")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        async def shout(request: bytes) -> bytes:
+            return request.upper()
+
+        @pytest.mark.asyncio
+        async def test_against_the_external_broker(relay_broker, relay_worker, relay_client):
+            assert relay_broker.external
+            await relay_worker(shout)
+            assert await relay_client.request(b"hi") == b"HI"
+        """
+    )
+    frontend, backend = relay_broker.endpoints
+    with monkeypatch.context() as env:
+        env.setenv("ZMQRELAY_TEST_FRONTEND", frontend)
+        env.setenv("ZMQRELAY_TEST_BACKEND", backend)
+        by_env = await _run_in_thread(pytester)
+    by_env.assert_outcomes(passed=1)
+    by_option = await _run_in_thread(
+        pytester, "--zmqrelay-frontend", frontend, "--zmqrelay-backend", backend
+    )
+    by_option.assert_outcomes(passed=1)
+    assert relay_broker.statistics().replies_forwarded == 2
+
+
+async def _run_in_thread(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    # The sub-run talks to this test's broker, so this loop must keep running meanwhile.
+    return await anyio.to_thread.run_sync(lambda: run(pytester, *args))
+
+
+def test_half_an_external_broker_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    ini(pytester, asyncio_mode="strict")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_it(relay_broker):
+            pass
+        """
+    )
+    result = run(pytester, "--zmqrelay-frontend", "tcp://127.0.0.1:1")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*needs both --zmqrelay-frontend and --zmqrelay-backend*"])
+
+
+def test_beside_anyios_plugin(pytester: pytest.Pytester) -> None:
+    """anyio-marked tests use relay_harness() directly; the fixtures serve asyncio-marked ones."""
+    ini(pytester, asyncio_mode="strict")
+    pytester.makepyfile(
+        """
+        import pytest
+        from zmqrelay.testing import relay_harness
+
+        async def echo(request: bytes) -> bytes:
+            return request
+
+        @pytest.fixture
+        def anyio_backend():
+            return "asyncio"
+
+        @pytest.mark.anyio
+        async def test_anyio_style(zmqrelay_context):
+            async with relay_harness(context=zmqrelay_context) as harness:
+                await harness.start_worker(echo)
+                client = await harness.connect_client()
+                assert await client.request(b"a") == b"a"
+
+        @pytest.mark.asyncio
+        async def test_fixture_style(relay_worker, relay_client):
+            await relay_worker(echo)
+            assert await relay_client.request(b"b") == b"b"
+        """
+    )
+    run(pytester).assert_outcomes(passed=2)
