@@ -1,0 +1,64 @@
+"""The public surface, pinned: a change to it is a decision, not an accident."""
+
+from __future__ import annotations
+
+import importlib.resources
+import inspect
+
+import zmqrelay
+import zmqrelay.errors
+import zmqrelay.testing
+
+
+def test_top_level_names() -> None:
+    assert sorted(zmqrelay.__all__) == [
+        "AsyncClient",
+        "AsyncWorker",
+        "Broker",
+        "BrokerStatistics",
+        "ClientStatistics",
+        "ClosedError",
+        "EndpointError",
+        "Endpoints",
+        "FramesHandler",
+        "Handler",
+        "LocalProtocolError",
+        "ProtocolError",
+        "RemoteError",
+        "RemoteProtocolError",
+        "RequestTimeout",
+        "WorkerStatistics",
+        "ZmqRelayError",
+    ]
+
+
+def test_testing_names() -> None:
+    assert sorted(zmqrelay.testing.__all__) == [
+        "TRANSPORTS",
+        "BrokerHarness",
+        "Hosted",
+        "LeakCheckingContext",
+        "SocketLeakError",
+        "WorkerHandle",
+        "relay_harness",
+        "running",
+    ]
+
+
+def test_every_public_class_and_function_is_documented() -> None:
+    for module in (zmqrelay, zmqrelay.errors, zmqrelay.testing):
+        for name in module.__all__:
+            value = getattr(module, name)
+            if inspect.isclass(value) or inspect.isfunction(value):
+                assert inspect.getdoc(value), f"{module.__name__}.{name} has no docstring"
+
+
+def test_errors_share_one_root() -> None:
+    for name in zmqrelay.errors.__all__:
+        assert issubclass(getattr(zmqrelay.errors, name), zmqrelay.ZmqRelayError)
+    assert issubclass(zmqrelay.RequestTimeout, TimeoutError)
+    assert issubclass(zmqrelay.EndpointError, OSError)
+
+
+def test_the_package_is_typed() -> None:
+    assert importlib.resources.files("zmqrelay").joinpath("py.typed").is_file()
