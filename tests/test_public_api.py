@@ -34,11 +34,11 @@ def test_top_level_names() -> None:
 
 def test_testing_names() -> None:
     assert sorted(zmqrelay.testing.__all__) == [
-        "TRANSPORTS",
         "BrokerHarness",
         "Hosted",
         "LeakCheckingContext",
         "SocketLeakError",
+        "TRANSPORTS",
         "WorkerHandle",
         "relay_harness",
         "running",
