@@ -30,7 +30,8 @@ async def test_fixtures_give_a_broker_a_worker_and_a_client(
     assert relay_broker.endpoints.frontend.startswith("inproc://")
     worker = await relay_worker(echo, concurrency=4)
     assert await relay_client.request(b"ping") == b"ping"
-    assert relay_broker.statistics().replies_forwarded == 1
+    # The default engine counts frames: client id, request tag, delimiter, body.
+    assert relay_broker.statistics().reply_frames == 4
     assert worker.statistics().replies_sent == 1
     assert "endpoints=" in repr(relay_broker)
 
@@ -162,3 +163,18 @@ async def test_an_unknown_transport_is_refused() -> None:
     with pytest.raises(ValueError, match="transport"):
         async with relay_harness(transport="udp"):
             pass
+
+
+async def test_an_inproc_broker_cannot_be_restarted(relay_broker: BrokerHarness) -> None:
+    with pytest.raises(RuntimeError, match="inproc broker cannot be restarted"):
+        await relay_broker.restart_broker()
+
+
+async def test_running_stops_the_service_when_the_block_raises() -> None:
+    context = LeakCheckingContext()
+    client = AsyncClient("inproc://nowhere", context=context)
+    with pytest.raises(KeyError):
+        async with running(client):
+            raise KeyError("boom")
+    assert "closed" in repr(client)
+    context.check_closed()

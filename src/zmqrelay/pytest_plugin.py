@@ -136,7 +136,7 @@ def _test_loop_scope(request: pytest.FixtureRequest) -> str:
 
 def _in_test_loop(request: pytest.FixtureRequest, name: str) -> Any:
     if pytest_asyncio is None:
-        raise pytest.UsageError(f"the {name} fixture needs pytest-asyncio")
+        raise pytest.UsageError("the zmqrelay fixtures need pytest-asyncio")
     return request.getfixturevalue(f"_zmqrelay_{name}_{_test_loop_scope(request)}")
 
 

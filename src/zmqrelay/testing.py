@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -40,6 +41,7 @@ from zmqrelay._aio.service import Service
 from zmqrelay._aio.worker import AsyncWorker
 from zmqrelay._core.relay import BrokerStatistics
 from zmqrelay._core.worker import WorkerStatistics
+from zmqrelay.errors import EndpointError
 
 __all__ = [
     "TRANSPORTS",
@@ -54,6 +56,9 @@ __all__ = [
 
 TRANSPORTS = ("inproc", "ipc", "tcp")
 """The transports an in-process broker can listen on."""
+
+REBIND_DEADLINE = 5.0
+"""How long a restarting broker retries binding an address still held by its predecessor."""
 
 S = TypeVar("S", bound=Service)
 
@@ -199,8 +204,11 @@ async def running(service: S) -> AsyncIterator[S]:
     Returns once the service is ready; on the way out closes it gracefully and waits for it.
     """
     hosted = Hosted(service)
-    yield await hosted.start()
-    await hosted.stop()
+    started = await hosted.start()
+    try:
+        yield started
+    finally:
+        await hosted.stop()
 
 
 class WorkerHandle:
@@ -298,16 +306,30 @@ class BrokerHarness:
         return self.broker.statistics()
 
     async def start_broker(self) -> None:
-        """Start the in-process broker; after a first start, on the endpoints it bound."""
+        """Start the in-process broker; after a first start, on the endpoints it bound.
+
+        Raises:
+            EndpointError: an endpoint stayed in use for :data:`REBIND_DEADLINE` seconds.
+        """
         if self.external:
             raise RuntimeError(self._unavailable("cannot start a broker"))
-        hosted = Hosted(
-            Broker(
-                frontend=self._frontend, backend=self._backend, context=self.context,
-                **self._broker_options,
-            )
-        )  # fmt: skip
-        broker = await hosted.start()
+        # libzmq closes a listening socket in its I/O thread, a moment after close() returns:
+        # binding the same tcp port again at once can find it still taken.
+        deadline = anyio.current_time() + REBIND_DEADLINE
+        while True:
+            hosted = Hosted(
+                Broker(
+                    frontend=self._frontend, backend=self._backend, context=self.context,
+                    **self._broker_options,
+                )
+            )  # fmt: skip
+            try:
+                broker = await hosted.start()
+                break
+            except EndpointError as exc:
+                if exc.errno != errno.EADDRINUSE or anyio.current_time() > deadline:
+                    raise
+                await anyio.sleep(0.01)
         self._broker = hosted
         self.endpoints = broker.endpoints
         # A restart binds the very addresses peers already connect to (tcp ports included).
@@ -322,8 +344,18 @@ class BrokerHarness:
         """Stop the broker and start a new one on the same endpoints.
 
         The old one stops at once, as a crash would, unless ``graceful``. Workers and clients
-        reconnect by themselves.
+        on ``ipc`` or ``tcp`` reconnect by themselves.
+
+        Raises:
+            RuntimeError: the broker listens on ``inproc``, whose peers never reconnect.
         """
+        if self.external:
+            raise RuntimeError(self._unavailable("cannot restart the broker"))
+        if self.endpoints.frontend.startswith("inproc://"):
+            raise RuntimeError(
+                "an inproc broker cannot be restarted: its peers do not reconnect "
+                "(use transport='ipc' or 'tcp')"
+            )
         await self.stop_broker(graceful=graceful)
         await self.start_broker()
 
