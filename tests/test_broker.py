@@ -10,9 +10,16 @@ import zmq
 
 from peers import echo_handler, eventually, raw_socket, req_client
 from zmqrelay import AsyncClient, AsyncWorker, Broker, ClosedError, EndpointError, Endpoints
+from zmqrelay._aio.broker import Engine
 from zmqrelay.testing import LeakCheckingContext
 
 pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture(params=["libzmq", "python"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """The tests that hold for both engines run with each."""
+    return request.param  # type: ignore[no-any-return]
 
 
 def tcp_port(endpoint: str) -> int:
@@ -22,9 +29,9 @@ def tcp_port(endpoint: str) -> int:
 
 @pytest.mark.parametrize("wildcard", ["tcp://127.0.0.1:0", "tcp://127.0.0.1:*", "tcp://*:0"])
 async def test_reports_the_ports_it_really_bound(
-    context: LeakCheckingContext, wildcard: str
+    context: LeakCheckingContext, engine: Engine, wildcard: str
 ) -> None:
-    broker = Broker(frontend=wildcard, backend=wildcard, context=context)
+    broker = Broker(frontend=wildcard, backend=wildcard, context=context, engine=engine)
     async with anyio.create_task_group() as tg:
         endpoints = await tg.start(broker.run)
         assert endpoints == broker.endpoints == await broker.wait_ready()
@@ -37,22 +44,25 @@ async def test_endpoints_are_unknown_before_binding(context: LeakCheckingContext
     broker = Broker(frontend="inproc://f", backend="inproc://b", context=context)
     with pytest.raises(ClosedError, match="not bound"):
         _ = broker.endpoints
-    assert repr(broker) == "<Broker relay new frontend='inproc://f' backend='inproc://b'>"
+    assert repr(broker) == "<Broker relay libzmq new frontend='inproc://f' backend='inproc://b'>"
 
 
-async def test_cancellation_closes_both_sockets(context: LeakCheckingContext) -> None:
-    broker = Broker(frontend="inproc://f", backend="inproc://b", context=context)
+async def test_cancellation_closes_both_sockets(
+    context: LeakCheckingContext, engine: Engine
+) -> None:
+    broker = Broker(frontend="inproc://f", backend="inproc://b", context=context, engine=engine)
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:
             await tg.start(broker.run)
             assert "running" in repr(broker)
             scope.cancel()
     assert "closed" in repr(broker)
-    assert [sock.closed for sock in context.opened] == [True, True]
+    assert context.opened
+    assert all(sock.closed for sock in context.opened)
 
 
-async def test_runs_only_once(context: LeakCheckingContext) -> None:
-    broker = Broker(frontend="inproc://f", backend="inproc://b", context=context)
+async def test_runs_only_once(context: LeakCheckingContext, engine: Engine) -> None:
+    broker = Broker(frontend="inproc://f", backend="inproc://b", context=context, engine=engine)
     async with broker:
         with pytest.raises(ClosedError, match="running"):
             await broker.run()
@@ -69,12 +79,16 @@ async def test_aclose_before_start_means_it_never_starts(context: LeakCheckingCo
     assert context.opened == []
 
 
-async def test_address_in_use_is_an_endpoint_error(context: LeakCheckingContext) -> None:
+async def test_address_in_use_is_an_endpoint_error(
+    context: LeakCheckingContext, engine: Engine
+) -> None:
     async with Broker(
-        frontend="tcp://127.0.0.1:0", backend="tcp://127.0.0.1:0", context=context
+        frontend="tcp://127.0.0.1:0", backend="tcp://127.0.0.1:0", context=context, engine=engine
     ) as first:
         taken = first.endpoints.frontend
-        second = Broker(frontend="tcp://127.0.0.1:0", backend=taken, context=context)
+        second = Broker(
+            frontend="tcp://127.0.0.1:0", backend=taken, context=context, engine=engine
+        )
         with pytest.raises(EndpointError, match="cannot bind") as caught:
             await second.run()
         assert caught.value.errno == errno.EADDRINUSE
@@ -88,11 +102,13 @@ async def test_invalid_endpoint_is_an_endpoint_error(context: LeakCheckingContex
             pass
 
 
-async def test_requests_wait_for_a_worker(context: LeakCheckingContext) -> None:
+async def test_requests_wait_for_a_worker(context: LeakCheckingContext, engine: Engine) -> None:
     """With no worker connected, the broker holds requests instead of dropping them."""
     served: Counter[str] = Counter()
     async with (
-        Broker(frontend="inproc://f", backend="inproc://b", context=context) as broker,
+        Broker(
+            frontend="inproc://f", backend="inproc://b", context=context, engine=engine
+        ) as broker,
         AsyncClient(broker.endpoints.frontend, context=context, timeout=10) as client,
         anyio.create_task_group() as tg,
     ):
@@ -111,13 +127,15 @@ async def test_requests_wait_for_a_worker(context: LeakCheckingContext) -> None:
         tg.cancel_scope.cancel()
 
 
-async def test_pipelined_messages_all_arrive(context: LeakCheckingContext) -> None:
+async def test_pipelined_messages_all_arrive(context: LeakCheckingContext, engine: Engine) -> None:
     count = 5000
     # Fewer in flight than a queue holds (1000): a ROUTER drops replies to a client whose
     # queue is full rather than stall every other client (counted as congested).
     window = anyio.Semaphore(500)
     received: list[list[bytes]] = []
-    async with Broker(frontend="inproc://f", backend="inproc://b", context=context) as broker:
+    async with Broker(
+        frontend="inproc://f", backend="inproc://b", context=context, engine=engine
+    ) as broker:
         client = raw_socket(context, zmq.DEALER, broker.endpoints.frontend)
         worker = raw_socket(context, zmq.DEALER, broker.endpoints.backend)
 
@@ -142,7 +160,11 @@ async def test_pipelined_messages_all_arrive(context: LeakCheckingContext) -> No
             worker.close()
         assert received == [[b"", b"%d" % n] for n in range(count)]
         stats = broker.statistics()
-        assert (stats.requests_forwarded, stats.replies_forwarded) == (count, count)
+        assert stats.engine == engine
+        if engine == "python":
+            assert (stats.requests_forwarded, stats.replies_forwarded) == (count, count)
+        else:  # frames: routing id, delimiter, body
+            assert (stats.request_frames, stats.reply_frames) == (3 * count, 3 * count)
 
 
 async def test_malformed_and_unroutable_messages_are_dropped_and_counted(
@@ -150,7 +172,9 @@ async def test_malformed_and_unroutable_messages_are_dropped_and_counted(
 ) -> None:
     served: Counter[str] = Counter()
     async with (
-        Broker(frontend="inproc://f", backend="inproc://b", context=context) as broker,
+        Broker(
+            frontend="inproc://f", backend="inproc://b", context=context, engine="python"
+        ) as broker,
         AsyncWorker(broker.endpoints.backend, echo_handler("w", served), context=context),
         AsyncClient(broker.endpoints.frontend, context=context, timeout=5) as client,
     ):
@@ -176,7 +200,11 @@ async def test_malformed_and_unroutable_messages_are_dropped_and_counted(
 
 async def test_reply_to_a_client_that_left_is_counted(context: LeakCheckingContext) -> None:
     async with Broker(
-        frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=0
+        frontend="inproc://f",
+        backend="inproc://b",
+        context=context,
+        engine="python",
+        drain_timeout=0,
     ) as broker:
         worker = raw_socket(context, zmq.DEALER, broker.endpoints.backend)
         try:
@@ -192,10 +220,12 @@ async def test_reply_to_a_client_that_left_is_counted(context: LeakCheckingConte
 
 def _unroutable_after(broker: Broker, worker: zmq.asyncio.Socket, request: list[bytes]) -> bool:
     worker.send_multipart([*request[:-1], b"late"], zmq.NOBLOCK)
-    return broker.statistics().unroutable_replies > 0
+    return (broker.statistics().unroutable_replies or 0) > 0
 
 
-async def test_graceful_close_drains_replies_in_flight(context: LeakCheckingContext) -> None:
+async def test_graceful_close_drains_replies_in_flight(
+    context: LeakCheckingContext, engine: Engine
+) -> None:
     release = anyio.Event()
     entered = anyio.Event()
 
@@ -204,7 +234,13 @@ async def test_graceful_close_drains_replies_in_flight(context: LeakCheckingCont
         await release.wait()
         return request
 
-    broker = Broker(frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=10)
+    broker = Broker(
+        frontend="inproc://f",
+        backend="inproc://b",
+        context=context,
+        engine=engine,
+        drain_timeout=10,
+    )
     async with (
         anyio.create_task_group() as tg,
         AsyncClient("inproc://f", context=context, timeout=10) as client,
@@ -226,10 +262,16 @@ async def test_graceful_close_drains_replies_in_flight(context: LeakCheckingCont
         tg.cancel_scope.cancel()
 
 
-async def test_drain_is_bounded_by_its_timeout(context: LeakCheckingContext) -> None:
+async def test_drain_is_bounded_by_its_timeout(
+    context: LeakCheckingContext, engine: Engine
+) -> None:
     async with (
         Broker(
-            frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=0.05
+            frontend="inproc://f",
+            backend="inproc://b",
+            context=context,
+            engine=engine,
+            drain_timeout=0.05,
         ) as broker,
         req_client(context, "inproc://f") as request,
         anyio.create_task_group() as tg,
@@ -245,13 +287,16 @@ async def test_drain_is_bounded_by_its_timeout(context: LeakCheckingContext) -> 
         tg.cancel_scope.cancel()
 
 
-async def test_oversized_requests_are_refused(context: LeakCheckingContext) -> None:
+async def test_oversized_requests_are_refused(
+    context: LeakCheckingContext, engine: Engine
+) -> None:
     served: Counter[str] = Counter()
     async with (
         Broker(
             frontend="tcp://127.0.0.1:0",
             backend="inproc://b",
             context=context,
+            engine=engine,
             max_message_size=1024,
         ) as broker,
         AsyncWorker("inproc://b", echo_handler("w", served), context=context),
@@ -268,10 +313,15 @@ async def test_oversized_requests_are_refused(context: LeakCheckingContext) -> N
 
 async def test_statistics_and_endpoints_are_named_tuples() -> None:
     assert Endpoints("a", "b").frontend == "a"
-    broker = Broker(frontend="inproc://f", backend="inproc://b")
-    stats = broker.statistics()
-    assert stats.mode == "relay"
-    assert stats._asdict()["requests_forwarded"] == 0
+    stats = Broker(frontend="inproc://f", backend="inproc://b").statistics()
+    assert (stats.mode, stats.engine, stats.requests_forwarded, stats.request_frames) == (
+        "relay",
+        "libzmq",
+        None,
+        0,
+    )
+    stats = Broker(frontend="inproc://f", backend="inproc://b", engine="python").statistics()
+    assert (stats.engine, stats.requests_forwarded, stats.request_frames) == ("python", 0, None)
 
 
 async def test_batch_size_must_be_positive() -> None:
@@ -284,7 +334,13 @@ async def _ask(request: Callable[[bytes], Awaitable[bytes]], body: bytes) -> Non
 
 
 async def test_a_dropped_reply_does_not_hold_up_the_drain(context: LeakCheckingContext) -> None:
-    broker = Broker(frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=60)
+    broker = Broker(
+        frontend="inproc://f",
+        backend="inproc://b",
+        context=context,
+        engine="python",
+        drain_timeout=60,
+    )
     async with anyio.create_task_group() as tg:
         await tg.start(broker.run)
         worker = raw_socket(context, zmq.DEALER, "inproc://b")
@@ -303,7 +359,13 @@ async def test_a_dropped_reply_does_not_hold_up_the_drain(context: LeakCheckingC
 async def test_a_request_no_worker_took_is_counted_when_the_broker_closes(
     context: LeakCheckingContext,
 ) -> None:
-    broker = Broker(frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=0)
+    broker = Broker(
+        frontend="inproc://f",
+        backend="inproc://b",
+        context=context,
+        engine="python",
+        drain_timeout=0,
+    )
     async with anyio.create_task_group() as tg:
         await tg.start(broker.run)
         async with req_client(context, "inproc://f") as request:

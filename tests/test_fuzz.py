@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 import anyio
+import pytest
 import zmq
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from peers import echo_handler, eventually, raw_socket
 from strategies import messages
 from zmqrelay import AsyncClient, AsyncWorker, Broker
+from zmqrelay._aio.broker import Engine
 from zmqrelay._core.envelope import is_routable
 from zmqrelay.testing import LeakCheckingContext
 
@@ -27,22 +29,29 @@ fuzz_settings = settings(
 garbage = st.lists(messages.filter(bool), max_size=8)
 
 
+@pytest.mark.parametrize("engine", ["python", "libzmq"])
 @fuzz_settings
 @given(front=garbage, back=garbage)
 def test_broker_drops_garbage_on_both_sockets_and_serves_everyone_else(
-    front: list[list[bytes]], back: list[list[bytes]]
+    engine: Engine, front: list[list[bytes]], back: list[list[bytes]]
 ) -> None:
     assume(all(message[0] not in (GOOD_CLIENT, b"rogue") for message in back))
-    anyio.run(_broker_scenario, front, back)
+    anyio.run(_broker_scenario, engine, front, back)
 
 
-async def _broker_scenario(front: list[list[bytes]], back: list[list[bytes]]) -> None:
+async def _broker_scenario(
+    engine: Engine, front: list[list[bytes]], back: list[list[bytes]]
+) -> None:
     context = LeakCheckingContext()
     served: Counter[str] = Counter()
     try:
         async with (
             Broker(
-                frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=0
+                frontend="inproc://f",
+                backend="inproc://b",
+                context=context,
+                drain_timeout=0,
+                engine=engine,
             ) as broker,
             AsyncWorker("inproc://b", echo_handler("w", served), context=context, concurrency=4),
             AsyncClient(
@@ -76,19 +85,21 @@ async def _broker_scenario(front: list[list[bytes]], back: list[list[bytes]]) ->
                     routable = sum(is_routable([b"rogue", *message]) for message in front)
                     replied = sum(is_routable(message) for message in back)
                     await eventually(lambda: len(replies) == 10)
-                    await eventually(
-                        lambda: (
-                            broker.statistics().malformed_requests == len(front) - routable
-                            and broker.statistics().malformed_replies == len(back) - replied
-                            and broker.statistics().unroutable_replies == replied
+                    if engine == "python":  # the libzmq engine passes everything, counts frames
+                        await eventually(
+                            lambda: (
+                                broker.statistics().malformed_requests == len(front) - routable
+                                and broker.statistics().malformed_replies == len(back) - replied
+                                and broker.statistics().unroutable_replies == replied
+                            )
                         )
-                    )
                     tg.cancel_scope.cancel()
             finally:
                 rogue_client.close()
                 rogue_worker.close()
         assert sorted(replies) == sorted(b"World %d" % n for n in range(10))
-        assert broker.statistics().requests_forwarded == 10 + routable
+        if engine == "python":
+            assert broker.statistics().requests_forwarded == 10 + routable
     finally:
         context.check_closed()
 

@@ -147,7 +147,14 @@ def _summarise(
         f"{len(result.failures)} failed"
     )
     stats = broker.statistics()
-    emit(
-        f"broker: {stats.requests_forwarded} requests and {stats.replies_forwarded} replies "
-        f"forwarded, {stats.malformed_requests + stats.malformed_replies} malformed dropped"
-    )
+    if stats.engine == "python":
+        emit(
+            f"broker: {stats.requests_forwarded} requests and {stats.replies_forwarded} replies "
+            f"forwarded, {(stats.malformed_requests or 0) + (stats.malformed_replies or 0)} "
+            "malformed dropped"
+        )
+    else:
+        emit(
+            f"broker ({stats.engine} engine): {stats.request_frames} request frames and "
+            f"{stats.reply_frames} reply frames relayed"
+        )

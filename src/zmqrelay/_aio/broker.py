@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import anyio
 import anyio.abc
 import zmq
 import zmq.asyncio
-from anyio.lowlevel import checkpoint
 
 from zmqrelay._aio import sockets
+from zmqrelay._aio.proxy import ProxyEngine
+from zmqrelay._aio.relay import PythonRelay
 from zmqrelay._aio.service import Service, boundary_errors
 from zmqrelay._core.endpoints import connectable
-from zmqrelay._core.envelope import is_routable
-from zmqrelay._core.relay import BrokerStatistics, RelayCounters
+from zmqrelay._core.relay import BrokerStatistics, ProxyTraffic, RelayCounters
 from zmqrelay.errors import ClosedError
+
+Engine = Literal["libzmq", "python"]
 
 logger = logging.getLogger("zmqrelay.broker")
 
@@ -38,9 +40,15 @@ class Broker(Service):
     """A request-reply broker: clients connect to ``frontend``, workers to ``backend``.
 
     In relay mode (the only mode so far) the frontend is a ROUTER and the backend a DEALER;
-    every well-formed multipart message passes through unchanged, requests handed to connected
-    workers in turn and replies routed back by the client's routing id. Plain REQ and DEALER
-    clients and plain REP and DEALER workers in any language work against it.
+    every multipart message passes through unchanged, requests handed to connected workers in
+    turn and replies routed back by the client's routing id. Plain REQ and DEALER clients and
+    plain REP and DEALER workers in any language work against it.
+
+    Two engines move the frames. ``"libzmq"`` (the default) runs libzmq's own proxy in a thread,
+    at C speed, with the event loop left free; it passes every message through as it is and
+    counts frames and bytes. ``"python"`` relays in the event loop at several times the CPU cost
+    per message, but checks every message: those without an envelope are dropped, and every
+    drop is counted by its cause (see :class:`BrokerStatistics`).
 
     Args:
         frontend: endpoint to bind for clients, e.g. ``"tcp://*:5559"`` or ``"inproc://front"``.
@@ -55,6 +63,7 @@ class Broker(Service):
             disconnected by libzmq before the message is read. It bounds each frame, not the
             number of frames in a message.
         high_water_mark: per-peer queue limit in messages (libzmq's default is 1000).
+        engine: ``"libzmq"`` or ``"python"``, as above.
 
     Example::
 
@@ -79,9 +88,12 @@ class Broker(Service):
         linger: float = 0.1,
         max_message_size: int | None = None,
         high_water_mark: int | None = None,
+        engine: Engine = "libzmq",
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if engine not in ("libzmq", "python"):
+            raise ValueError(f"engine must be 'libzmq' or 'python', not {engine!r}")
         super().__init__()
         self._frontend = frontend
         self._backend = backend
@@ -91,7 +103,10 @@ class Broker(Service):
         self._linger = linger
         self._max_message_size = max_message_size
         self._high_water_mark = high_water_mark
+        self._engine: Engine = engine
         self._counters = RelayCounters()
+        self._proxy: ProxyEngine | None = None
+        self._drain: PythonRelay | None = None
         self._endpoints: Endpoints | None = None
 
     def __repr__(self) -> str:
@@ -100,7 +115,7 @@ class Broker(Service):
             if self._endpoints
             else f"frontend={self._frontend!r} backend={self._backend!r}"
         )
-        return f"<Broker relay {self._state} {where}>"
+        return f"<Broker relay {self._engine} {self._state} {where}>"
 
     @property
     def endpoints(self) -> Endpoints:
@@ -116,7 +131,15 @@ class Broker(Service):
 
     def statistics(self) -> BrokerStatistics:
         """A snapshot of the broker's counters."""
-        return self._counters.snapshot("relay")
+        if self._engine == "python":
+            return self._counters.snapshot("relay")
+        traffic = self._proxy.traffic() if self._proxy else ProxyTraffic(0, 0, 0, 0)
+        if self._drain is not None:  # replies relayed in the loop after the proxy stopped
+            traffic = traffic._replace(
+                reply_frames=traffic.reply_frames + self._drain.drained_frames,
+                reply_bytes=traffic.reply_bytes + self._drain.drained_bytes,
+            )
+        return self._counters.snapshot("relay", traffic)
 
     async def wait_ready(self) -> Endpoints:  # type: ignore[override]
         """Wait until the broker has bound both sockets and forwards messages.
@@ -149,7 +172,8 @@ class Broker(Service):
             frontend = sockets.open_socket(
                 context,
                 zmq.ROUTER,
-                router_mandatory=True,
+                # The proxy would stop at the first reply to a client that has gone.
+                router_mandatory=self._engine == "python",
                 max_message_size=self._max_message_size,
                 high_water_mark=self._high_water_mark,
             )
@@ -163,12 +187,16 @@ class Broker(Service):
                 backend=connectable(sockets.bind(backend, self._backend)),
             )
             logger.info(
-                "broker (relay) bound frontend %s, backend %s",
+                "broker (relay, %s engine) bound frontend %s, backend %s",
+                self._engine,
                 self._endpoints.frontend,
                 self._endpoints.backend,
             )
             with boundary_errors("broker"):
-                await self._serve(frontend, backend, task_status)
+                if self._engine == "python":
+                    await self._serve(frontend, backend, task_status)
+                else:
+                    await self._serve_with_proxy(context, frontend, backend, task_status)
         finally:
             for sock in opened:
                 sockets.close(sock, self._linger)
@@ -182,7 +210,7 @@ class Broker(Service):
         backend: sockets.AsyncSocket,
         task_status: anyio.abc.TaskStatus[Endpoints],
     ) -> None:
-        relay = _Relay(frontend, backend, self._counters, self._batch_size)
+        relay = PythonRelay(frontend, backend, self._counters, self._batch_size)
         try:
             async with anyio.create_task_group() as phase:
                 phase.start_soon(relay.run, True)
@@ -190,15 +218,44 @@ class Broker(Service):
                 self._report_ready(task_status, self._endpoints)
                 await self._close_requested.wait()
                 phase.cancel_scope.cancel()
-            self._state = "draining"
-            with anyio.move_on_after(self._drain_timeout):
-                async with anyio.create_task_group() as phase:
-                    phase.start_soon(relay.run, False)
-                    await relay.drained.wait()
-                    phase.cancel_scope.cancel()
+            await self._drain_with(relay)
         finally:
             self._counters.undelivered_requests += self._counters.requests_held
             self._counters.requests_held = 0
+
+    async def _serve_with_proxy(
+        self,
+        context: zmq.asyncio.Context,
+        frontend: sockets.AsyncSocket,
+        backend: sockets.AsyncSocket,
+        task_status: anyio.abc.TaskStatus[Endpoints],
+    ) -> None:
+        self._proxy = proxy = ProxyEngine(context, frontend, backend)
+        try:
+            async with anyio.create_task_group() as phase:
+                await phase.start(proxy.run)
+                assert self._endpoints is not None
+                self._report_ready(task_status, self._endpoints)
+                await self._close_requested.wait()
+                phase.cancel_scope.cancel()
+            # The proxy has handed the sockets back: drain replies in the loop, counting
+            # frames, since the proxy counted frames rather than messages.
+            traffic = proxy.traffic()
+            frontend.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self._drain = relay = PythonRelay(frontend, backend, self._counters, self._batch_size)
+            relay.pending_reply_frames = max(0, traffic.request_frames - traffic.reply_frames)
+            await self._drain_with(relay)
+        finally:
+            proxy.close()
+
+    async def _drain_with(self, relay: PythonRelay) -> None:
+        """Relay replies (not requests) until all seem answered or ``drain_timeout`` passes."""
+        self._state = "draining"
+        with anyio.move_on_after(self._drain_timeout):
+            async with anyio.create_task_group() as phase:
+                phase.start_soon(relay.run, False)
+                await relay.drained.wait()
+                phase.cancel_scope.cancel()
 
     async def aclose(self) -> None:
         """Stop gracefully and wait until the broker has closed.
@@ -208,100 +265,3 @@ class Broker(Service):
         call more than once, and before the broker started (it then never starts).
         """
         await super().aclose()
-
-
-class _Relay:
-    """Both directions of relay mode in one task.
-
-    One task owns both sockets, so every send is followed by a fresh look at both sockets'
-    events before the next wait: libzmq signals readiness on an edge-triggered descriptor, and
-    a send made while another task waited could swallow that edge. Each wake-up drains up to a
-    batch per direction without awaiting; a full batch yields before looking again, so neither
-    direction starves the other or the event loop.
-    """
-
-    def __init__(
-        self,
-        frontend: sockets.AsyncSocket,
-        backend: sockets.AsyncSocket,
-        counters: RelayCounters,
-        batch_size: int,
-    ) -> None:
-        self.frontend = frontend
-        self.backend = backend
-        self.counters = counters
-        self.batch = range(batch_size)
-        self.held: list[bytes] | None = None
-        self.drained = anyio.Event()
-
-    async def run(self, intake: bool) -> None:
-        """Relay until cancelled; with ``intake`` false, only replies (and a held request)."""
-        front, back = sockets.shadow(self.frontend), sockets.shadow(self.backend)
-        poller = zmq.asyncio.Poller()
-        while True:
-            busy = self._replies(back, front)
-            busy = self._requests(front, back, intake) or busy
-            if not intake and not self.counters.outstanding:
-                self.drained.set()
-            if busy:
-                await checkpoint()
-                continue
-            held = self.held is not None
-            poller.register(self.frontend, sockets.POLLIN if intake and not held else 0)
-            poller.register(self.backend, sockets.POLLIN | (sockets.POLLOUT if held else 0))
-            await poller.poll()
-
-    def _requests(self, front: sockets.SyncSocket, back: sockets.SyncSocket, intake: bool) -> bool:
-        """Forward requests; true when a full batch went through (there may be more)."""
-        counters = self.counters
-        if self.held is not None:
-            if not self._send_request(back, self.held):
-                return False
-            self.held = None
-            counters.requests_held = 0
-        if not intake:
-            return False
-        for _ in self.batch:
-            try:
-                frames = front.recv_multipart(sockets.NOBLOCK)
-            except zmq.Again:
-                return False
-            if not is_routable(frames):
-                counters.malformed_requests += 1
-            elif not self._send_request(back, frames):
-                # No worker can take it yet: hold it and stop reading clients (backpressure).
-                self.held = frames
-                counters.requests_held = 1
-                return False
-        return True
-
-    def _send_request(self, back: sockets.SyncSocket, frames: list[bytes]) -> bool:
-        try:
-            back.send_multipart(frames, sockets.NOBLOCK)
-        except zmq.Again:
-            return False
-        self.counters.requests_forwarded += 1
-        return True
-
-    def _replies(self, back: sockets.SyncSocket, front: sockets.SyncSocket) -> bool:
-        """Forward replies; true when a full batch went through (there may be more)."""
-        counters = self.counters
-        for _ in self.batch:
-            try:
-                frames = back.recv_multipart(sockets.NOBLOCK)
-            except zmq.Again:
-                return False
-            if not is_routable(frames):
-                counters.malformed_replies += 1
-                continue
-            try:
-                front.send_multipart(frames, sockets.NOBLOCK)
-            except zmq.Again:
-                counters.congested_replies += 1
-            except zmq.ZMQError as exc:
-                if exc.errno != sockets.EHOSTUNREACH:
-                    raise
-                counters.unroutable_replies += 1
-            else:
-                counters.replies_forwarded += 1
-        return True

@@ -13,21 +13,29 @@ from typing import NamedTuple
 
 
 class BrokerStatistics(NamedTuple):
-    """A snapshot of a :class:`~zmqrelay.Broker`'s counters."""
+    """A snapshot of a :class:`~zmqrelay.Broker`'s counters.
+
+    What is counted depends on the engine: the ``"python"`` engine looks at every message and
+    counts messages and drops; the ``"libzmq"`` engine (the default, C speed) never sees a
+    message and reports libzmq's frame and byte counts instead. A field the engine does not
+    count is ``None``.
+    """
 
     mode: str
     """The routing mode (``"relay"``)."""
-    requests_forwarded: int
+    engine: str
+    """What moves the frames: ``"libzmq"`` or ``"python"``."""
+    requests_forwarded: int | None
     """Requests passed from the frontend to the backend."""
-    replies_forwarded: int
+    replies_forwarded: int | None
     """Replies passed from the backend to a client."""
-    malformed_requests: int
+    malformed_requests: int | None
     """Frontend messages dropped because they had no envelope (delimiter and body)."""
-    malformed_replies: int
+    malformed_replies: int | None
     """Backend messages dropped because they had no envelope."""
-    unroutable_replies: int
+    unroutable_replies: int | None
     """Replies dropped because their client is not connected (any more)."""
-    congested_replies: int
+    congested_replies: int | None
     """Replies dropped because their client's queue was full (it stopped reading)."""
     undelivered_requests: int
     """Requests read from a client but never handed to a worker, because the broker closed
@@ -35,6 +43,23 @@ class BrokerStatistics(NamedTuple):
     requests_held: int
     """Requests read from clients that wait, now, for a worker to take them. While one waits
     the broker reads no more requests (backpressure)."""
+    request_frames: int | None
+    """Frames passed to workers (routing, delimiter and body frames alike)."""
+    request_bytes: int | None
+    """Bytes in those frames."""
+    reply_frames: int | None
+    """Frames passed to clients."""
+    reply_bytes: int | None
+    """Bytes in those frames."""
+
+
+class ProxyTraffic(NamedTuple):
+    """Frames and bytes libzmq's proxy moved: requests toward workers, replies toward clients."""
+
+    request_frames: int
+    request_bytes: int
+    reply_frames: int
+    reply_bytes: int
 
 
 @dataclass(slots=True)
@@ -66,16 +91,23 @@ class RelayCounters:
         )
         return max(0, self.requests_forwarded - settled)
 
-    def snapshot(self, mode: str) -> BrokerStatistics:
-        """The counters as an immutable :class:`BrokerStatistics`."""
+    def snapshot(self, mode: str, traffic: ProxyTraffic | None = None) -> BrokerStatistics:
+        """The counters as an immutable :class:`BrokerStatistics`.
+
+        With ``traffic`` (the libzmq engine's frame counts) the message counters are unknown.
+        """
+        if traffic is None:
+            return BrokerStatistics(
+                mode, "python",
+                self.requests_forwarded, self.replies_forwarded,
+                self.malformed_requests, self.malformed_replies,
+                self.unroutable_replies, self.congested_replies,
+                self.undelivered_requests, self.requests_held,
+                None, None, None, None,
+            )  # fmt: skip
         return BrokerStatistics(
-            mode=mode,
-            requests_forwarded=self.requests_forwarded,
-            replies_forwarded=self.replies_forwarded,
-            malformed_requests=self.malformed_requests,
-            malformed_replies=self.malformed_replies,
-            unroutable_replies=self.unroutable_replies,
-            congested_replies=self.congested_replies,
-            undelivered_requests=self.undelivered_requests,
-            requests_held=self.requests_held,
-        )
+            mode, "libzmq",
+            None, None, None, None, None, None,
+            self.undelivered_requests, self.requests_held,
+            *traffic,
+        )  # fmt: skip
