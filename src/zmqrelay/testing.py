@@ -166,15 +166,14 @@ class Hosted(Generic[S]):
         ready: asyncio.Future[None] = loop.create_future()
 
         async def host() -> None:
-            try:
-                async with anyio.create_task_group() as task_group:
-                    self._scope = task_group.cancel_scope
+            async with anyio.create_task_group() as task_group:
+                self._scope = task_group.cancel_scope
+                try:
                     await task_group.start(self.service.run)
-                    ready.set_result(None)
-            except BaseException as exc:
-                if not ready.done():
-                    ready.set_exception(exc)
-                raise
+                except BaseException as exc:
+                    ready.set_exception(exc)  # as run() raised it, not wrapped in a group
+                    raise
+                ready.set_result(None)
 
         self._task = loop.create_task(host(), name=f"zmqrelay host of {self.service!r}")
         try:
