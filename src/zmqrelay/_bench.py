@@ -1,13 +1,11 @@
-"""``zmqrelay bench``: requests per second through a broker, against libzmq's own proxy.
+"""``zmqrelay bench``: throughput, latency and CPU per request through a broker.
 
-Every party is a separate process, so the broker gets a core of its own: the broker under test
-(``zmqrelay broker`` or a process running ``zmq.proxy``), echo workers, and pipelined load
-clients. Each worker echoes in C (``zmq.proxy`` with one socket on both sides reflects every
-message back), so the Python load clients and the broker are what is measured.
-
-Absolute figures drift on shared machines; compare runs made in one invocation
-(``--compare proxy``) and read the broker's CPU seconds per request, which stays meaningful when
-the load clients, not the broker, are the bottleneck.
+Every party is a process of its own, so the broker has a core to itself on a two-core machine:
+the broker under test, echo workers and pipelined load clients (see :mod:`zmqrelay._bench_peers`
+for each kind). Absolute figures drift on shared machines, so compare runs made in one
+invocation (``--compare proxy`` prints ratios to libzmq's own proxy), and read the CPU seconds
+per request of each party: they stay meaningful when the load clients, not the broker, are the
+bottleneck.
 """
 
 from __future__ import annotations
@@ -15,43 +13,83 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-import zmq
+from zmqrelay._bench_peers import read_latencies
 
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 _READY = re.compile(r"serving: clients connect to (\S+), workers to (\S+)")
 _START_DEADLINE = 20.0
 
+BROKERS = ("zmqrelay", "zmqrelay-python", "proxy", "python-loop")
+"""Brokers the bench knows how to start (an external one is given by a command)."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """The load: who serves, who asks, how much."""
+
+    broker: str = "zmqrelay"
+    """One of :data:`BROKERS`, or a label for ``broker_command``."""
+    broker_command: str | None = None
+    """A command starting an external broker; ``{frontend}`` and ``{backend}`` in it are
+    replaced by ``tcp://127.0.0.1:PORT`` endpoints to bind."""
+    workers: int = 2
+    worker_kind: str = "c"
+    """``c`` (libzmq echoes), ``sync`` (a plain pyzmq loop) or ``async`` (AsyncWorker)."""
+    worker_concurrency: int = 100
+    clients: int = 1
+    client_kind: str = "sync"
+    """``sync`` (a plain pipelined pyzmq DEALER) or ``async`` (AsyncClient)."""
+    window: int = 100
+    """Requests each client keeps in flight."""
+    size: int = 16
+    """Payload bytes (at least 8: the send time travels in the payload)."""
+    warmup: float = 1.0
+    duration: float = 3.0
+
 
 @dataclass(frozen=True)
 class BenchResult:
-    """What one run measured."""
+    """What one run measured, over the measured window."""
 
     broker: str
-    """``"zmqrelay"`` or ``"proxy"``."""
     requests: int
-    """Replies the clients received during the measured window."""
     seconds: float
-    """Length of the measured window."""
     broker_cpu_seconds: float
-    """CPU time (user + system) the broker process used during the window."""
+    worker_cpu_seconds: float
+    client_cpu_seconds: float
+    latency_p50_us: float
+    latency_p99_us: float
+    latency_p999_us: float
 
     @property
     def requests_per_second(self) -> float:
-        """Throughput over the window."""
+        """Throughput."""
         return self.requests / self.seconds
 
-    @property
-    def cpu_per_request_us(self) -> float:
-        """Broker CPU microseconds per request."""
-        return self.broker_cpu_seconds / max(self.requests, 1) * 1e6
+    def cpu_per_request_us(self, seconds: float) -> float:
+        """``seconds`` of CPU spread over the requests, in microseconds each."""
+        return seconds / max(self.requests, 1) * 1e6
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        """The result with its derived figures, for JSON."""
+        return {
+            **asdict(self),
+            "requests_per_second": self.requests_per_second,
+            "broker_cpu_per_request_us": self.cpu_per_request_us(self.broker_cpu_seconds),
+            "worker_cpu_per_request_us": self.cpu_per_request_us(self.worker_cpu_seconds),
+            "client_cpu_per_request_us": self.cpu_per_request_us(self.client_cpu_seconds),
+        }
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -82,150 +120,180 @@ def _processes() -> Iterator[list[subprocess.Popen[str]]]:
                     stream.close()
 
 
-def _peer(*args: str) -> list[str]:
-    return [sys.executable, "-m", "zmqrelay", "bench-peer", *args]
+def _zmqrelay(*args: str) -> list[str]:
+    return [sys.executable, "-m", "zmqrelay", *args]
 
 
-def _start_broker(kind: str, started: list[subprocess.Popen[str]]) -> tuple[int, str, str]:
-    if kind == "zmqrelay":
-        command = [
-            sys.executable, "-m", "zmqrelay", "--log-level", "INFO", "broker",
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _wait_listening(endpoint: str, deadline: float) -> None:
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=0.5).close()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on {endpoint}") from None
+            time.sleep(0.05)
+        else:
+            return
+
+
+def _start_broker(
+    config: BenchConfig, started: list[subprocess.Popen[str]]
+) -> tuple[int, str, str]:
+    deadline = time.monotonic() + _START_DEADLINE
+    if config.broker_command is not None:
+        frontend = f"tcp://127.0.0.1:{_free_port()}"
+        backend = f"tcp://127.0.0.1:{_free_port()}"
+        command = shlex.split(config.broker_command.format(frontend=frontend, backend=backend))
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(process)  # type: ignore[arg-type]
+        _wait_listening(frontend, deadline)
+        _wait_listening(backend, deadline)
+        return process.pid, frontend, backend
+    if config.broker in ("zmqrelay", "zmqrelay-python"):
+        engine = "python" if config.broker == "zmqrelay-python" else "libzmq"
+        command = _zmqrelay(
+            "--log-level", "INFO", "broker", "--engine", engine, "--drain-timeout", "0",
             "--frontend", "tcp://127.0.0.1:0", "--backend", "tcp://127.0.0.1:0",
-            "--drain-timeout", "0",
-        ]  # fmt: skip
-    elif kind == "proxy":
-        command = _peer("proxy")
+        )  # fmt: skip
+    elif config.broker in ("proxy", "python-loop"):
+        command = _zmqrelay("bench-peer", config.broker)
     else:
-        raise ValueError(f"broker must be 'zmqrelay' or 'proxy', not {kind!r}")
-    process = subprocess.Popen(
+        raise ValueError(f"broker must be one of {BROKERS} or come with a command")
+    broker = subprocess.Popen(
         command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
     )
-    started.append(process)
-    assert process.stderr is not None
-    deadline = time.monotonic() + _START_DEADLINE
-    for line in process.stderr:
+    started.append(broker)
+    assert broker.stderr is not None
+    for line in broker.stderr:
         match = _READY.search(line)
         if match:
-            return process.pid, match[1], match[2]
+            return broker.pid, match[1], match[2]
         if time.monotonic() > deadline:
             break
-    raise RuntimeError(f"the {kind} broker did not report its endpoints")
+    raise RuntimeError(f"the {config.broker} broker did not report its endpoints")
+
+
+def _percentile(ordered: Sequence[int], fraction: float) -> float:
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] / 1000
 
 
 def run_bench(
-    *,
-    broker: str = "zmqrelay",
-    workers: int = 2,
-    clients: int = 1,
-    window: int = 100,
-    size: int = 16,
-    warmup: float = 1.0,
-    duration: float = 3.0,
+    config: BenchConfig, *, progress: Callable[[str], None] = lambda _: None
 ) -> BenchResult:
-    """Measure one broker under pipelined load.
-
-    Args:
-        broker: ``"zmqrelay"`` (relay mode) or ``"proxy"`` (libzmq's ``zmq.proxy``).
-        workers: echo worker processes.
-        clients: load client processes.
-        window: requests each client keeps in flight.
-        size: payload bytes per request.
-        warmup: seconds of load before measuring.
-        duration: seconds measured.
-    """
-    with _processes() as started:
-        pid, frontend, backend = _start_broker(broker, started)
-        for _ in range(workers):
-            started.append(subprocess.Popen(_peer("worker", backend), text=True))
-        load = [
+    """Start the broker, workers and clients of ``config``, measure, stop them all."""
+    label = config.broker if config.broker_command is None else config.broker or "external"
+    size = max(config.size, 8)
+    with _processes() as started, tempfile.TemporaryDirectory(prefix="zmqrelay-bench-") as tmp:
+        pid, frontend, backend = _start_broker(config, started)
+        workers = [
             subprocess.Popen(
-                _peer("client", frontend, str(window), str(size), str(warmup), str(duration)),
+                _zmqrelay(
+                    "bench-peer",
+                    "worker",
+                    config.worker_kind,
+                    backend,
+                    str(config.worker_concurrency),
+                ),
+                text=True,
+            )
+            for _ in range(config.workers)
+        ]
+        started.extend(workers)
+        paths = [os.path.join(tmp, f"client-{n}.latencies") for n in range(config.clients)]
+        clients = [
+            subprocess.Popen(
+                _zmqrelay(
+                    "bench-peer",
+                    "client",
+                    config.client_kind,
+                    frontend,
+                    str(config.window),
+                    str(size),
+                    str(config.warmup),
+                    str(config.duration),
+                    path,
+                ),
                 stdout=subprocess.PIPE,
                 text=True,
             )
-            for _ in range(clients)
+            for path in paths
         ]
-        started.extend(load)
-        time.sleep(warmup)
-        cpu_before = _cpu_seconds(pid)
-        time.sleep(duration)
-        cpu_after = _cpu_seconds(pid)
-        counts = []
-        for process in load:
-            out, _ = process.communicate(timeout=duration + warmup + 30)
-            counts.append(json.loads(out)["requests"])
-        return BenchResult(broker, sum(counts), duration, cpu_after - cpu_before)
+        started.extend(clients)
+        _sleep_with_progress(config.warmup, f"{label}: warming up", progress)
+        broker_before = _cpu_seconds(pid)
+        workers_before = sum(_cpu_seconds(worker.pid) for worker in workers)
+        _sleep_with_progress(config.duration, f"{label}: measuring", progress)
+        broker_cpu = _cpu_seconds(pid) - broker_before
+        worker_cpu = sum(_cpu_seconds(worker.pid) for worker in workers) - workers_before
+        requests, client_cpu = 0, 0.0
+        for client in clients:
+            out, _ = client.communicate(timeout=config.duration + config.warmup + 60)
+            counts = json.loads(out)
+            requests += counts["requests"]
+            client_cpu += counts["cpu_seconds"]
+        latencies = read_latencies(paths)
+    progress("")
+    return BenchResult(
+        broker=label,
+        requests=requests,
+        seconds=config.duration,
+        broker_cpu_seconds=broker_cpu,
+        worker_cpu_seconds=worker_cpu,
+        client_cpu_seconds=client_cpu,
+        latency_p50_us=_percentile(latencies, 0.5),
+        latency_p99_us=_percentile(latencies, 0.99),
+        latency_p999_us=_percentile(latencies, 0.999),
+    )
+
+
+def _sleep_with_progress(seconds: float, what: str, progress: Callable[[str], None]) -> None:
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        progress(f"{what}, {left:4.1f} s left")
+        time.sleep(min(0.5, left))
 
 
 def report(results: Sequence[BenchResult], *, as_json: bool = False) -> str:
-    """Format results, with ratios to the proxy's when it was measured too."""
-    proxy = next((result for result in results if result.broker == "proxy"), None)
+    """Format results, with ratios to libzmq's proxy when it was measured too."""
     if as_json:
-        return json.dumps(
-            [
-                {
-                    **asdict(result),
-                    "requests_per_second": result.requests_per_second,
-                    "cpu_per_request_us": result.cpu_per_request_us,
-                }
-                for result in results
-            ],
-            indent=2,
-        )
-    lines = [f"{'broker':<10} {'req/s':>10} {'CPU µs/req':>11} {'vs proxy':>9}"]
-    for result in results:
-        ratio = f"{result.requests_per_second / proxy.requests_per_second:.2f}x" if proxy else "-"
-        lines.append(
-            f"{result.broker:<10} {result.requests_per_second:>10,.0f} "
-            f"{result.cpu_per_request_us:>11.1f} {ratio:>9}"
-        )
+        return json.dumps([result.as_dict() for result in results], indent=2)
+    proxy = next((result for result in results if result.broker == "proxy"), None)
+    header = (
+        f"{'broker':<16}{'req/s':>10}{'p50 µs':>9}{'p99 µs':>9}{'p99.9 µs':>10}"
+        f"{'broker CPU µs/req':>19}{'worker':>8}{'client':>8}"
+    )
+    lines = [header]
+    lines.extend(
+        f"{result.broker:<16}{result.requests_per_second:>10,.0f}"
+        f"{result.latency_p50_us:>9.0f}{result.latency_p99_us:>9.0f}"
+        f"{result.latency_p999_us:>10.0f}"
+        f"{result.cpu_per_request_us(result.broker_cpu_seconds):>19.1f}"
+        f"{result.cpu_per_request_us(result.worker_cpu_seconds):>8.1f}"
+        f"{result.cpu_per_request_us(result.client_cpu_seconds):>8.1f}"
+        for result in results
+    )
+    if proxy is not None:
+        lines.append("")
+        lines.append(f"{'vs proxy':<16}{'req/s':>10}{'p50':>9}{'broker CPU/req':>19}")
+        for result in results:
+            if result is proxy:
+                continue
+            throughput = result.requests_per_second / proxy.requests_per_second
+            latency = result.latency_p50_us / proxy.latency_p50_us
+            cpu = result.broker_cpu_seconds / max(result.requests, 1)
+            proxy_cpu = proxy.broker_cpu_seconds / max(proxy.requests, 1)
+            lines.append(
+                f"{result.broker:<16}{throughput:>9.2f}x{latency:>8.2f}x"
+                f"{cpu / proxy_cpu if proxy_cpu else float('nan'):>18.2f}x"
+            )
     return "\n".join(lines)
-
-
-# The peers, each run as `zmqrelay bench-peer ...` in a process of its own.
-
-
-def serve_proxy() -> None:
-    """Run libzmq's proxy between a ROUTER and a DEALER on free loopback ports."""
-    context = zmq.Context()
-    frontend = context.socket(zmq.ROUTER)
-    backend = context.socket(zmq.DEALER)
-    frontend.bind("tcp://127.0.0.1:*")
-    backend.bind("tcp://127.0.0.1:*")
-    front, back = (sock.getsockopt_string(zmq.LAST_ENDPOINT) for sock in (frontend, backend))
-    print(f"serving: clients connect to {front}, workers to {back}", file=sys.stderr, flush=True)
-    zmq.proxy(frontend, backend)  # until SIGTERM ends the process
-
-
-def serve_echo(endpoint: str) -> None:
-    """Echo every request back, in C: a proxy whose two sides are one DEALER socket."""
-    context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
-    sock.connect(endpoint)
-    zmq.proxy(sock, sock)  # until SIGTERM ends the process
-
-
-def generate_load(endpoint: str, window: int, size: int, warmup: float, duration: float) -> None:
-    """Keep ``window`` requests in flight; print how many replies came in the measured window."""
-    context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
-    sock.connect(endpoint)
-    body = b"x" * size
-    message = [b"", body]
-    for _ in range(window):
-        sock.send_multipart(message)
-    start = time.monotonic()
-    measure_from, measure_until = start + warmup, start + warmup + duration
-    counted = 0
-    recv, send = sock.recv_multipart, sock.send_multipart
-    while True:
-        recv()
-        now = time.monotonic()
-        if now >= measure_until:
-            break
-        if now >= measure_from:
-            counted += 1
-        send(message)
-    print(json.dumps({"requests": counted}), flush=True)
-    sock.close(linger=0)
-    context.term()

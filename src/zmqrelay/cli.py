@@ -10,15 +10,17 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import TypeVar, TypeVarTuple
 
 import anyio
 import click
 
 from zmqrelay import __version__
-from zmqrelay._aio.broker import Broker
+from zmqrelay._aio.broker import Broker, Engine
 from zmqrelay._aio.client import AsyncClient
-from zmqrelay._bench import generate_load, report, run_bench, serve_echo, serve_proxy
+from zmqrelay._bench import BROKERS, BenchConfig, report, run_bench
+from zmqrelay._bench_peers import generate_load, serve_echo, serve_proxy, serve_python_loop
 from zmqrelay._demo import run_demo
 from zmqrelay.errors import ZmqRelayError
 
@@ -72,6 +74,14 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     show_envvar=True,
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["libzmq", "python"]),
+    default="libzmq",
+    envvar="ZMQRELAY_ENGINE",
+    help="libzmq: C speed; python: checks and counts every message.",
+    show_envvar=True,
+)
+@click.option(
     "--max-message-size",
     type=int,
     default=None,
@@ -80,7 +90,11 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     show_envvar=True,
 )
 def broker(
-    frontend: str, backend: str, drain_timeout: float, max_message_size: int | None
+    frontend: str,
+    backend: str,
+    drain_timeout: float,
+    engine: Engine,
+    max_message_size: int | None,
 ) -> None:
     """Run a relay broker until SIGINT or SIGTERM (a second signal stops it at once)."""
     instance = Broker(
@@ -88,6 +102,7 @@ def broker(
         backend=backend,
         drain_timeout=drain_timeout,
         max_message_size=max_message_size,
+        engine=engine,
     )
     _run(_serve_until_signalled, instance)
 
@@ -174,51 +189,81 @@ async def _request(endpoint: str, timeout: float, frames: list[bytes]) -> list[b
 @click.option(
     "--broker",
     "brokers",
-    type=click.Choice(["zmqrelay", "proxy"]),
+    type=click.Choice(BROKERS),
     multiple=True,
-    default=["zmqrelay"],
-    help="Broker to measure (repeat for several).",
+    help="Broker to measure; repeat for several [default: zmqrelay].",
+)
+@click.option(
+    "--broker-command",
+    help="Measure an external broker started by this command, in which {frontend} and "
+    "{backend} stand for the tcp endpoints it must bind.",
 )
 @click.option("--compare", type=click.Choice(["proxy"]), help="Also measure libzmq's proxy.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, help="Echo worker processes.")
+@click.option(
+    "--worker-kind",
+    type=click.Choice(["c", "sync", "async"]),
+    default="c",
+    help="c: libzmq echoes; sync: a plain pyzmq loop; async: AsyncWorker.",
+)
 @click.option("--clients", type=click.IntRange(1, 64), default=1, help="Load client processes.")
+@click.option(
+    "--client-kind",
+    type=click.Choice(["sync", "async"]),
+    default="sync",
+    help="sync: a plain pipelined pyzmq DEALER; async: AsyncClient.",
+)
 @click.option(
     "--window", type=click.IntRange(1, 100_000), default=100, help="Requests in flight per client."
 )
 @click.option(
-    "--size", type=click.IntRange(0, 64 * 1024 * 1024), default=16, help="Payload bytes."
+    "--size", type=click.IntRange(8, 64 * 1024 * 1024), default=16, help="Payload bytes."
 )
 @click.option(
     "--warmup", type=click.FloatRange(0, 60), default=1.0, help="Seconds before measuring."
 )
 @click.option("--duration", type=click.FloatRange(0.1, 600), default=3.0, help="Seconds measured.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench(
     brokers: Sequence[str],
+    broker_command: str | None,
     compare: str | None,
     workers: int,
+    worker_kind: str,
     clients: int,
+    client_kind: str,
     window: int,
     size: int,
     warmup: float,
     duration: float,
     as_json: bool,
 ) -> None:
-    """Measure requests/s and broker CPU per request, each party a process of its own."""
-    chosen = list(dict.fromkeys([*brokers, *([compare] if compare else [])]))
-    results = [
-        run_bench(
-            broker=broker,
-            workers=workers,
-            clients=clients,
-            window=window,
-            size=size,
-            warmup=warmup,
-            duration=duration,
-        )
-        for broker in chosen
-    ]
+    """Measure throughput, latency and CPU per request; every party is a process of its own."""
+    load = BenchConfig(
+        workers=workers,
+        worker_kind=worker_kind,
+        worker_concurrency=max(window, 1),
+        clients=clients,
+        client_kind=client_kind,
+        window=window,
+        size=size,
+        warmup=warmup,
+        duration=duration,
+    )
+    configs = [replace(load, broker=broker) for broker in brokers]
+    if broker_command:
+        configs.append(replace(load, broker="external", broker_command=broker_command))
+    if not configs:
+        configs.append(load)
+    if compare and all(config.broker != compare for config in configs):
+        configs.append(replace(load, broker=compare))
+    show = _progress_line if sys.stderr.isatty() and not as_json else lambda _: None
+    results = [run_bench(config, progress=show) for config in configs]
     click.echo(report(results, as_json=as_json))
+
+
+def _progress_line(text: str) -> None:
+    click.echo(f"\r{text:<60}", nl=False, err=True)
 
 
 @cli.group("bench-peer", hidden=True)
@@ -232,22 +277,35 @@ def bench_proxy() -> None:
     serve_proxy()
 
 
+@bench_peer.command("python-loop")
+def bench_python_loop() -> None:
+    """A plain synchronous pyzmq relay on free loopback ports."""
+    serve_python_loop()
+
+
 @bench_peer.command("worker")
+@click.argument("kind")
 @click.argument("endpoint")
-def bench_worker(endpoint: str) -> None:
+@click.argument("concurrency", type=int)
+def bench_worker(kind: str, endpoint: str, concurrency: int) -> None:
     """An echo worker."""
-    serve_echo(endpoint)
+    serve_echo(kind, endpoint, concurrency)
 
 
 @bench_peer.command("client")
+@click.argument("kind")
 @click.argument("endpoint")
 @click.argument("window", type=int)
 @click.argument("size", type=int)
 @click.argument("warmup", type=float)
 @click.argument("duration", type=float)
-def bench_client(endpoint: str, window: int, size: int, warmup: float, duration: float) -> None:
+@click.argument("latencies")
+def bench_client(
+    kind: str, endpoint: str, window: int, size: int, warmup: float, duration: float,
+    latencies: str,
+) -> None:  # fmt: skip
     """A pipelined load client."""
-    generate_load(endpoint, window, size, warmup, duration)
+    generate_load(kind, endpoint, window, size, warmup, duration, latencies)
 
 
 def _run(function: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:

@@ -1,0 +1,210 @@
+"""The processes ``zmqrelay bench`` starts: brokers, echo workers and load clients.
+
+Each runs until its load ends or SIGTERM ends the process. Brokers print ``serving: clients
+connect to X, workers to Y`` on standard error once bound; clients print one JSON line with
+their counts and write their latencies (nanoseconds, native 64-bit integers) to a file.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import resource
+import struct
+import sys
+import time
+from collections.abc import Sequence
+
+import anyio
+import zmq
+import zmq.asyncio
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
+_MORE = int(zmq.RCVMORE)
+_STAMP = struct.Struct("<q")
+
+
+def _announce(frontend: zmq.Socket[bytes], backend: zmq.Socket[bytes]) -> None:
+    front, back = (sock.getsockopt_string(zmq.LAST_ENDPOINT) for sock in (frontend, backend))
+    print(f"serving: clients connect to {front}, workers to {back}", file=sys.stderr, flush=True)
+
+
+def _bound_pair(
+    context: zmq.Context[zmq.Socket[bytes]],
+) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
+    frontend = context.socket(zmq.ROUTER)
+    backend = context.socket(zmq.DEALER)
+    frontend.bind("tcp://127.0.0.1:*")
+    backend.bind("tcp://127.0.0.1:*")
+    return frontend, backend
+
+
+def serve_proxy() -> None:
+    """Run libzmq's proxy between a ROUTER and a DEALER on free loopback ports."""
+    frontend, backend = _bound_pair(zmq.Context())
+    _announce(frontend, backend)
+    zmq.proxy(frontend, backend)  # until SIGTERM ends the process
+
+
+def serve_python_loop(batch: int = 512) -> None:
+    """The best plain synchronous relay we know how to write.
+
+    Poll, then drain each socket up to a batch, moving frames one at a time with integer flags.
+    """
+    frontend, backend = _bound_pair(zmq.Context())
+    _announce(frontend, backend)
+    poller = zmq.Poller()
+    poller.register(frontend, zmq.POLLIN)
+    poller.register(backend, zmq.POLLIN)
+    pairs = ((frontend, backend), (backend, frontend))
+    more_flag = int(zmq.SNDMORE)
+    while True:
+        poller.poll()
+        for source, sink in pairs:
+            recv, more, send = source.recv, source.get, sink.send
+            for _ in range(batch):
+                try:
+                    frame = recv(_NOBLOCK)
+                except zmq.Again:
+                    break
+                while more(_MORE):
+                    send(frame, more_flag)  # blocking, as zmq.proxy does: backpressure
+                    frame = recv(_NOBLOCK)
+                send(frame, 0)
+
+
+def serve_echo(kind: str, endpoint: str, concurrency: int) -> None:
+    """An echo worker: ``c`` (libzmq reflects every message), ``sync`` or ``async``."""
+    if kind == "c":
+        sock = zmq.Context().socket(zmq.DEALER)
+        sock.connect(endpoint)
+        zmq.proxy(sock, sock)  # a proxy whose two sides are one socket echoes in C
+    elif kind == "sync":
+        sock = zmq.Context().socket(zmq.DEALER)
+        sock.connect(endpoint)
+        recv, send = sock.recv_multipart, sock.send_multipart
+        while True:
+            send(recv())
+    elif kind == "async":
+        anyio.run(_async_echo, endpoint, concurrency)
+    else:
+        raise ValueError(f"unknown worker kind {kind!r}")
+
+
+async def _async_echo(endpoint: str, concurrency: int) -> None:
+    from zmqrelay import AsyncWorker
+
+    async def echo(frames: list[bytes]) -> list[bytes]:
+        return frames
+
+    await AsyncWorker(endpoint, echo, frames=True, concurrency=concurrency).run()
+
+
+def generate_load(
+    kind: str,
+    endpoint: str,
+    window: int,
+    size: int,
+    warmup: float,
+    duration: float,
+    latencies_path: str,
+) -> None:
+    """Keep ``window`` requests in flight for ``warmup + duration`` seconds.
+
+    Prints ``{"requests": n, "cpu_seconds": s}`` for the measured window, and writes the
+    round-trip time of each request answered in it to ``latencies_path``.
+    """
+    padding = b"x" * max(0, size - _STAMP.size)
+    if kind == "sync":
+        counted, latencies, cpu = _sync_load(endpoint, window, padding, warmup, duration)
+    elif kind == "async":
+        counted, latencies, cpu = anyio.run(
+            _async_load, endpoint, window, padding, warmup, duration
+        )
+    else:
+        raise ValueError(f"unknown client kind {kind!r}")
+    with open(latencies_path, "wb") as out:
+        latencies.tofile(out)
+    print(json.dumps({"requests": counted, "cpu_seconds": cpu}), flush=True)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _sync_load(
+    endpoint: str, window: int, padding: bytes, warmup: float, duration: float
+) -> tuple[int, array.array[int], float]:
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.connect(endpoint)
+    clock, pack, unpack = time.perf_counter_ns, _STAMP.pack, _STAMP.unpack_from
+    recv, send = sock.recv_multipart, sock.send_multipart
+    for _ in range(window):
+        send([b"", pack(clock()) + padding])
+    start = clock()
+    measure_from = start + int(warmup * 1e9)
+    measure_until = measure_from + int(duration * 1e9)
+    latencies: array.array[int] = array.array("q")
+    record = latencies.append
+    cpu_start = None
+    while True:
+        reply = recv()
+        now = clock()
+        if now >= measure_until:
+            break
+        if now >= measure_from:
+            if cpu_start is None:
+                cpu_start = _cpu()
+            record(now - unpack(reply[-1])[0])
+        send([b"", pack(now) + padding])
+    cpu = _cpu() - (cpu_start if cpu_start is not None else _cpu())
+    sock.close(linger=0)
+    context.term()
+    return len(latencies), latencies, cpu
+
+
+async def _async_load(
+    endpoint: str, window: int, padding: bytes, warmup: float, duration: float
+) -> tuple[int, array.array[int], float]:
+    from zmqrelay import AsyncClient
+
+    clock, pack, unpack = time.perf_counter_ns, _STAMP.pack, _STAMP.unpack_from
+    start = clock()
+    measure_from = start + int(warmup * 1e9)
+    measure_until = measure_from + int(duration * 1e9)
+    latencies: array.array[int] = array.array("q")
+    record = latencies.append
+    cpu_marks: list[float] = []
+
+    async def keep_one_in_flight(client: AsyncClient) -> None:
+        request = client.request
+        while True:
+            sent = clock()
+            reply = await request(pack(sent) + padding)
+            now = clock()
+            if now >= measure_until:
+                return
+            if now >= measure_from:
+                if not cpu_marks:
+                    cpu_marks.append(_cpu())
+                record(now - unpack(reply)[0])
+
+    async with AsyncClient(endpoint, timeout=30) as client, anyio.create_task_group() as tg:
+        for _ in range(window):
+            tg.start_soon(keep_one_in_flight, client)
+    cpu = _cpu() - (cpu_marks[0] if cpu_marks else _cpu())
+    return len(latencies), latencies, cpu
+
+
+def read_latencies(paths: Sequence[str]) -> list[int]:
+    """Every latency the clients wrote, sorted."""
+    merged: array.array[int] = array.array("q")
+    for path in paths:
+        with open(path, "rb") as source:
+            merged.frombytes(source.read())
+        os.unlink(path)
+    return sorted(merged)
