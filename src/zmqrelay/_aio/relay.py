@@ -7,9 +7,11 @@ drop by its cause, at several times the CPU cost per message.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import anyio
 import zmq
-import zmq.asyncio
 from anyio.lowlevel import checkpoint
 
 from zmqrelay._aio import sockets
@@ -54,19 +56,24 @@ class PythonRelay:
     async def run(self, intake: bool) -> None:
         """Relay until cancelled; with ``intake`` false, only replies (and a held request)."""
         front, back = sockets.shadow(self.frontend), sockets.shadow(self.backend)
-        poller = zmq.asyncio.Poller()
-        while True:
-            busy = self._replies(back, front)
-            busy = self._requests(front, back, intake) or busy
-            if not intake and self._all_answered():
-                self.drained.set()
-            if busy:
-                await checkpoint()
-                continue
-            held = self.held is not None
-            poller.register(self.frontend, sockets.POLLIN if intake and not held else 0)
-            poller.register(self.backend, sockets.POLLIN | (sockets.POLLOUT if held else 0))
-            await poller.poll()
+        front_events, back_events = _events(front), _events(back)
+        async with sockets.Readiness(front, back) as readiness:
+            while True:
+                busy = self._replies(back, front)
+                busy = self._requests(front, back, intake) or busy
+                if not intake and self._all_answered():
+                    self.drained.set()
+                if busy:
+                    await checkpoint()
+                    continue
+                # Reading EVENTS also clears the descriptors' edge: wait only if nothing is
+                # ready by now, or a wake-up would be lost.
+                front_ready = front_events() & sockets.POLLIN and intake and self.held is None
+                back_ready = back_events() & (
+                    sockets.POLLIN | (sockets.POLLOUT if self.held is not None else 0)
+                )
+                if not (front_ready or back_ready):
+                    await readiness.wait()
 
     def _all_answered(self) -> bool:
         if self.pending_reply_frames is not None:
@@ -153,3 +160,13 @@ def _send(sock: sockets.SyncSocket, frames: list[bytes]) -> bool:
     if last:
         send(frames[last], _NOBLOCK)
     return True
+
+
+def _events(sock: sockets.SyncSocket) -> Callable[[], int]:
+    """A function reading the socket's ``EVENTS`` (and clearing its descriptor's edge)."""
+    get, option = sock.getsockopt, int(zmq.EVENTS)
+
+    def events() -> int:
+        return cast(int, get(option))
+
+    return events
