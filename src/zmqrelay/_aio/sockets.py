@@ -12,6 +12,7 @@ import asyncio
 import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import zmq
 import zmq.asyncio
@@ -19,6 +20,9 @@ import zmq.asyncio
 from zmqrelay.errors import ClosedError, EndpointError
 
 NOBLOCK = int(zmq.NOBLOCK)
+NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
+RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
 POLLOUT = int(zmq.POLLOUT)
 EHOSTUNREACH = zmq.EHOSTUNREACH
@@ -197,3 +201,100 @@ class Readiness:
             await self._waiter
         finally:
             self._waiter = None
+
+
+class Pump:
+    """Non-blocking I/O on one socket, shared by the tasks of one event loop.
+
+    The socket is used through its synchronous shadow, and the event loop watches its
+    descriptor directly: no ``zmq.asyncio`` futures per call. libzmq's descriptor is
+    edge-triggered and any call on the socket may consume the edge, so after every call that
+    could change the socket's state, :meth:`kick` reads ``EVENTS`` and wakes whoever can now
+    proceed: the one receiving task, and the tasks waiting to send. Nothing else may wait on
+    the socket through ``zmq.asyncio`` (it would register the same descriptor).
+    """
+
+    def __init__(self, sock: AsyncSocket) -> None:
+        self.sync = shadow(sock)
+        self._events = self.sync.getsockopt
+        self._fd = self.sync.fileno()
+        self._loop = asyncio.get_running_loop()
+        self._readable: asyncio.Future[None] | None = None
+        self._writable: list[asyncio.Future[None]] = []
+        self._open = False
+
+    def __enter__(self) -> Pump:
+        self._loop.add_reader(self._fd, self.kick)
+        self._open = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._open = False
+        self._loop.remove_reader(self._fd)
+        for waiter in self._writable:
+            if not waiter.done():
+                waiter.set_exception(ClosedError("the socket closed before the message was sent"))
+        self._writable.clear()
+
+    def kick(self) -> None:
+        """Wake the tasks that can proceed now."""
+        events = cast(int, self._events(_EVENTS))
+        if events & POLLIN and self._readable is not None and not self._readable.done():
+            self._readable.set_result(None)
+        if events & POLLOUT and self._writable:
+            for waiter in self._writable:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._writable.clear()
+
+    async def readable(self) -> None:
+        """Return once the socket has a message to read (at once if it has one already)."""
+        self.kick()  # also wakes senders that a receive may have unblocked
+        if cast(int, self._events(_EVENTS)) & POLLIN:
+            return
+        self._readable = waiter = self._loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._readable = None
+
+    def try_send(self, frames: list[bytes]) -> bool:
+        """Send ``frames`` if the socket takes them now; false if it cannot (EAGAIN)."""
+        send = self.sync.send
+        last = len(frames) - 1
+        try:
+            send(frames[0], NOBLOCK_MORE if last else NOBLOCK)
+        except zmq.Again:
+            return False
+        for index in range(1, last):
+            send(frames[index], NOBLOCK_MORE)
+        if last:
+            send(frames[last], NOBLOCK)
+        if self._readable is not None or self._writable:
+            self.kick()
+        return True
+
+    async def send(self, frames: list[bytes]) -> None:
+        """Send ``frames``, waiting while the socket cannot take them.
+
+        Raises:
+            ClosedError: the pump closed (its socket is closing) while waiting.
+        """
+        while not self.try_send(frames):
+            if not self._open:
+                raise ClosedError("the socket is closed")
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._writable.append(waiter)
+            self.kick()  # it may have become writable since the attempt
+            await waiter
+
+    def try_recv(self) -> list[bytes] | None:
+        """The next message's frames, or ``None`` if none is waiting."""
+        recv = self.sync.recv
+        try:
+            frames = [recv(NOBLOCK)]
+        except zmq.Again:
+            return None
+        while self._events(RCVMORE):
+            frames.append(recv(NOBLOCK))
+        return frames

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, overload
 
@@ -125,6 +127,8 @@ class AsyncWorker(Service):
         self._run_scope: anyio.CancelScope | None = None
         self._slot_freed = anyio.Event()
         self._idle = anyio.Event()
+        self._queue: deque[Request] = deque()
+        self._free: deque[asyncio.Future[None]] = deque()
 
     def __repr__(self) -> str:
         return (
@@ -162,15 +166,17 @@ class AsyncWorker(Service):
         """
         with (
             self._connected_dealer(self._context, self._endpoint, self._routing_id) as sock,
+            sockets.Pump(sock) as pump,
             anyio.CancelScope() as self._run_scope,
         ):
             if self._aborted:
                 self._run_scope.cancel()
-            sync = sockets.shadow(sock)
             try:
                 async with anyio.create_task_group() as task_group:
+                    for _ in range(self._concurrency):
+                        task_group.start_soon(self._handle_queued, pump)
                     intake = anyio.CancelScope()
-                    task_group.start_soon(self._receive, sock, sync, task_group, intake)
+                    task_group.start_soon(self._receive, pump, intake)
                     self._report_ready(task_status, None)
                     await self._close_requested.wait()
                     self._state = "draining"
@@ -178,36 +184,33 @@ class AsyncWorker(Service):
                     # In relay mode the broker keeps handing this worker requests until it
                     # disconnects, which it cannot do while replies are still to be sent:
                     # answer them at once rather than let their clients time out.
-                    task_group.start_soon(self._refuse_queued, sock, sync)
+                    task_group.start_soon(self._refuse_arriving, pump)
                     self._idle = anyio.Event()
                     if self._in_flight:
                         with anyio.move_on_after(self._drain_timeout):
                             await self._idle.wait()
                     task_group.cancel_scope.cancel()
             finally:
-                self._refuse_batch(sock, sync)
+                while self._queue:  # taken from the socket, never started
+                    self._refuse(pump, self._queue.popleft())
+                    self._in_flight -= 1
+                self._refuse_waiting(pump)
 
-    async def _receive(
-        self,
-        sock: sockets.AsyncSocket,
-        sync: sockets.SyncSocket,
-        task_group: anyio.abc.TaskGroup,
-        intake: anyio.CancelScope,
-    ) -> None:
-        receive = sync.recv_multipart
+    async def _receive(self, pump: sockets.Pump, intake: anyio.CancelScope) -> None:
+        # Requests go to a queue served by `concurrency` long-lived tasks: far cheaper than
+        # a task per request. The socket is read only while a task is free to take the next.
         batch = range(max(self._concurrency, 64))
         with intake:
             while True:
                 while self._in_flight >= self._concurrency:
                     self._slot_freed = anyio.Event()
                     await self._slot_freed.wait()
-                await sock.poll()  # the default: wait until readable, no timeout
+                await pump.readable()
                 for _ in batch:
                     if self._in_flight >= self._concurrency:
                         break
-                    try:
-                        frames = receive(sockets.NOBLOCK)
-                    except zmq.Again:
+                    frames = pump.try_recv()
+                    if frames is None:
                         break
                     try:
                         request = decode_request(frames)
@@ -217,16 +220,25 @@ class AsyncWorker(Service):
                         continue
                     self._requests_received += 1
                     self._in_flight += 1
-                    task_group.start_soon(self._serve, sock, sync, request)
+                    self._queue.append(request)
+                    if self._free:
+                        waiter = self._free.popleft()
+                        if not waiter.done():
+                            waiter.set_result(None)
                 else:
-                    sockets.rearm(sock)
                     await checkpoint()
-                    continue
-                sockets.rearm(sock)
 
-    async def _serve(
-        self, sock: sockets.AsyncSocket, sync: sockets.SyncSocket, request: Request
-    ) -> None:
+    async def _handle_queued(self, pump: sockets.Pump) -> None:
+        queue, free = self._queue, self._free
+        loop = asyncio.get_running_loop()
+        while True:
+            while not queue:
+                waiter: asyncio.Future[None] = loop.create_future()
+                free.append(waiter)
+                await waiter
+            await self._serve(pump, queue.popleft())
+
+    async def _serve(self, pump: sockets.Pump, request: Request) -> None:
         try:
             try:
                 reply = request.reply(await self._call_handler(request.body))
@@ -239,9 +251,9 @@ class AsyncWorker(Service):
                     reply = self._handler_failed(request, exc)
                 else:
                     # The worker is stopping: tell the client now rather than let it time out.
-                    self._refuse(sock, sync, request)
+                    self._refuse(pump, request)
                     raise
-            await sockets.send(sock, sync, reply)
+            await pump.send(reply)
             self._replies_sent += 1
         finally:
             self._in_flight -= 1
@@ -254,40 +266,35 @@ class AsyncWorker(Service):
         logger.error("handler raised while serving a request", exc_info=exc)
         return request.error(type(exc).__name__, str(exc))
 
-    def _refuse(
-        self, sock: sockets.AsyncSocket, sync: sockets.SyncSocket, request: Request
-    ) -> None:
+    def _refuse(self, pump: sockets.Pump, request: Request) -> None:
         """Answer ``request`` with a ``WorkerStopped`` error, without waiting."""
         if self._aborted:
             return
         with contextlib.suppress(zmq.ZMQError):
-            sync.send_multipart(
-                request.error("WorkerStopped", "the worker stopped"), sockets.NOBLOCK
-            )
-            sockets.rearm(sock)
-            self._refused_requests += 1
+            if pump.try_send(request.error("WorkerStopped", "the worker stopped")):
+                self._refused_requests += 1
 
-    async def _refuse_queued(self, sock: sockets.AsyncSocket, sync: sockets.SyncSocket) -> None:
+    async def _refuse_arriving(self, pump: sockets.Pump) -> None:
         while True:
-            await sock.poll()  # the default: wait until readable, no timeout
-            if self._refuse_batch(sock, sync):
+            await pump.readable()
+            if self._refuse_waiting(pump):
                 await checkpoint()
 
-    def _refuse_batch(self, sock: sockets.AsyncSocket, sync: sockets.SyncSocket) -> bool:
+    def _refuse_waiting(self, pump: sockets.Pump) -> bool:
         """Refuse the requests waiting in the socket; true if a whole batch was refused."""
-        if sock.closed or self._aborted:
+        if self._aborted:
             return False
         for _ in range(512):
             try:
-                frames = sync.recv_multipart(sockets.NOBLOCK)
-            except zmq.ZMQError:  # Again, or a socket gone with its context
-                sockets.rearm(sock)
+                frames = pump.try_recv()
+            except zmq.ZMQError:  # a socket gone with its context
+                return False
+            if frames is None:
                 return False
             try:
-                self._refuse(sock, sync, decode_request(frames))
+                self._refuse(pump, decode_request(frames))
             except RemoteProtocolError:
                 self._malformed_requests += 1
-        sockets.rearm(sock)
         return True
 
     async def _call_handler(self, body: list[bytes]) -> Sequence[bytes]:
