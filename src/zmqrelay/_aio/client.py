@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Sequence
@@ -67,8 +68,7 @@ class AsyncClient(Service):
         self._routing_id = routing_id
         self._linger = linger
         self._correlator: Correlator[_Waiter] = Correlator(secrets.randbits(64))
-        self._socket: sockets.AsyncSocket | None = None
-        self._sync: sockets.SyncSocket | None = None
+        self._pump: sockets.Pump | None = None
 
     def __repr__(self) -> str:
         return (
@@ -118,22 +118,28 @@ class AsyncClient(Service):
             LocalProtocolError: ``frames`` is empty.
             ClosedError: the client is not running.
         """
-        sock, sync = self._socket, self._sync
-        if sock is None or sync is None or self._state != "running":
+        pump = self._pump
+        if pump is None or self._state != "running":
             raise ClosedError(f"the client is {self._state}; use it inside 'async with'")
         limit = self._timeout if timeout is ... else timeout
-        waiter: _Waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: _Waiter = loop.create_future()
         request_id, message = self._correlator.open(waiter, frames)
+        # The deadline is a timer on the waiter itself: far cheaper than a cancel scope per
+        # request, and it covers the (rare) wait for room in the socket's queue too.
+        timer = loop.call_later(limit, _expire, waiter, limit) if limit is not None else None
         try:
-            with anyio.fail_after(limit):
-                await sockets.send(sock, sync, message)
-                reply = await waiter
-        except TimeoutError:
+            if not pump.try_send(message):
+                await _send_before(pump, message, waiter)
+            reply = await waiter
+        except RequestTimeout:
             self._correlator.timeouts += 1
-            raise RequestTimeout(f"no reply within {limit} s") from None
+            raise
         except zmq.ZMQError as exc:
             raise ClosedError(f"the client's socket failed: {exc}") from exc
         finally:
+            if timer is not None:
+                timer.cancel()
             self._correlator.close(request_id)
             if waiter.done() and not waiter.cancelled():
                 waiter.exception()  # retrieved here if the send, not the wait, ended the call
@@ -151,33 +157,35 @@ class AsyncClient(Service):
             EndpointError: ``endpoint`` is not a valid address.
 
         """
-        with self._connected_dealer(self._context, self._endpoint, self._routing_id) as sock:
+        with (
+            self._connected_dealer(self._context, self._endpoint, self._routing_id) as sock,
+            sockets.Pump(sock) as pump,
+        ):
             try:
-                self._socket, self._sync = sock, sockets.shadow(sock)
+                self._pump = pump
                 async with anyio.create_task_group() as task_group:
-                    task_group.start_soon(self._receive, sock, self._sync)
+                    task_group.start_soon(self._receive, pump)
                     self._report_ready(task_status, None)
                     await self._close_requested.wait()
                     task_group.cancel_scope.cancel()
             finally:
                 self._state = "closing"
-                self._socket = self._sync = None
+                self._pump = None
                 for waiter in self._correlator.waiters():
                     if not waiter.done():
                         waiter.set_exception(
                             ClosedError("the client closed before the reply came")
                         )
 
-    async def _receive(self, sock: sockets.AsyncSocket, sync: sockets.SyncSocket) -> None:
-        receive = sync.recv_multipart
+    async def _receive(self, pump: sockets.Pump) -> None:
+        receive = pump.try_recv
         match = self._correlator.receive
         batch = range(512)
         while True:
-            await sock.poll()  # the default: wait until readable, no timeout
+            await pump.readable()
             for _ in batch:
-                try:
-                    frames = receive(sockets.NOBLOCK)
-                except zmq.Again:
+                frames = receive()
+                if frames is None:
                     break
                 matched = match(frames)
                 if matched is not None:
@@ -185,9 +193,28 @@ class AsyncClient(Service):
                     if not waiter.done():
                         waiter.set_result(reply)
             else:
-                sockets.rearm(sock)
                 await checkpoint()
 
     async def aclose(self) -> None:
         """Close the client; requests still waiting fail with :class:`ClosedError`."""
         await super().aclose()
+
+
+def _expire(waiter: _Waiter, limit: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(RequestTimeout(f"no reply within {limit} s"))
+
+
+async def _send_before(pump: sockets.Pump, message: list[bytes], waiter: _Waiter) -> None:
+    """Wait for room to send ``message``, unless ``waiter`` ends first (its timer fired)."""
+    async with anyio.create_task_group() as task_group:
+
+        async def send() -> None:
+            # A closing client fails the waiter with ClosedError: the caller sees that.
+            with contextlib.suppress(ClosedError):
+                await pump.send(message)
+            task_group.cancel_scope.cancel()
+
+        task_group.start_soon(send)
+        await asyncio.wait([waiter])
+        task_group.cancel_scope.cancel()
