@@ -222,6 +222,7 @@ class Pump:
         self._readable: asyncio.Future[None] | None = None
         self._writable: list[asyncio.Future[None]] = []
         self._open = False
+        self._kick_scheduled = False
 
     def __enter__(self) -> Pump:
         self._loop.add_reader(self._fd, self.kick)
@@ -270,9 +271,16 @@ class Pump:
             send(frames[index], NOBLOCK_MORE)
         if last:
             send(frames[last], NOBLOCK)
-        if self._readable is not None or self._writable:
-            self.kick()
+        if (self._readable is not None or self._writable) and not self._kick_scheduled:
+            # Once per loop iteration, however many messages the tasks send in it.
+            self._kick_scheduled = True
+            self._loop.call_soon(self._scheduled_kick)
         return True
+
+    def _scheduled_kick(self) -> None:
+        self._kick_scheduled = False
+        if self._open:
+            self.kick()
 
     async def send(self, frames: list[bytes]) -> None:
         """Send ``frames``, waiting while the socket cannot take them.

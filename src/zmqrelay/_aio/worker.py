@@ -127,6 +127,7 @@ class AsyncWorker(Service):
         self._run_scope: anyio.CancelScope | None = None
         self._slot_freed = anyio.Event()
         self._idle = anyio.Event()
+        self._receiver_waits = False
         self._queue: deque[Request] = deque()
         self._free: deque[asyncio.Future[None]] = deque()
 
@@ -204,7 +205,11 @@ class AsyncWorker(Service):
             while True:
                 while self._in_flight >= self._concurrency:
                     self._slot_freed = anyio.Event()
-                    await self._slot_freed.wait()
+                    self._receiver_waits = True
+                    try:
+                        await self._slot_freed.wait()
+                    finally:
+                        self._receiver_waits = False
                 await pump.readable()
                 for _ in batch:
                     if self._in_flight >= self._concurrency:
@@ -241,7 +246,16 @@ class AsyncWorker(Service):
     async def _serve(self, pump: sockets.Pump, request: Request) -> None:
         try:
             try:
-                reply = request.reply(await self._call_handler(request.body))
+                if self._frames:
+                    result = await self._handler(request.body)
+                elif len(request.body) == 1:
+                    result = [await self._handler(request.body[0])]
+                else:
+                    raise RemoteProtocolError(  # noqa: TRY301 - answered like a handler error
+                        "this worker's handler takes a single-frame request, "
+                        f"got {len(request.body)} frames"
+                    )
+                reply = request.reply(result)
             except Exception as exc:
                 reply = self._handler_failed(request, exc)
             except anyio.get_cancelled_exc_class() as exc:
@@ -257,7 +271,8 @@ class AsyncWorker(Service):
             self._replies_sent += 1
         finally:
             self._in_flight -= 1
-            self._slot_freed.set()
+            if self._receiver_waits:
+                self._slot_freed.set()
             if not self._in_flight:
                 self._idle.set()
 
@@ -296,16 +311,6 @@ class AsyncWorker(Service):
             except RemoteProtocolError:
                 self._malformed_requests += 1
         return True
-
-    async def _call_handler(self, body: list[bytes]) -> Sequence[bytes]:
-        if self._frames:
-            result: Sequence[bytes] = await self._handler(body)
-            return result
-        if len(body) != 1:
-            raise RemoteProtocolError(
-                f"this worker's handler takes a single-frame request, got {len(body)} frames"
-            )
-        return [await self._handler(body[0])]
 
     async def aclose(self) -> None:
         """Stop gracefully: take no more requests, let those in hand finish, then close.

@@ -95,5 +95,10 @@ def decode_request(frames: list[bytes]) -> Request:
         RemoteProtocolError: no routing frames, no delimiter or no body.
 
     """
-    split = envelope.split(frames)
-    return Request(split.routing, split.body)
+    try:
+        index = frames.index(envelope.DELIMITER)
+    except ValueError:
+        index = -1
+    if index < 1 or index == len(frames) - 1:
+        envelope.split(frames)  # raises RemoteProtocolError naming what is wrong
+    return Request(frames[:index], frames[index + 1 :])
