@@ -137,3 +137,29 @@ class CorrelatorMachine(RuleBasedStateMachine):
 
 
 TestCorrelatorMachine = CorrelatorMachine.TestCase
+
+
+def test_requests_expire_at_their_deadline_and_late_replies_are_counted() -> None:
+    correlator: Correlator[str] = Correlator(first_id=0)
+    _, slow = correlator.open("slow", [b"1"], now=10.0, timeout=5.0)
+    correlator.open("quick", [b"2"], now=10.0, timeout=1.0)
+    correlator.open("patient", [b"3"], now=10.0)  # no timeout
+    assert correlator.next_deadline() == 11.0
+    assert correlator.expire(now=10.5) == []
+    assert correlator.expire(now=11.0) == [("quick", 1.0)]
+    assert correlator.next_deadline() == 15.0
+    assert correlator.expire(now=20.0) == [("slow", 5.0)]
+    assert correlator.next_deadline() is None
+    assert correlator.in_flight == 1
+    assert correlator.receive(reply_to(slow, [b"too late"])) is None
+    stats = correlator.statistics()
+    assert (stats.timeouts, stats.late_replies) == (2, 1)
+
+
+def test_answered_requests_do_not_pile_up_deadlines() -> None:
+    correlator: Correlator[int] = Correlator(first_id=0)
+    for n in range(10_000):
+        request_id, _ = correlator.open(n, [b"x"], now=float(n), timeout=30.0)
+        correlator.close(request_id)
+    assert len(correlator._deadlines) < 3000
+    assert correlator.next_deadline() is None

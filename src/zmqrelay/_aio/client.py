@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 from collections.abc import Sequence
 from types import EllipsisType
@@ -69,6 +70,11 @@ class AsyncClient(Service):
         self._linger = linger
         self._correlator: Correlator[_Waiter] = Correlator(secrets.randbits(64))
         self._pump: sockets.Pump | None = None
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by run()
+        # One timer for all requests, set for the earliest deadline (a heap in the core):
+        # far cheaper than a timer or a cancel scope per request.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
     def __repr__(self) -> str:
         return (
@@ -122,24 +128,19 @@ class AsyncClient(Service):
         if pump is None or self._state != "running":
             raise ClosedError(f"the client is {self._state}; use it inside 'async with'")
         limit = self._timeout if timeout is ... else timeout
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         waiter: _Waiter = loop.create_future()
-        request_id, message = self._correlator.open(waiter, frames)
-        # The deadline is a timer on the waiter itself: far cheaper than a cancel scope per
-        # request, and it covers the (rare) wait for room in the socket's queue too.
-        timer = loop.call_later(limit, _expire, waiter, limit) if limit is not None else None
+        now = loop.time()
+        request_id, message = self._correlator.open(waiter, frames, now=now, timeout=limit)
+        if limit is not None and now + limit < self._timer_at:
+            self._arm_timer(now + limit)
         try:
             if not pump.try_send(message):
                 await _send_before(pump, message, waiter)
             reply = await waiter
-        except RequestTimeout:
-            self._correlator.timeouts += 1
-            raise
         except zmq.ZMQError as exc:
             raise ClosedError(f"the client's socket failed: {exc}") from exc
         finally:
-            if timer is not None:
-                timer.cancel()
             self._correlator.close(request_id)
             if waiter.done() and not waiter.cancelled():
                 waiter.exception()  # retrieved here if the send, not the wait, ended the call
@@ -162,7 +163,7 @@ class AsyncClient(Service):
             sockets.Pump(sock) as pump,
         ):
             try:
-                self._pump = pump
+                self._pump, self._loop = pump, asyncio.get_running_loop()
                 async with anyio.create_task_group() as task_group:
                     task_group.start_soon(self._receive, pump)
                     self._report_ready(task_status, None)
@@ -171,11 +172,28 @@ class AsyncClient(Service):
             finally:
                 self._state = "closing"
                 self._pump = None
+                if self._timer is not None:
+                    self._timer.cancel()
                 for waiter in self._correlator.waiters():
                     if not waiter.done():
                         waiter.set_exception(
                             ClosedError("the client closed before the reply came")
                         )
+
+    def _arm_timer(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        for waiter, limit in self._correlator.expire(self._loop.time()):
+            if not waiter.done():
+                waiter.set_exception(RequestTimeout(f"no reply within {limit} s"))
+        upcoming = self._correlator.next_deadline()
+        if upcoming is not None:
+            self._arm_timer(upcoming)
 
     async def _receive(self, pump: sockets.Pump) -> None:
         receive = pump.try_recv
@@ -198,11 +216,6 @@ class AsyncClient(Service):
     async def aclose(self) -> None:
         """Close the client; requests still waiting fail with :class:`ClosedError`."""
         await super().aclose()
-
-
-def _expire(waiter: _Waiter, limit: float) -> None:
-    if not waiter.done():
-        waiter.set_exception(RequestTimeout(f"no reply within {limit} s"))
 
 
 async def _send_before(pump: sockets.Pump, message: list[bytes], waiter: _Waiter) -> None:

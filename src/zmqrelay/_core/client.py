@@ -8,6 +8,7 @@ never issued, such as a reply misrouted after a broker restart) or malformed.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
@@ -84,6 +85,9 @@ class Correlator(Generic[T]):
         self._next_id = self._first_id
         self._issued = 0
         self._pending: dict[int, T] = {}
+        # (deadline, request id, timeout) of requests that have one; stale entries (requests
+        # already ended) are skipped when they come up.
+        self._deadlines: list[tuple[float, int, float]] = []
         self.requests_sent = 0
         self.replies_received = 0
         self.timeouts = 0
@@ -91,12 +95,20 @@ class Correlator(Generic[T]):
         self.foreign_replies = 0
         self.malformed_replies = 0
 
-    def open(self, waiter: T, body: Sequence[bytes]) -> tuple[int, list[bytes]]:
+    def open(
+        self,
+        waiter: T,
+        body: Sequence[bytes],
+        *,
+        now: float = 0.0,
+        timeout: float | None = None,
+    ) -> tuple[int, list[bytes]]:
         """Register a request and return its id and the frames to send.
+
+        With a ``timeout``, the request expires at ``now + timeout`` (see :meth:`expire`).
 
         Raises:
             LocalProtocolError: ``body`` has no frames.
-
         """
         if not body:
             raise LocalProtocolError("a request needs at least one body frame")
@@ -105,7 +117,38 @@ class Correlator(Generic[T]):
         self._issued += 1
         self._pending[request_id] = waiter
         self.requests_sent += 1
+        if timeout is not None:
+            deadlines = self._deadlines
+            if len(deadlines) > 2 * len(self._pending) + 1024:
+                # Answered requests leave their deadlines behind: drop them now and then,
+                # so the heap stays the size of what is in flight.
+                deadlines[:] = [entry for entry in deadlines if entry[1] in self._pending]
+                heapq.heapify(deadlines)
+            heapq.heappush(deadlines, (now + timeout, request_id, timeout))
         return request_id, [tag.encode(request_id), DELIMITER, *body]
+
+    def next_deadline(self) -> float | None:
+        """When the next request in flight expires, if any has a timeout."""
+        deadlines, pending = self._deadlines, self._pending
+        while deadlines and deadlines[0][1] not in pending:
+            heapq.heappop(deadlines)
+        return deadlines[0][0] if deadlines else None
+
+    def expire(self, now: float) -> list[tuple[T, float]]:
+        """End the requests whose deadline has passed by ``now``.
+
+        Returns their waiters with their timeouts; they count as timed out, and a reply that
+        still comes for one of them counts as late.
+        """
+        deadlines, pending = self._deadlines, self._pending
+        expired = []
+        while deadlines and deadlines[0][0] <= now:
+            _, request_id, timeout = heapq.heappop(deadlines)
+            waiter = pending.pop(request_id, None)
+            if waiter is not None:
+                expired.append((waiter, timeout))
+        self.timeouts += len(expired)
+        return expired
 
     def close(self, request_id: int) -> None:
         """Forget a request: it was answered, timed out or cancelled. Idempotent."""
