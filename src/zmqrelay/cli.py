@@ -19,9 +19,9 @@ import click
 from zmqrelay import __version__
 from zmqrelay._aio.broker import Broker, Engine
 from zmqrelay._aio.client import AsyncClient
-from zmqrelay._bench import BROKERS, BenchConfig, report, run_bench
 from zmqrelay._bench_peers import generate_load, serve_echo, serve_proxy, serve_python_loop
 from zmqrelay._demo import run_demo
+from zmqrelay.bench import BROKERS, BenchConfig, report, run_bench
 from zmqrelay.errors import ZmqRelayError
 
 logger = logging.getLogger("zmqrelay.cli")

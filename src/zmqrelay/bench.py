@@ -1,5 +1,12 @@
 """``zmqrelay bench``: throughput, latency and CPU per request through a broker.
 
+Also a library::
+
+    from zmqrelay.bench import BenchConfig, report, run_bench
+
+    results = [run_bench(BenchConfig(broker=name, duration=2)) for name in ("zmqrelay", "proxy")]
+    print(report(results))
+
 Every party is a process of its own, so the broker has a core to itself on a two-core machine:
 the broker under test, echo workers and pipelined load clients (see :mod:`zmqrelay._bench_peers`
 for each kind). Absolute figures drift on shared machines, so compare runs made in one
@@ -25,6 +32,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from zmqrelay._bench_peers import read_latencies
+
+__all__ = ["BROKERS", "BenchConfig", "BenchResult", "report", "run_bench"]
 
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 _READY = re.compile(r"serving: clients connect to (\S+), workers to (\S+)")
