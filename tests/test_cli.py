@@ -106,3 +106,32 @@ def test_bench_measures_zmqrelay_against_the_proxy() -> None:
         assert run["requests"] > 0
         assert run["requests_per_second"] == pytest.approx(run["requests"] / run["seconds"])
         assert run["broker_cpu_seconds"] >= 0
+
+
+def test_bench_runs_every_kind_of_party() -> None:
+    command = [
+        *ZMQRELAY, "bench", "--broker", "python-loop", "--broker", "zmqrelay-python",
+        "--worker-kind", "async", "--client-kind", "async", "--window", "4",
+        "--warmup", "0.2", "--duration", "0.4", "--json",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    runs = json.loads(result.stdout)
+    assert [run["broker"] for run in runs] == ["python-loop", "zmqrelay-python"]
+    for run in runs:
+        assert run["requests"] > 0
+        assert 0 < run["latency_p50_us"] <= run["latency_p99_us"] <= run["latency_p999_us"]
+        assert run["client_cpu_seconds"] > 0
+
+
+def test_bench_measures_an_external_broker_command() -> None:
+    external = f"{sys.executable} -m zmqrelay broker --frontend {{frontend}} --backend {{backend}}"
+    command = [
+        *ZMQRELAY, "bench", "--broker-command", external,
+        "--warmup", "0.2", "--duration", "0.4", "--json",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    (run,) = json.loads(result.stdout)
+    assert run["broker"] == "external"
+    assert run["requests"] > 0
