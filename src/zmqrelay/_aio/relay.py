@@ -18,9 +18,7 @@ from zmqrelay._aio import sockets
 from zmqrelay._core.envelope import is_routable
 from zmqrelay._core.relay import RelayCounters
 
-_MORE = int(zmq.RCVMORE)
-_NOBLOCK = sockets.NOBLOCK
-_NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
+receive, send = sockets.recv_message, sockets.send_message
 
 
 class PythonRelay:
@@ -84,24 +82,20 @@ class PythonRelay:
         """Forward requests; true when a full batch went through (there may be more)."""
         counters = self.counters
         if self.held is not None:
-            if not _send(back, self.held):
+            if not send(back, self.held):
                 return False
             self.held = None
             counters.requests_held = 0
             counters.requests_forwarded += 1
         if not intake:
             return False
-        recv, more = front.recv, front.get
         for _ in self.batch:
-            try:
-                frames = [recv(_NOBLOCK)]
-            except zmq.Again:
+            frames = receive(front)
+            if frames is None:
                 return False
-            while more(_MORE):
-                frames.append(recv(_NOBLOCK))
             if not is_routable(frames):
                 counters.malformed_requests += 1
-            elif _send(back, frames):
+            elif send(back, frames):
                 counters.requests_forwarded += 1
             else:
                 # No worker can take it yet: hold it and stop reading clients (backpressure).
@@ -113,21 +107,17 @@ class PythonRelay:
     def _replies(self, back: sockets.SyncSocket, front: sockets.SyncSocket) -> bool:
         """Forward replies; true when a full batch went through (there may be more)."""
         counters = self.counters
-        recv, more = back.recv, back.get
         for _ in self.batch:
-            try:
-                frames = [recv(_NOBLOCK)]
-            except zmq.Again:
+            frames = receive(back)
+            if frames is None:
                 return False
-            while more(_MORE):
-                frames.append(recv(_NOBLOCK))
             if self.pending_reply_frames is not None:
                 self.pending_reply_frames -= len(frames)
             if not is_routable(frames):
                 counters.malformed_replies += 1
                 continue
             try:
-                sent = _send(front, frames)
+                sent = send(front, frames)
             except zmq.ZMQError as exc:
                 if exc.errno != sockets.EHOSTUNREACH:
                     raise
@@ -141,25 +131,6 @@ class PythonRelay:
             else:
                 counters.congested_replies += 1
         return True
-
-
-def _send(sock: sockets.SyncSocket, frames: list[bytes]) -> bool:
-    """Send a message without waiting; false if the socket cannot take it now.
-
-    libzmq accepts or refuses a message as a whole at its first frame, so a refusal never
-    leaves part of a message sent.
-    """
-    send = sock.send
-    try:
-        send(frames[0], _NOBLOCK_MORE if len(frames) > 1 else _NOBLOCK)
-    except zmq.Again:
-        return False
-    last = len(frames) - 1
-    for index in range(1, last):
-        send(frames[index], _NOBLOCK_MORE)
-    if last:
-        send(frames[last], _NOBLOCK)
-    return True
 
 
 def _events(sock: sockets.SyncSocket) -> Callable[[], int]:
