@@ -1,0 +1,378 @@
+"""Load-balancing mode's decisions, as pure code: who gets which request, and what time does.
+
+The rules, in one place (the I/O shell only moves frames and calls these methods with ``now``):
+
+1. A worker announces itself *ready* with some credits: how many requests it takes at once. A
+   request dispatched to it uses one credit; its reply gives the credit back.
+2. A request goes to the least-recently-used live worker with a free credit.
+3. With no free credit anywhere, a request waits in a FIFO queue. Past ``queue_limit`` queued
+   requests, a new one is refused at once as ``BUSY``; one that waited ``queue_timeout`` seconds
+   is refused as ``NO_WORKERS`` if no worker is live, else as ``BUSY``.
+4. A request may carry a deadline. Expired while queued, or while in flight, it is refused as
+   ``DEADLINE``; a reply that comes after that is dropped and counted (it still returns the
+   worker's credit).
+5. Any traffic from a worker proves it alive. One silent for ``liveness`` heartbeat intervals is
+   dead: it is forgotten, and each request it held is either refused as ``WORKER_DIED`` (at most
+   once, the default) or, for requests that allow it, queued again at the front, marked as a
+   redelivery, while its retry budget lasts (at least once).
+6. The broker sends a worker a heartbeat when it has sent it nothing for one interval.
+7. A worker that leaves gracefully takes no new requests; those it holds are treated as in
+   rule 5 only if it goes before answering them.
+
+Every request ends exactly once: in one reply, or in one refusal.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+WorkerId = bytes
+
+
+class Refusal(enum.Enum):
+    """Why a request ended without a reply."""
+
+    BUSY = "busy"
+    """The queue was full, or the request waited too long for a free worker."""
+    NO_WORKERS = "no workers"
+    """No live worker could take the request in time."""
+    DEADLINE = "deadline"
+    """The request's deadline passed."""
+    WORKER_DIED = "worker died"
+    """The worker holding the request died, and the request may not be sent again."""
+
+
+@dataclass(slots=True)
+class Request:
+    """A request as the scheduler tracks it; ``envelope`` and ``body`` are opaque to it."""
+
+    envelope: list[bytes]
+    body: list[bytes]
+    received_at: float
+    deadline: float | None = None
+    retries_left: int = 0
+    redelivery: bool = False
+
+
+class Dispatch(NamedTuple):
+    """Send ``request`` to ``worker``; its reply will name ``token``."""
+
+    worker: WorkerId
+    token: int
+    request: Request
+
+
+class Deliver(NamedTuple):
+    """Send ``body`` to the client that sent ``request``."""
+
+    request: Request
+    body: list[bytes]
+
+
+class Refuse(NamedTuple):
+    """Tell the client that sent ``request`` why it ended without a reply."""
+
+    request: Request
+    reason: Refusal
+
+
+class Heartbeat(NamedTuple):
+    """Send ``worker`` a heartbeat."""
+
+    worker: WorkerId
+
+
+class Forget(NamedTuple):
+    """``worker`` is dead or gone: the shell may tell it so (DISCONNECT) and forget it."""
+
+    worker: WorkerId
+
+
+Action = Dispatch | Deliver | Refuse | Heartbeat | Forget
+
+
+class SchedulerStatistics(NamedTuple):
+    """A snapshot of the scheduler's state and counters."""
+
+    workers: int
+    free_credits: int
+    queued: int
+    in_flight: int
+    delivered: int
+    refused: int
+    redelivered: int
+    late_replies: int
+    unknown_replies: int
+    dead_workers: int
+
+
+@dataclass(slots=True)
+class _Worker:
+    credits: int
+    last_heard: float
+    last_sent: float
+    held: set[int] = field(default_factory=set)
+    leaving: bool = False
+
+
+@dataclass(slots=True)
+class _InFlight:
+    worker: WorkerId
+    request: Request
+    ended: bool = False  # refused (deadline) while the worker still holds it
+
+
+class Scheduler:
+    """The load balancer's state; every method takes the current time and returns actions."""
+
+    def __init__(
+        self,
+        *,
+        heartbeat_interval: float = 2.5,
+        liveness: int = 3,
+        queue_limit: int = 10_000,
+        queue_timeout: float = 5.0,
+    ) -> None:
+        if heartbeat_interval <= 0 or liveness < 1:
+            raise ValueError("heartbeat_interval and liveness must be positive")
+        if queue_limit < 0 or queue_timeout < 0:
+            raise ValueError("queue_limit and queue_timeout cannot be negative")
+        self.heartbeat_interval = heartbeat_interval
+        self.liveness = liveness
+        self.queue_limit = queue_limit
+        self.queue_timeout = queue_timeout
+        self._workers: dict[WorkerId, _Worker] = {}
+        # Workers with a free credit, least recently used first.
+        self._free: OrderedDict[WorkerId, None] = OrderedDict()
+        self._queue: deque[Request] = deque()
+        self._in_flight: dict[int, _InFlight] = {}
+        self._next_token = 1
+        self._delivered = 0
+        self._refused = 0
+        self._redelivered = 0
+        self._late = 0
+        self._unknown = 0
+        self._dead = 0
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def ready(self, worker: WorkerId, credits: int, now: float) -> list[Action]:
+        """``worker`` announces itself with ``credits`` (again: its credits are reset)."""
+        if credits < 1:
+            raise ValueError("a ready worker needs at least one credit")
+        known = self._workers.get(worker)
+        if known is None:
+            self._workers[worker] = _Worker(credits, last_heard=now, last_sent=now)
+        else:
+            known.credits = max(0, credits - len(known.held))
+            known.last_heard = now
+            known.leaving = False
+        self._update_free(worker)
+        return list(self._dispatch_queued(now))
+
+    def heard_from(self, worker: WorkerId, now: float) -> None:
+        """Any message from ``worker`` proves it alive."""
+        known = self._workers.get(worker)
+        if known is not None:
+            known.last_heard = now
+
+    def is_known(self, worker: WorkerId) -> bool:
+        """Whether ``worker`` is a live worker the scheduler counts on."""
+        return worker in self._workers
+
+    def reply(self, worker: WorkerId, token: int, body: list[bytes], now: float) -> list[Action]:
+        """``worker`` answered the request it got as ``token``."""
+        self.heard_from(worker, now)
+        entry = self._in_flight.get(token)
+        if entry is None or entry.worker != worker:
+            self._unknown += 1
+            return []
+        del self._in_flight[token]
+        actions: list[Action] = []
+        if entry.ended:
+            self._late += 1
+        else:
+            self._delivered += 1
+            actions.append(Deliver(entry.request, body))
+        known = self._workers.get(worker)
+        if known is not None:
+            known.held.discard(token)
+            if not known.leaving:
+                known.credits += 1
+                self._update_free(worker)
+            elif not known.held:  # it was leaving, and this was its last request
+                actions.extend(self._forget(worker, now))
+        actions.extend(self._dispatch_queued(now))
+        return actions
+
+    def leave(self, worker: WorkerId, now: float) -> list[Action]:
+        """``worker`` takes no new requests; it keeps those it holds until it answers them."""
+        known = self._workers.get(worker)
+        if known is None:
+            return []
+        known.leaving = True
+        known.credits = 0
+        self._free.pop(worker, None)
+        if not known.held:
+            return self._forget(worker, now)
+        return []
+
+    def gone(self, worker: WorkerId, now: float) -> list[Action]:
+        """``worker`` is gone (disconnected, or dead): its requests end or are queued again."""
+        if worker not in self._workers:
+            return []
+        return self._forget(worker, now)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def request(
+        self,
+        envelope: list[bytes],
+        body: list[bytes],
+        now: float,
+        *,
+        deadline: float | None = None,
+        retries: int = 0,
+    ) -> list[Action]:
+        """A client asks; ``retries`` > 0 lets the request be sent again if its worker dies."""
+        request = Request(envelope, body, now, deadline, retries)
+        if deadline is not None and deadline <= now:
+            return [self._refuse(request, Refusal.DEADLINE)]
+        if self._free:
+            return [self._dispatch(request, now)]
+        if len(self._queue) >= self.queue_limit:
+            return [self._refuse(request, Refusal.BUSY)]
+        self._queue.append(request)
+        return []
+
+    # -- time ------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Action]:
+        """Let time pass: dead workers, expired requests, heartbeats due."""
+        actions: list[Action] = []
+        silence = self.heartbeat_interval * self.liveness
+        for worker_id in [w for w, k in self._workers.items() if now - k.last_heard >= silence]:
+            self._dead += 1
+            actions.extend(self._forget(worker_id, now))
+        actions.extend(self._expire_queued(now))
+        for entry in self._in_flight.values():
+            deadline = entry.request.deadline
+            if not entry.ended and deadline is not None and deadline <= now:
+                entry.ended = True
+                actions.append(self._refuse(entry.request, Refusal.DEADLINE))
+        for worker_id, known in self._workers.items():
+            if now - known.last_sent >= self.heartbeat_interval:
+                known.last_sent = now
+                actions.append(Heartbeat(worker_id))
+        return actions
+
+    def next_wakeup(self) -> float | None:
+        """When :meth:`tick` has something to do next, if ever."""
+        times: list[float] = []
+        silence = self.heartbeat_interval * self.liveness
+        for known in self._workers.values():
+            times.append(known.last_heard + silence)
+            times.append(known.last_sent + self.heartbeat_interval)
+        if self._queue:
+            times.append(self._queue[0].received_at + self.queue_timeout)
+        times.extend(request.deadline for request in self._queue if request.deadline is not None)
+        times.extend(
+            entry.request.deadline
+            for entry in self._in_flight.values()
+            if not entry.ended and entry.request.deadline is not None
+        )
+        return min(times, default=None)
+
+    def sent_to(self, worker: WorkerId, now: float) -> None:
+        """Something was sent to ``worker`` (counts as a heartbeat)."""
+        known = self._workers.get(worker)
+        if known is not None:
+            known.last_sent = now
+
+    def statistics(self) -> SchedulerStatistics:
+        """A snapshot."""
+        return SchedulerStatistics(
+            workers=len(self._workers),
+            free_credits=sum(known.credits for known in self._workers.values()),
+            queued=len(self._queue),
+            in_flight=sum(not entry.ended for entry in self._in_flight.values()),
+            delivered=self._delivered,
+            refused=self._refused,
+            redelivered=self._redelivered,
+            late_replies=self._late,
+            unknown_replies=self._unknown,
+            dead_workers=self._dead,
+        )
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _update_free(self, worker: WorkerId) -> None:
+        known = self._workers[worker]
+        if known.credits > 0 and not known.leaving:
+            if worker not in self._free:
+                self._free[worker] = None  # newly free: the most recently used end
+        else:
+            self._free.pop(worker, None)
+
+    def _dispatch(self, request: Request, now: float) -> Dispatch:
+        worker_id = next(iter(self._free))  # the least recently used
+        known = self._workers[worker_id]
+        known.credits -= 1
+        self._free.move_to_end(worker_id)
+        if known.credits == 0:
+            del self._free[worker_id]
+        token = self._next_token
+        self._next_token += 1
+        known.held.add(token)
+        known.last_sent = now
+        self._in_flight[token] = _InFlight(worker_id, request)
+        return Dispatch(worker_id, token, request)
+
+    def _dispatch_queued(self, now: float) -> Iterator[Action]:
+        while self._queue and self._free:
+            request = self._queue.popleft()
+            if request.deadline is not None and request.deadline <= now:
+                yield self._refuse(request, Refusal.DEADLINE)
+            else:
+                yield self._dispatch(request, now)
+
+    def _expire_queued(self, now: float) -> Iterator[Action]:
+        kept: deque[Request] = deque()
+        for request in self._queue:
+            if request.deadline is not None and request.deadline <= now:
+                yield self._refuse(request, Refusal.DEADLINE)
+            elif now - request.received_at >= self.queue_timeout:
+                reason = Refusal.BUSY if self._workers else Refusal.NO_WORKERS
+                yield self._refuse(request, reason)
+            else:
+                kept.append(request)
+        self._queue = kept
+
+    def _forget(self, worker: WorkerId, now: float) -> list[Action]:
+        known = self._workers.pop(worker)
+        self._free.pop(worker, None)
+        actions: list[Action] = [Forget(worker)]
+        again: list[Request] = []
+        for token in sorted(known.held):
+            entry = self._in_flight.pop(token)
+            if entry.ended:
+                continue
+            request = entry.request
+            if request.retries_left > 0:
+                request.retries_left -= 1
+                request.redelivery = True
+                self._redelivered += 1
+                again.append(request)
+            else:
+                actions.append(self._refuse(request, Refusal.WORKER_DIED))
+        self._queue.extendleft(reversed(again))
+        actions.extend(self._dispatch_queued(now))
+        return actions
+
+    def _refuse(self, request: Request, reason: Refusal) -> Refuse:
+        self._refused += 1
+        return Refuse(request, reason)
