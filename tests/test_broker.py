@@ -5,6 +5,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import anyio
+import anyio.to_thread
 import pytest
 import zmq
 
@@ -391,3 +392,54 @@ async def test_wait_ready_fails_when_the_broker_closes_before_it_is_ready(
             tg.start_soon(run_and_fail)
             with pytest.raises(ClosedError, match="before it was ready"):
                 await broker.wait_ready()
+
+
+async def test_libzmq_engine_drain_waits_for_replies_with_more_frames_than_requests(
+    context: LeakCheckingContext,
+) -> None:
+    release = anyio.Event()
+
+    async def fat(frames: list[bytes]) -> list[bytes]:
+        await release.wait()
+        return [b"1", b"2", b"3", frames[0]]
+
+    broker = Broker(frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=10)
+    outcomes: list[list[bytes]] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(broker.run)
+        await tg.start(
+            AsyncWorker("inproc://b", fat, frames=True, context=context, concurrency=4).run
+        )
+        async with AsyncClient("inproc://f", context=context, timeout=10) as client:
+
+            async def ask(n: int) -> None:
+                outcomes.append(await client.request_frames([b"%d" % n]))
+
+            async with anyio.create_task_group() as asks:
+                for n in range(4):
+                    asks.start_soon(ask, n)
+                await eventually(lambda: broker.statistics().request_frames == 16)
+                tg.start_soon(broker.aclose)
+                await eventually(lambda: "draining" in repr(broker))
+                release.set()
+        tg.cancel_scope.cancel()
+    assert sorted(outcome[-1] for outcome in outcomes) == [b"0", b"1", b"2", b"3"]
+
+
+async def test_many_brokers_do_not_exhaust_the_thread_pool(context: LeakCheckingContext) -> None:
+    """Each libzmq-engine broker holds a thread for its life, outside anyio's shared pool."""
+    async with anyio.create_task_group() as tg:
+        brokers = [
+            Broker(frontend=f"inproc://f{n}", backend=f"inproc://b{n}", context=context)
+            for n in range(45)
+        ]
+        for broker in brokers:
+            await tg.start(broker.run)
+        served: Counter[str] = Counter()
+        async with (
+            AsyncWorker("inproc://b44", echo_handler("w", served), context=context),
+            AsyncClient("inproc://f44", context=context, timeout=5) as client,
+        ):
+            assert await client.request(b"last") == b"World last"
+            assert await anyio.to_thread.run_sync(lambda: "the shared pool still works")
+        tg.cancel_scope.cancel()

@@ -188,12 +188,16 @@ class Hosted(Generic[S]):
         """Stop the service, gracefully (``aclose()``) or at once (cancelled), and wait."""
         if self._task is None:
             return
+        task, self._task = self._task, None
         if graceful:
             await self.service.aclose()
         elif self._scope is not None:
             self._scope.cancel()
-        task, self._task = self._task, None
-        await task
+        else:  # the host task has not run yet
+            task.cancel()
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.result()  # a crash of the service is raised here
 
 
 @asynccontextmanager

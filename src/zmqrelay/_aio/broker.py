@@ -20,6 +20,9 @@ from zmqrelay.errors import ClosedError
 
 Engine = Literal["libzmq", "python"]
 
+_QUIET_SPELL = 0.1
+"""After the libzmq engine, how long a drain waits for one more reply once frames balance."""
+
 logger = logging.getLogger("zmqrelay.broker")
 
 
@@ -244,17 +247,27 @@ class Broker(Service):
             frontend.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self._drain = relay = PythonRelay(frontend, backend, self._counters, self._batch_size)
             relay.pending_reply_frames = max(0, traffic.request_frames - traffic.reply_frames)
-            await self._drain_with(relay)
+            await self._drain_with(relay, quiet_spell=_QUIET_SPELL)
         finally:
             proxy.close()
 
-    async def _drain_with(self, relay: PythonRelay) -> None:
-        """Relay replies (not requests) until all seem answered or ``drain_timeout`` passes."""
+    async def _drain_with(self, relay: PythonRelay, *, quiet_spell: float = 0.0) -> None:
+        """Relay replies (not requests) until all seem answered or ``drain_timeout`` passes.
+
+        With ``quiet_spell``, "all answered" is only a hint (the libzmq engine counted frames,
+        and a reply may have more frames than its request): the drain goes on until no reply
+        has come for that long.
+        """
         self._state = "draining"
         with anyio.move_on_after(self._drain_timeout):
             async with anyio.create_task_group() as phase:
                 phase.start_soon(relay.run, False)
                 await relay.drained.wait()
+                while quiet_spell:
+                    seen = relay.pending_reply_frames
+                    await anyio.sleep(quiet_spell)
+                    if relay.pending_reply_frames == seen:
+                        break
                 phase.cancel_scope.cancel()
 
     async def aclose(self) -> None:

@@ -23,7 +23,7 @@ from zmqrelay._core.relay import ProxyTraffic
 
 _TERMINATE = b"TERMINATE"
 _STATISTICS = b"STATISTICS"
-_STATISTICS_DEADLINE_MS = 1000
+_STATISTICS_DEADLINE_MS = 200
 
 
 class ProxyEngine:
@@ -55,9 +55,15 @@ class ProxyEngine:
             sockets.close(sock, 0)
 
     def traffic(self) -> ProxyTraffic:
-        """Frames and bytes moved so far: asked of the running proxy, else the last answer."""
+        """Frames and bytes moved so far: asked of the running proxy, else the last answer.
+
+        The proxy answers within microseconds; if it does not within a short deadline, the
+        last answer is returned, and the late one is discarded next time.
+        """
         if self._running:
             steering = sockets.shadow(self._steering)
+            while steering.poll(0):  # answers that came too late for an earlier call
+                steering.recv_multipart()
             steering.send(_STATISTICS)
             if steering.poll(_STATISTICS_DEADLINE_MS):
                 counts = [struct.unpack("<Q", frame)[0] for frame in steering.recv_multipart()]
@@ -81,16 +87,22 @@ class ProxyEngine:
             try:
                 await anyio.sleep_forever()
             finally:
-                self.traffic()  # the last figures, before the proxy goes
-                self._running = False
-                sockets.shadow(self._steering).send(_TERMINATE)
+                try:
+                    self.traffic()  # the last figures, before the proxy goes
+                finally:
+                    self._running = False
+                    sockets.shadow(self._steering).send(_TERMINATE)
 
     async def _in_thread(self, scope: anyio.CancelScope) -> None:
         front, back = sockets.shadow(self._frontend), sockets.shadow(self._backend)
         steered = sockets.shadow(self._steered)
         try:
             # Not abandoned on cancellation: the thread owns the sockets until it returns,
-            # which it does as soon as run() sends TERMINATE.
-            await anyio.to_thread.run_sync(zmq.proxy_steerable, front, back, None, steered)
+            # which it does as soon as run() sends TERMINATE. A limiter of its own: the proxy
+            # holds its thread for the broker's whole life, and must not take one of the
+            # shared pool's (nor wait for one).
+            await anyio.to_thread.run_sync(
+                zmq.proxy_steerable, front, back, None, steered, limiter=anyio.CapacityLimiter(1)
+            )
         finally:
             scope.cancel()

@@ -158,17 +158,6 @@ def send_message(sock: SyncSocket, frames: list[bytes]) -> bool:
     return True
 
 
-def rearm(sock: AsyncSocket) -> None:
-    """Let ``zmq.asyncio`` see events that calls on the socket's shadow may have consumed.
-
-    libzmq signals readiness on an edge-triggered descriptor, and a send or receive on the
-    shadow can swallow the edge a pending ``zmq.asyncio`` future (another task's poll or
-    send) waits for. Reading ``EVENTS`` through the asyncio socket makes pyzmq re-dispatch
-    them.
-    """
-    sock.get(zmq.EVENTS)
-
-
 def being_cancelled() -> bool:
     """Whether the current task has been asked to stop.
 
@@ -176,31 +165,6 @@ def being_cancelled() -> bool:
     """
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-async def send(sock: AsyncSocket, sync: SyncSocket, frames: list[bytes]) -> None:
-    """Send ``frames`` at once if the socket takes them, else wait until it can.
-
-    Raises:
-        ClosedError: the socket was closed (or its context terminated) before it took them.
-    """
-    try:
-        sync.send_multipart(frames, NOBLOCK)
-    except zmq.Again:
-        try:
-            await sock.send_multipart(frames)
-        except asyncio.CancelledError:
-            # pyzmq cancels the sends still waiting when the socket closes: that is not a
-            # cancellation of this task, and must not look like one to the caller.
-            if sock.closed and not being_cancelled():
-                raise ClosedError("the socket closed before the message was sent") from None
-            raise
-        except zmq.ZMQError as exc:
-            raise ClosedError(f"the socket failed: {exc}") from exc
-    except zmq.ZMQError as exc:
-        raise ClosedError(f"the socket failed: {exc}") from exc
-    else:
-        rearm(sock)
 
 
 class Readiness:
@@ -296,14 +260,27 @@ class Pump:
             self._readable = None
 
     def try_send(self, frames: list[bytes]) -> bool:
-        """Send ``frames`` if the socket takes them now; false if it cannot (EAGAIN)."""
-        if not send_message(self.sync, frames):
-            return False
+        """Send ``frames`` if the socket takes them now; false if it cannot (EAGAIN).
+
+        Raises:
+            ClosedError: the socket is closed.
+        """
+        if not self._open:
+            raise ClosedError("the socket is closed")
+        try:
+            sent = send_message(self.sync, frames)
+        except zmq.ZMQError as exc:
+            raise ClosedError(f"the socket failed: {exc}") from exc
+        if sent:
+            self._kick_soon()
+        return sent
+
+    def _kick_soon(self) -> None:
+        # A call on the socket may have consumed the edge someone waits for: look again, once
+        # per loop iteration however many calls the tasks make in it.
         if (self._readable is not None or self._writable) and not self._kick_scheduled:
-            # Once per loop iteration, however many messages the tasks send in it.
             self._kick_scheduled = True
             self._loop.call_soon(self._scheduled_kick)
-        return True
 
     def _scheduled_kick(self) -> None:
         self._kick_scheduled = False
@@ -313,17 +290,29 @@ class Pump:
     async def send(self, frames: list[bytes]) -> None:
         """Send ``frames``, waiting while the socket cannot take them.
 
+        Only for sockets whose POLLOUT means "this message fits" (DEALER, REQ, PUSH...): on a
+        ROUTER it means "some peer has room", and a send to a full peer would fail again.
+
         Raises:
             ClosedError: the pump closed (its socket is closing) while waiting.
         """
         while not self.try_send(frames):
-            if not self._open:
-                raise ClosedError("the socket is closed")
             waiter: asyncio.Future[None] = self._loop.create_future()
             self._writable.append(waiter)
             self.kick()  # it may have become writable since the attempt
             await waiter
 
     def try_recv(self) -> list[bytes] | None:
-        """The next message's frames, or ``None`` if none is waiting."""
-        return recv_message(self.sync)
+        """The next message's frames, or ``None`` if none is waiting.
+
+        Raises:
+            ClosedError: the socket is closed.
+        """
+        if not self._open:
+            raise ClosedError("the socket is closed")
+        try:
+            frames = recv_message(self.sync)
+        except zmq.ZMQError as exc:
+            raise ClosedError(f"the socket failed: {exc}") from exc
+        self._kick_soon()
+        return frames

@@ -18,7 +18,7 @@ from anyio.lowlevel import checkpoint
 from zmqrelay._aio import sockets
 from zmqrelay._aio.service import Service
 from zmqrelay._core.worker import Request, WorkerStatistics, decode_request
-from zmqrelay.errors import RemoteProtocolError
+from zmqrelay.errors import ClosedError, RemoteProtocolError
 
 logger = logging.getLogger("zmqrelay.worker")
 
@@ -285,7 +285,7 @@ class AsyncWorker(Service):
         """Answer ``request`` with a ``WorkerStopped`` error, without waiting."""
         if self._aborted:
             return
-        with contextlib.suppress(zmq.ZMQError):
+        with contextlib.suppress(ClosedError):
             if pump.try_send(request.error("WorkerStopped", "the worker stopped")):
                 self._refused_requests += 1
 
@@ -302,7 +302,7 @@ class AsyncWorker(Service):
         for _ in range(512):
             try:
                 frames = pump.try_recv()
-            except zmq.ZMQError:  # a socket gone with its context
+            except ClosedError:  # a socket gone with its context
                 return False
             if frames is None:
                 return False
