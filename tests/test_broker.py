@@ -397,10 +397,10 @@ async def test_wait_ready_fails_when_the_broker_closes_before_it_is_ready(
 async def test_libzmq_engine_drain_waits_for_replies_with_more_frames_than_requests(
     context: LeakCheckingContext,
 ) -> None:
-    release = anyio.Event()
+    releases = [anyio.Event() for _ in range(4)]
 
     async def fat(frames: list[bytes]) -> list[bytes]:
-        await release.wait()
+        await releases[int(frames[0])].wait()
         return [b"1", b"2", b"3", frames[0]]
 
     broker = Broker(frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=10)
@@ -421,7 +421,11 @@ async def test_libzmq_engine_drain_waits_for_replies_with_more_frames_than_reque
                 await eventually(lambda: broker.statistics().request_frames == 16)
                 tg.start_soon(broker.aclose)
                 await eventually(lambda: "draining" in repr(broker))
-                release.set()
+                # One reply at a time, seven frames each: after three, as many frames came
+                # back as went out, yet one reply is still to come.
+                for n, release in enumerate(releases):
+                    release.set()
+                    await eventually(lambda n=n: broker.statistics().reply_frames == 7 * (n + 1))
         tg.cancel_scope.cancel()
     assert sorted(outcome[-1] for outcome in outcomes) == [b"0", b"1", b"2", b"3"]
 
