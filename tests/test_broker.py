@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import anyio
 import anyio.to_thread
@@ -423,11 +424,15 @@ async def test_libzmq_engine_drain_waits_for_replies_with_more_frames_than_reque
                 await eventually(lambda: "draining" in repr(broker))
                 # One reply at a time, seven frames each: after three, as many frames came
                 # back as went out, yet one reply is still to come.
-                for n, release in enumerate(releases):
+                for n, release in enumerate(releases, start=1):
                     release.set()
-                    await eventually(lambda n=n: broker.statistics().reply_frames == 7 * (n + 1))
+                    await eventually(partial(_reply_frames_reach, broker, 7 * n))
         tg.cancel_scope.cancel()
     assert sorted(outcome[-1] for outcome in outcomes) == [b"0", b"1", b"2", b"3"]
+
+
+def _reply_frames_reach(broker: Broker, frames: int) -> bool:
+    return broker.statistics().reply_frames == frames
 
 
 async def test_many_brokers_do_not_exhaust_the_thread_pool(context: LeakCheckingContext) -> None:

@@ -16,13 +16,18 @@ from zmqrelay._core.client import ClientStatistics
 from zmqrelay._core.relay import BrokerStatistics
 from zmqrelay._core.worker import WorkerStatistics
 from zmqrelay.errors import (
+    BrokerBusy,
     ClosedError,
+    DeadlineExceeded,
     EndpointError,
     LocalProtocolError,
+    NoWorkers,
     ProtocolError,
     RemoteError,
     RemoteProtocolError,
+    RequestRefused,
     RequestTimeout,
+    WorkerDied,
     ZmqRelayError,
 )
 
@@ -32,18 +37,23 @@ __all__ = [
     "AsyncClient",
     "AsyncWorker",
     "Broker",
+    "BrokerBusy",
     "BrokerStatistics",
     "ClientStatistics",
     "ClosedError",
+    "DeadlineExceeded",
     "EndpointError",
     "Endpoints",
     "FramesHandler",
     "Handler",
     "LocalProtocolError",
+    "NoWorkers",
     "ProtocolError",
     "RemoteError",
     "RemoteProtocolError",
+    "RequestRefused",
     "RequestTimeout",
+    "WorkerDied",
     "WorkerStatistics",
     "ZmqRelayError",
 ]

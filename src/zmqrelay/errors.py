@@ -8,6 +8,11 @@ reaches user code. The tree::
     │   ├── LocalProtocolError    we were asked to send something the protocol cannot carry
     │   └── RemoteProtocolError   a peer sent something that does not decode
     ├── RemoteError               the worker's handler raised; carries its type and message
+    ├── RequestRefused            the broker ended the request without a reply
+    │   ├── BrokerBusy            its queue was full, or no worker was free in time
+    │   ├── NoWorkers             no live worker could take it in time
+    │   ├── DeadlineExceeded      the request's deadline passed (also a RequestTimeout)
+    │   └── WorkerDied            its worker died, and it could not be sent again
     ├── RequestTimeout            also a TimeoutError
     ├── EndpointError             an endpoint could not be bound or connected; also an OSError
     └── ClosedError               the broker, worker or client is closed
@@ -16,13 +21,18 @@ reaches user code. The tree::
 from __future__ import annotations
 
 __all__ = [
+    "BrokerBusy",
     "ClosedError",
+    "DeadlineExceeded",
     "EndpointError",
     "LocalProtocolError",
+    "NoWorkers",
     "ProtocolError",
     "RemoteError",
     "RemoteProtocolError",
+    "RequestRefused",
     "RequestTimeout",
+    "WorkerDied",
     "ZmqRelayError",
 ]
 
@@ -67,6 +77,29 @@ class RemoteError(ZmqRelayError):
 
 class RequestTimeout(ZmqRelayError, TimeoutError):
     """No reply came before the request's timeout. Also a :class:`TimeoutError`."""
+
+
+class RequestRefused(ZmqRelayError):
+    """A load-balancing broker ended the request without a reply.
+
+    It does so at once, rather than let the client wait for its timeout.
+    """
+
+
+class BrokerBusy(RequestRefused):
+    """The broker's queue was full, or no worker was free within its queue timeout."""
+
+
+class NoWorkers(RequestRefused):
+    """No live worker could take the request within the broker's queue timeout."""
+
+
+class DeadlineExceeded(RequestRefused, RequestTimeout):
+    """The request's deadline passed before a reply came. Also a :class:`RequestTimeout`."""
+
+
+class WorkerDied(RequestRefused):
+    """The worker holding the request died, and the request could not be sent again."""
 
 
 class EndpointError(ZmqRelayError, OSError):

@@ -15,7 +15,15 @@ from typing import Generic, NamedTuple, TypeVar
 
 from zmqrelay._core import tag
 from zmqrelay._core.envelope import DELIMITER
-from zmqrelay.errors import LocalProtocolError, RemoteError
+from zmqrelay.errors import (
+    BrokerBusy,
+    DeadlineExceeded,
+    LocalProtocolError,
+    NoWorkers,
+    RemoteError,
+    RequestRefused,
+    WorkerDied,
+)
 
 T = TypeVar("T")
 
@@ -54,12 +62,24 @@ class Reply:
 
         Raises:
             RemoteError: the worker reported that its handler raised.
+            RequestRefused: the broker ended the request (a subclass says why).
 
         """
         if self.status is tag.Status.OK:
             return self.body
-        type_name, message = _decode_error(self.body)
-        raise RemoteError(type_name, message)
+        if self.status is tag.Status.ERROR:
+            type_name, message = _decode_error(self.body)
+            raise RemoteError(type_name, message)
+        detail = self.body[0].decode("utf-8", "replace") if self.body else ""
+        raise _REFUSALS[self.status](detail or self.status.name.lower().replace("_", " "))
+
+
+_REFUSALS: dict[tag.Status, type[RequestRefused]] = {
+    tag.Status.BUSY: BrokerBusy,
+    tag.Status.NO_WORKERS: NoWorkers,
+    tag.Status.DEADLINE: DeadlineExceeded,
+    tag.Status.WORKER_DIED: WorkerDied,
+}
 
 
 def _decode_error(body: list[bytes]) -> tuple[str, str]:

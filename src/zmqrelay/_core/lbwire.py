@@ -51,6 +51,7 @@ Dialect = Literal["guide", "zmqrelay"]
 
 _TOKEN = struct.Struct(">Q")
 _STATUSES = tuple(Status)
+_WORKER_STATUSES = (bytes([Status.OK]), bytes([Status.ERROR]))
 _MAX_CREDITS = 1_000_000
 
 
@@ -143,8 +144,8 @@ def _decode_zmqrelay(worker: bytes, rest: list[bytes]) -> WorkerEvent:
         raise RemoteProtocolError("a ZRW1 message needs a command")
     command, arguments = rest[0], rest[1:]
     if command == REPLY:
-        if len(arguments) < 3 or len(arguments[1]) != 1 or arguments[1][0] >= len(_STATUSES):
-            raise RemoteProtocolError("REPLY needs a reply-to, a known status and a body")
+        if len(arguments) < 3 or arguments[1] not in _WORKER_STATUSES:
+            raise RemoteProtocolError("REPLY needs a reply-to, a status (OK or ERROR) and a body")
         token = decode_token(arguments[0])
         return Reply(worker, token, _STATUSES[arguments[1][0]], arguments[2:], "zmqrelay")
     if command == READY:

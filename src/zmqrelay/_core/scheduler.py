@@ -67,10 +67,11 @@ class Dispatch(NamedTuple):
 
 
 class Deliver(NamedTuple):
-    """Send ``body`` to the client that sent ``request``."""
+    """Send ``body`` to the client that sent ``request``, with the worker's ``status``."""
 
     request: Request
     body: list[bytes]
+    status: int = 0
 
 
 class Refuse(NamedTuple):
@@ -115,6 +116,7 @@ class _Worker:
     credits: int
     last_heard: float
     last_sent: float
+    heartbeats: bool = True
     held: set[int] = field(default_factory=set)
     leaving: bool = False
 
@@ -160,13 +162,19 @@ class Scheduler:
 
     # -- workers ---------------------------------------------------------------------------
 
-    def ready(self, worker: WorkerId, credits: int, now: float) -> list[Action]:
-        """``worker`` announces itself with ``credits`` (again: its credits are reset)."""
+    def ready(
+        self, worker: WorkerId, credits: int, now: float, *, heartbeats: bool = True
+    ) -> list[Action]:
+        """``worker`` announces itself with ``credits`` (again: its credits are reset).
+
+        A worker without ``heartbeats`` (the guide's REQ workers) is never declared dead for
+        its silence, and is sent no heartbeats.
+        """
         if credits < 1:
             raise ValueError("a ready worker needs at least one credit")
         known = self._workers.get(worker)
         if known is None:
-            self._workers[worker] = _Worker(credits, last_heard=now, last_sent=now)
+            self._workers[worker] = _Worker(credits, now, now, heartbeats)
         else:
             known.credits = max(0, credits - len(known.held))
             known.last_heard = now
@@ -184,8 +192,10 @@ class Scheduler:
         """Whether ``worker`` is a live worker the scheduler counts on."""
         return worker in self._workers
 
-    def reply(self, worker: WorkerId, token: int, body: list[bytes], now: float) -> list[Action]:
-        """``worker`` answered the request it got as ``token``."""
+    def reply(
+        self, worker: WorkerId, token: int, body: list[bytes], now: float, *, status: int = 0
+    ) -> list[Action]:
+        """``worker`` answered the request it got as ``token`` (``status`` passes through)."""
         self.heard_from(worker, now)
         entry = self._in_flight.get(token)
         if entry is None or entry.worker != worker:
@@ -197,7 +207,7 @@ class Scheduler:
             self._late += 1
         else:
             self._delivered += 1
-            actions.append(Deliver(entry.request, body))
+            actions.append(Deliver(entry.request, body, status))
         known = self._workers.get(worker)
         if known is not None:
             known.held.discard(token)
@@ -255,7 +265,12 @@ class Scheduler:
         """Let time pass: dead workers, expired requests, heartbeats due."""
         actions: list[Action] = []
         silence = self.heartbeat_interval * self.liveness
-        for worker_id in [w for w, k in self._workers.items() if now - k.last_heard >= silence]:
+        silent = [
+            worker_id
+            for worker_id, known in self._workers.items()
+            if known.heartbeats and now - known.last_heard >= silence
+        ]
+        for worker_id in silent:
             self._dead += 1
             actions.extend(self._forget(worker_id, now))
         actions.extend(self._expire_queued(now))
@@ -265,7 +280,7 @@ class Scheduler:
                 entry.ended = True
                 actions.append(self._refuse(entry.request, Refusal.DEADLINE))
         for worker_id, known in self._workers.items():
-            if now - known.last_sent >= self.heartbeat_interval:
+            if known.heartbeats and now - known.last_sent >= self.heartbeat_interval:
                 known.last_sent = now
                 actions.append(Heartbeat(worker_id))
         return actions
@@ -275,8 +290,9 @@ class Scheduler:
         times: list[float] = []
         silence = self.heartbeat_interval * self.liveness
         for known in self._workers.values():
-            times.append(known.last_heard + silence)
-            times.append(known.last_sent + self.heartbeat_interval)
+            if known.heartbeats:
+                times.append(known.last_heard + silence)
+                times.append(known.last_sent + self.heartbeat_interval)
         if self._queue:
             times.append(self._queue[0].received_at + self.queue_timeout)
         times.extend(request.deadline for request in self._queue if request.deadline is not None)

@@ -34,6 +34,14 @@ class Status(enum.IntEnum):
     """The body is the handler's reply."""
     ERROR = 1
     """The handler raised; the body is ``[type name, message]`` in UTF-8."""
+    BUSY = 2
+    """The broker refused the request: its queue was full, or no worker was free in time."""
+    NO_WORKERS = 3
+    """The broker refused the request: no live worker could take it in time."""
+    DEADLINE = 4
+    """The request's deadline passed before a reply came."""
+    WORKER_DIED = 5
+    """The worker holding the request died, and the request may not be sent again."""
 
 
 class Tag(NamedTuple):
