@@ -17,7 +17,7 @@ import anyio
 import click
 
 from zmqrelay import __version__
-from zmqrelay._aio.broker import Broker, Engine
+from zmqrelay._aio.broker import Broker, Engine, Mode
 from zmqrelay._aio.client import AsyncClient
 from zmqrelay._bench_peers import generate_load, serve_echo, serve_proxy, serve_python_loop
 from zmqrelay._demo import run_demo
@@ -74,6 +74,22 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     show_envvar=True,
 )
 @click.option(
+    "--mode",
+    type=click.Choice(["relay", "load-balancing"]),
+    default="relay",
+    envvar="ZMQRELAY_MODE",
+    help="relay: frames pass through; load-balancing: workers announce readiness.",
+    show_envvar=True,
+)
+@click.option(
+    "--redeliveries",
+    type=click.IntRange(0, 100),
+    default=0,
+    envvar="ZMQRELAY_REDELIVERIES",
+    help="Load-balancing: times a request whose worker died is sent again (0: at most once).",
+    show_envvar=True,
+)
+@click.option(
     "--engine",
     type=click.Choice(["libzmq", "python"]),
     default="libzmq",
@@ -93,6 +109,8 @@ def broker(
     frontend: str,
     backend: str,
     drain_timeout: float,
+    mode: Mode,
+    redeliveries: int,
     engine: Engine,
     max_message_size: int | None,
 ) -> None:
@@ -103,6 +121,8 @@ def broker(
         drain_timeout=drain_timeout,
         max_message_size=max_message_size,
         engine=engine,
+        mode=mode,
+        redeliveries=redeliveries,
     )
     _run(_serve_until_signalled, instance)
 

@@ -11,14 +11,17 @@ import zmq
 import zmq.asyncio
 
 from zmqrelay._aio import sockets
+from zmqrelay._aio.balancer import Balancer, BalancerCounters
 from zmqrelay._aio.proxy import ProxyEngine
 from zmqrelay._aio.relay import PythonRelay
 from zmqrelay._aio.service import Service, boundary_errors
 from zmqrelay._core.endpoints import connectable
 from zmqrelay._core.relay import BrokerStatistics, ProxyTraffic, RelayCounters
+from zmqrelay._core.scheduler import Scheduler
 from zmqrelay.errors import ClosedError
 
 Engine = Literal["libzmq", "python"]
+Mode = Literal["relay", "load-balancing"]
 
 _QUIET_SPELL = 0.1
 """After the libzmq engine, how long a drain waits for one more reply once frames balance."""
@@ -92,11 +95,30 @@ class Broker(Service):
         max_message_size: int | None = None,
         high_water_mark: int | None = None,
         engine: Engine = "libzmq",
+        mode: Mode = "relay",
+        heartbeat_interval: float = 2.5,
+        liveness: int = 3,
+        queue_limit: int = 10_000,
+        queue_timeout: float = 5.0,
+        redeliveries: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if engine not in ("libzmq", "python"):
             raise ValueError(f"engine must be 'libzmq' or 'python', not {engine!r}")
+        if mode not in ("relay", "load-balancing"):
+            raise ValueError(f"mode must be 'relay' or 'load-balancing', not {mode!r}")
+        if redeliveries < 0:
+            raise ValueError("redeliveries cannot be negative")
+        self._mode: Mode = mode
+        self._scheduler = Scheduler(
+            heartbeat_interval=heartbeat_interval,
+            liveness=liveness,
+            queue_limit=queue_limit,
+            queue_timeout=queue_timeout,
+        )
+        self._redeliveries = redeliveries
+        self._balancer: Balancer | None = None
         super().__init__()
         self._frontend = frontend
         self._backend = backend
@@ -118,7 +140,8 @@ class Broker(Service):
             if self._endpoints
             else f"frontend={self._frontend!r} backend={self._backend!r}"
         )
-        return f"<Broker relay {self._engine} {self._state} {where}>"
+        kind = f"relay {self._engine}" if self._mode == "relay" else "load-balancing"
+        return f"<Broker {kind} {self._state} {where}>"
 
     @property
     def endpoints(self) -> Endpoints:
@@ -134,6 +157,8 @@ class Broker(Service):
 
     def statistics(self) -> BrokerStatistics:
         """A snapshot of the broker's counters."""
+        if self._mode == "load-balancing":
+            return self._balanced_statistics()
         if self._engine == "python":
             return self._counters.snapshot("relay")
         traffic = self._proxy.traffic() if self._proxy else ProxyTraffic(0, 0, 0, 0)
@@ -143,6 +168,27 @@ class Broker(Service):
                 reply_bytes=traffic.reply_bytes + self._drain.drained_bytes,
             )
         return self._counters.snapshot("relay", traffic)
+
+    def _balanced_statistics(self) -> BrokerStatistics:
+        scheduler = self._scheduler.statistics()
+        counted = self._balancer.counters if self._balancer else BalancerCounters()
+        return BrokerStatistics(
+            mode="load-balancing",
+            engine="python",
+            requests_forwarded=counted.requests_forwarded,
+            replies_forwarded=counted.replies_forwarded,
+            malformed_requests=counted.malformed_requests,
+            malformed_replies=counted.protocol_violations + scheduler.unknown_replies,
+            unroutable_replies=counted.unroutable_replies,
+            congested_replies=counted.congested_replies,
+            undelivered_requests=self._counters.undelivered_requests,
+            requests_held=scheduler.queued,
+            request_frames=None,
+            request_bytes=None,
+            reply_frames=None,
+            reply_bytes=None,
+            scheduler=scheduler,
+        )
 
     async def wait_ready(self) -> Endpoints:  # type: ignore[override]
         """Wait until the broker has bound both sockets and forwards messages.
@@ -176,13 +222,17 @@ class Broker(Service):
                 context,
                 zmq.ROUTER,
                 # The proxy would stop at the first reply to a client that has gone.
-                router_mandatory=self._engine == "python",
+                router_mandatory=self._engine == "python" or self._mode == "load-balancing",
                 max_message_size=self._max_message_size,
                 high_water_mark=self._high_water_mark,
             )
             opened.append(frontend)
+            balanced = self._mode == "load-balancing"
             backend = sockets.open_socket(
-                context, zmq.DEALER, high_water_mark=self._high_water_mark
+                context,
+                zmq.ROUTER if balanced else zmq.DEALER,
+                router_mandatory=balanced,
+                high_water_mark=self._high_water_mark,
             )
             opened.append(backend)
             self._endpoints = Endpoints(
@@ -196,7 +246,9 @@ class Broker(Service):
                 self._endpoints.backend,
             )
             with boundary_errors("broker"):
-                if self._engine == "python":
+                if self._mode == "load-balancing":
+                    await self._serve_balanced(frontend, backend, task_status)
+                elif self._engine == "python":
                     await self._serve(frontend, backend, task_status)
                 else:
                     await self._serve_with_proxy(context, frontend, backend, task_status)
@@ -225,6 +277,38 @@ class Broker(Service):
         finally:
             self._counters.undelivered_requests += self._counters.requests_held
             self._counters.requests_held = 0
+
+    async def _serve_balanced(
+        self,
+        frontend: sockets.AsyncSocket,
+        backend: sockets.AsyncSocket,
+        task_status: anyio.abc.TaskStatus[Endpoints],
+    ) -> None:
+        self._balancer = balancer = Balancer(
+            frontend,
+            backend,
+            self._scheduler,
+            batch_size=self._batch_size,
+            redeliveries=self._redeliveries,
+        )
+        scheduler = self._scheduler
+        try:
+            async with anyio.create_task_group() as phase:
+                phase.start_soon(balancer.run, True)
+                assert self._endpoints is not None
+                self._report_ready(task_status, self._endpoints)
+                await self._close_requested.wait()
+                phase.cancel_scope.cancel()
+            self._state = "draining"
+            with anyio.move_on_after(self._drain_timeout):
+                async with anyio.create_task_group() as phase:
+                    phase.start_soon(balancer.run, False)
+                    while scheduler.statistics().in_flight or scheduler.statistics().queued:
+                        await balancer.settled.wait()
+                    phase.cancel_scope.cancel()
+        finally:
+            left = scheduler.statistics()
+            self._counters.undelivered_requests += left.queued + left.in_flight
 
     async def _serve_with_proxy(
         self,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from zmqrelay._core.scheduler import SchedulerStatistics
+
 
 class BrokerStatistics(NamedTuple):
     """A snapshot of a :class:`~zmqrelay.Broker`'s counters.
@@ -51,6 +53,8 @@ class BrokerStatistics(NamedTuple):
     """Frames passed to clients."""
     reply_bytes: int | None
     """Bytes in those frames."""
+    scheduler: SchedulerStatistics | None = None
+    """Load-balancing mode: workers, credits, queue and outcomes (see the scheduler)."""
 
 
 class ProxyTraffic(NamedTuple):

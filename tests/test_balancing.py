@@ -1,0 +1,197 @@
+"""Load-balancing mode through real sockets: guide workers, ZRW1 workers, refusals, liveness."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+import pytest_asyncio
+import zmq
+
+from peers import eventually, raw_socket, req_client
+from zmqrelay import AsyncClient, Broker, BrokerBusy, NoWorkers, RemoteError, WorkerDied
+from zmqrelay._core import lbwire
+from zmqrelay._core.tag import Status
+from zmqrelay.testing import LeakCheckingContext, running
+
+pytestmark = pytest.mark.asyncio
+
+
+def balanced(context: LeakCheckingContext, **options: object) -> Broker:
+    return Broker(
+        frontend="inproc://f",
+        backend="inproc://b",
+        context=context,
+        mode="load-balancing",
+        drain_timeout=0,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def guide_worker(
+    context: LeakCheckingContext,
+    name: bytes,
+    served: list[bytes],
+    hold: anyio.Event | None = None,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """The ZeroMQ guide's load-balancing worker: a REQ socket that says READY first."""
+    sock = raw_socket(context, zmq.REQ, "inproc://b")
+    try:
+        await sock.send(b"READY")
+        task_status.started()
+        while True:
+            reply_to, empty, request = await sock.recv_multipart()
+            served.append(name)
+            if hold is not None:
+                await hold.wait()
+            await sock.send_multipart([reply_to, empty, request + b" by " + name])
+    finally:
+        sock.close()
+
+
+@pytest_asyncio.fixture
+async def client(context: LeakCheckingContext) -> AsyncIterator[AsyncClient]:
+    async with running(AsyncClient("inproc://f", context=context, timeout=10)) as started:
+        yield started
+
+
+async def test_guide_workers_serve_and_a_busy_one_gets_no_more(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    served: list[bytes] = []
+    hold = anyio.Event()
+    async with running(balanced(context)) as broker, anyio.create_task_group() as tg:
+        await tg.start(guide_worker, context, b"slow", served, hold)
+        await eventually(lambda: broker.statistics().scheduler.workers == 1)  # type: ignore[union-attr]
+        first: list[bytes] = []
+
+        async def ask_slow() -> None:
+            first.append(await client.request(b"first"))
+
+        tg.start_soon(ask_slow)
+        await eventually(lambda: served == [b"slow"])
+        await tg.start(guide_worker, context, b"fast", served)
+        await eventually(lambda: broker.statistics().scheduler.workers == 2)  # type: ignore[union-attr]
+        # The slow worker holds one request: every other goes to the fast one.
+        replies = [await client.request(b"%d" % n) for n in range(5)]
+        assert replies == [b"%d by fast" % n for n in range(5)]
+        hold.set()
+        await eventually(lambda: first == [b"first by slow"])
+        tg.cancel_scope.cancel()
+
+
+async def test_a_full_queue_refuses_at_once(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    async with running(balanced(context, queue_limit=0)) as broker:
+        with pytest.raises(BrokerBusy):
+            await client.request(b"no room")
+        async with req_client(context, "inproc://f") as plain:
+            assert (await plain(b"no room")).startswith(b"zmqrelay-error: BrokerBusy: ")
+        assert broker.statistics().scheduler.refused == 2  # type: ignore[union-attr]
+
+
+async def test_no_worker_in_time_is_a_typed_error(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    async with running(balanced(context, queue_timeout=0.05)):
+        with anyio.fail_after(5), pytest.raises(NoWorkers):
+            await client.request(b"anyone?")
+
+
+async def zrw1_worker(
+    context: LeakCheckingContext, routing_id: bytes, credits: int
+) -> zmq.asyncio.Socket:
+    sock = raw_socket(context, zmq.DEALER, "inproc://b", routing_id=routing_id)
+    await sock.send_multipart(lbwire.encode_ready(credits))
+    return sock
+
+
+async def test_zrw1_workers_get_heartbeats_and_a_silent_one_dies(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    options = {"heartbeat_interval": 0.05, "liveness": 3, "redeliveries": 1}
+    async with running(balanced(context, **options)) as broker, anyio.create_task_group() as tg:
+        silent = await zrw1_worker(context, b"silent", credits=1)
+        try:
+            await eventually(lambda: broker.statistics().scheduler.workers == 1)  # type: ignore[union-attr]
+            answers: list[bytes] = []
+
+            async def ask() -> None:
+                answers.append(await client.request(b"survive"))
+
+            tg.start_soon(ask)
+            request = await silent.recv_multipart()
+            assignment = lbwire.decode_from_broker(request)
+            assert isinstance(assignment, lbwire.Assignment)
+            assert not assignment.redelivery
+            assert await silent.recv_multipart() == [b"", b"ZRW1", lbwire.HEARTBEAT]
+            # It never answers nor beats: it dies, and the request goes to the next worker.
+            healthy = await zrw1_worker(context, b"healthy", credits=1)
+            try:
+                with anyio.fail_after(5):
+                    while (again := lbwire.decode_from_broker(await healthy.recv_multipart())) == (
+                        "heartbeat"
+                    ):
+                        await healthy.send_multipart([b"", b"ZRW1", lbwire.HEARTBEAT])
+                assert isinstance(again, lbwire.Assignment)
+                assert again.redelivery
+                await healthy.send_multipart(
+                    lbwire.encode_reply(again.reply_to, Status.OK, [b"saved"])
+                )
+                await eventually(lambda: answers == [b"saved"])
+            finally:
+                healthy.close()
+            assert broker.statistics().scheduler.dead_workers == 1  # type: ignore[union-attr]
+        finally:
+            silent.close()
+        tg.cancel_scope.cancel()
+
+
+async def test_without_redeliveries_a_dead_workers_request_ends_in_worker_died(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    async with running(balanced(context, heartbeat_interval=0.05, liveness=2)):
+        silent = await zrw1_worker(context, b"silent", credits=1)
+        try:
+            with anyio.fail_after(5), pytest.raises(WorkerDied):
+                await client.request(b"lost")
+        finally:
+            silent.close()
+
+
+async def test_error_replies_and_protocol_violations(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    async with running(balanced(context)) as broker, anyio.create_task_group() as tg:
+        worker = await zrw1_worker(context, b"w", credits=2)
+        try:
+            failures: list[RemoteError] = []
+
+            async def ask() -> None:
+                try:
+                    await client.request(b"fail please")
+                except RemoteError as exc:
+                    failures.append(exc)
+
+            tg.start_soon(ask)
+            assignment = lbwire.decode_from_broker(await worker.recv_multipart())
+            assert isinstance(assignment, lbwire.Assignment)
+            await worker.send_multipart(
+                lbwire.encode_reply(assignment.reply_to, Status.ERROR, [b"ValueError", b"no"])
+            )
+            await eventually(lambda: len(failures) == 1)
+            assert failures[0].type_name == "ValueError"
+            # A reply to a request it was never given is a violation: the worker is forgotten.
+            await worker.send_multipart(lbwire.encode_reply(bytes(8), Status.OK, [b"?"]))
+            await worker.send_multipart([b"", b"ZRW1", b"\x7f"])
+            assert await worker.recv_multipart() == [b"", b"ZRW1", lbwire.DISCONNECT]
+            stats = broker.statistics()
+            assert stats.malformed_replies == 2
+            assert stats.scheduler.workers == 0  # type: ignore[union-attr]
+        finally:
+            worker.close()
+        tg.cancel_scope.cancel()
