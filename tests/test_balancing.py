@@ -10,10 +10,19 @@ import pytest_asyncio
 import zmq
 
 from peers import eventually, raw_socket, req_client
-from zmqrelay import AsyncClient, Broker, BrokerBusy, NoWorkers, RemoteError, WorkerDied
+from zmqrelay import (
+    AsyncClient,
+    AsyncWorker,
+    Broker,
+    BrokerBusy,
+    NoWorkers,
+    RemoteError,
+    RequestTimeout,
+    WorkerDied,
+)
 from zmqrelay._core import lbwire
 from zmqrelay._core.tag import Status
-from zmqrelay.testing import LeakCheckingContext, running
+from zmqrelay.testing import LeakCheckingContext, relay_harness, running
 
 pytestmark = pytest.mark.asyncio
 
@@ -195,3 +204,74 @@ async def test_error_replies_and_protocol_violations(
         finally:
             worker.close()
         tg.cancel_scope.cancel()
+
+
+async def test_async_workers_register_their_concurrency_as_credits(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    inside, most = [0], [0]
+
+    async def careful(request: bytes) -> bytes:
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        await anyio.sleep(0.01)
+        inside[0] -= 1
+        if request == b"bad":
+            raise ValueError("not this one")
+        return request.upper()
+
+    worker = AsyncWorker(
+        "inproc://b", careful, context=context, concurrency=3, mode="load-balancing"
+    )
+    async with running(balanced(context)) as broker, running(worker):
+        await eventually(lambda: broker.statistics().scheduler.workers == 1)  # type: ignore[union-attr]
+        replies: list[bytes] = []
+        async with anyio.create_task_group() as tg:
+            for n in range(10):
+                tg.start_soon(_collect, replies, client, b"r%d" % n)
+        assert sorted(replies) == sorted(b"R%d" % n for n in range(10))
+        assert most[0] == 3
+        with pytest.raises(RemoteError, match="ValueError: not this one"):
+            await client.request(b"bad")
+    assert worker.statistics().replies_sent == 11
+
+
+async def _collect(replies: list[bytes], client: AsyncClient, body: bytes) -> None:
+    replies.append(await client.request(body))
+
+
+async def test_a_leaving_worker_gets_no_new_requests(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    async def echo(request: bytes) -> bytes:
+        return request
+
+    worker = AsyncWorker("inproc://b", echo, context=context, mode="load-balancing")
+    async with running(balanced(context, queue_timeout=0.05)) as broker:
+        async with running(worker):
+            await eventually(lambda: broker.statistics().scheduler.workers == 1)  # type: ignore[union-attr]
+            assert await client.request(b"hi") == b"hi"
+        await eventually(lambda: broker.statistics().scheduler.workers == 0)  # type: ignore[union-attr]
+        with pytest.raises(NoWorkers):
+            await client.request(b"anyone left?")
+
+
+async def test_workers_register_again_with_a_restarted_broker() -> None:
+    async def echo(request: bytes) -> bytes:
+        return request
+
+    async with relay_harness(
+        transport="ipc", drain_timeout=0, mode="load-balancing", heartbeat_interval=0.05
+    ) as harness:
+        await harness.start_worker(echo, mode="load-balancing", heartbeat_interval=0.05)
+        client = await harness.connect_client()
+        assert await client.request(b"before") == b"before"
+        await harness.restart_broker()
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    assert await client.request(b"after", timeout=0.5) == b"after"
+                    break
+                except (NoWorkers, RequestTimeout):
+                    continue
+        assert harness.statistics().scheduler.workers == 1  # type: ignore[union-attr]

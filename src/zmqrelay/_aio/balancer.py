@@ -143,6 +143,14 @@ class Balancer:
             except RemoteProtocolError as exc:
                 self._violation(worker, exc, now)
                 continue
+            if not isinstance(event, lbwire.Ready) and not scheduler.is_known(worker):
+                # A zmqrelay worker this broker does not know (it restarted, or forgot the
+                # worker): tell it to register again, rather than let it wait for silence.
+                if isinstance(event, lbwire.Reply):
+                    scheduler.reply(worker, event.token, event.body, now)  # counted as unknown
+                if event_dialect(event) == "zmqrelay":
+                    self._to_worker(worker, lbwire.encode_command(worker, lbwire.DISCONNECT), now)
+                continue
             if isinstance(event, lbwire.Reply):
                 actions = scheduler.reply(
                     worker, event.token, event.body, now, status=event.status
@@ -252,3 +260,10 @@ class Balancer:
             return
         if not sent:
             self.counters.congested_replies += 1
+
+
+def event_dialect(event: lbwire.WorkerEvent) -> lbwire.Dialect:
+    """The dialect a worker's message was in (only guide workers send guide replies)."""
+    if isinstance(event, lbwire.Ready | lbwire.Reply):
+        return event.dialect
+    return "zmqrelay"

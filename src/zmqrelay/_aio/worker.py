@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, overload
@@ -17,10 +18,13 @@ from anyio.lowlevel import checkpoint
 
 from zmqrelay._aio import sockets
 from zmqrelay._aio.service import Service
-from zmqrelay._core.worker import Request, WorkerStatistics, decode_request
+from zmqrelay._core import lbwire
+from zmqrelay._core.worker import Answerable, WorkerStatistics, decode_request
 from zmqrelay.errors import ClosedError, RemoteProtocolError
 
 logger = logging.getLogger("zmqrelay.worker")
+
+Mode = Literal["relay", "load-balancing"]
 
 Handler = Callable[[bytes], Awaitable[bytes]]
 """A handler of single-frame requests: ``async def handle(request: bytes) -> bytes``."""
@@ -54,6 +58,13 @@ class AsyncWorker(Service):
         drain_timeout: on :meth:`aclose`, how long requests in hand may take to finish before
             their handlers are cancelled.
         linger: seconds unsent replies may still go out after the socket closes.
+        mode: ``"relay"`` (the default) for a relay-mode broker or any broker that forwards
+            ``[envelope..., b"", body...]``; ``"load-balancing"`` for a load-balancing broker:
+            the worker registers with ``concurrency`` credits, heartbeats every
+            ``heartbeat_interval`` seconds, and registers again when the broker tells it to or
+            has been silent for ``liveness`` intervals (after a restart, say).
+        heartbeat_interval: seconds between heartbeats (load-balancing mode).
+        liveness: heartbeat intervals of broker silence before registering again.
 
     Example::
 
@@ -78,6 +89,9 @@ class AsyncWorker(Service):
         routing_id: bytes | None = None,
         drain_timeout: float = 5.0,
         linger: float = 1.0,
+        mode: Mode = "relay",
+        heartbeat_interval: float = 2.5,
+        liveness: int = 3,
     ) -> None: ...
 
     @overload
@@ -92,6 +106,9 @@ class AsyncWorker(Service):
         routing_id: bytes | None = None,
         drain_timeout: float = 5.0,
         linger: float = 1.0,
+        mode: Mode = "relay",
+        heartbeat_interval: float = 2.5,
+        liveness: int = 3,
     ) -> None: ...
 
     def __init__(
@@ -105,9 +122,14 @@ class AsyncWorker(Service):
         routing_id: bytes | None = None,
         drain_timeout: float = 5.0,
         linger: float = 1.0,
+        mode: Mode = "relay",
+        heartbeat_interval: float = 2.5,
+        liveness: int = 3,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if mode not in ("relay", "load-balancing"):
+            raise ValueError(f"mode must be 'relay' or 'load-balancing', not {mode!r}")
         super().__init__()
         self._endpoint = endpoint
         self._handler: Callable[[Any], Awaitable[Any]] = handler
@@ -128,7 +150,13 @@ class AsyncWorker(Service):
         self._slot_freed = anyio.Event()
         self._idle = anyio.Event()
         self._receiver_waits = False
-        self._queue: deque[Request] = deque()
+        self._queue: deque[Answerable] = deque()
+        self._mode: Mode = mode
+        self._heartbeat_interval = heartbeat_interval
+        self._liveness = liveness
+        self._broker_heard = 0.0
+        self._register_now = anyio.Event()
+        self._registrations = 0
         self._free: deque[asyncio.Future[None]] = deque()
 
     def __repr__(self) -> str:
@@ -178,10 +206,15 @@ class AsyncWorker(Service):
                         task_group.start_soon(self._handle_queued, pump)
                     intake = anyio.CancelScope()
                     task_group.start_soon(self._receive, pump, intake)
+                    if self._mode == "load-balancing":
+                        task_group.start_soon(self._keep_registered, pump)
                     self._report_ready(task_status, None)
                     await self._close_requested.wait()
                     self._state = "draining"
                     intake.cancel()
+                    if self._mode == "load-balancing":
+                        with contextlib.suppress(ClosedError):
+                            pump.try_send(lbwire.encode_command_to_broker(lbwire.LEAVING))
                     # In relay mode the broker keeps handing this worker requests until it
                     # disconnects, which it cannot do while replies are still to be sent:
                     # answer them at once rather than let their clients time out.
@@ -196,14 +229,20 @@ class AsyncWorker(Service):
                     self._refuse(pump, self._queue.popleft())
                     self._in_flight -= 1
                 self._refuse_waiting(pump)
+                if self._mode == "load-balancing" and not self._aborted:
+                    with contextlib.suppress(ClosedError):
+                        pump.try_send(lbwire.encode_command_to_broker(lbwire.DISCONNECT))
 
     async def _receive(self, pump: sockets.Pump, intake: anyio.CancelScope) -> None:
         # Requests go to a queue served by `concurrency` long-lived tasks: far cheaper than
         # a task per request. The socket is read only while a task is free to take the next.
         batch = range(max(self._concurrency, 64))
+        # In load-balancing mode the broker sends no more than the credits it was given, and
+        # its heartbeats must be read however busy the worker is: no gate then.
+        limit = self._concurrency if self._mode == "relay" else math.inf
         with intake:
             while True:
-                while self._in_flight >= self._concurrency:
+                while self._in_flight >= limit:
                     self._slot_freed = anyio.Event()
                     self._receiver_waits = True
                     try:
@@ -212,16 +251,18 @@ class AsyncWorker(Service):
                         self._receiver_waits = False
                 await pump.readable()
                 for _ in batch:
-                    if self._in_flight >= self._concurrency:
+                    if self._in_flight >= limit:
                         break
                     frames = pump.try_recv()
                     if frames is None:
                         break
                     try:
-                        request = decode_request(frames)
+                        request = self._decode(frames)
                     except RemoteProtocolError as exc:
                         self._malformed_requests += 1
                         logger.debug("dropped a malformed request: %s", exc)
+                        continue
+                    if request is None:  # a command from a load-balancing broker
                         continue
                     self._requests_received += 1
                     self._in_flight += 1
@@ -233,6 +274,35 @@ class AsyncWorker(Service):
                 else:
                     await checkpoint()
 
+    def _decode(self, frames: list[bytes]) -> Answerable | None:
+        if self._mode == "relay":
+            return decode_request(frames)
+        message = lbwire.decode_from_broker(frames)
+        self._broker_heard = anyio.current_time()
+        if isinstance(message, lbwire.Assignment):
+            return message
+        if message == "disconnect":  # the broker forgot this worker (it restarted, say)
+            self._register_now.set()
+        return None
+
+    async def _keep_registered(self, pump: sockets.Pump) -> None:
+        """Register with the broker, heartbeat, and register again when it seems gone."""
+        interval = self._heartbeat_interval
+        silence = interval * self._liveness
+        pump.try_send(lbwire.encode_ready(self._concurrency))
+        self._broker_heard = anyio.current_time()
+        while True:
+            with anyio.move_on_after(interval):
+                await self._register_now.wait()
+            now = anyio.current_time()
+            if self._register_now.is_set() or now - self._broker_heard >= silence:
+                self._register_now = anyio.Event()
+                self._broker_heard = now  # one READY per silence, not one per interval
+                self._registrations += 1
+                pump.try_send(lbwire.encode_ready(self._concurrency))
+            else:
+                pump.try_send(lbwire.encode_command_to_broker(lbwire.HEARTBEAT))
+
     async def _handle_queued(self, pump: sockets.Pump) -> None:
         queue, free = self._queue, self._free
         loop = asyncio.get_running_loop()
@@ -243,7 +313,7 @@ class AsyncWorker(Service):
                 await waiter
             await self._serve(pump, queue.popleft())
 
-    async def _serve(self, pump: sockets.Pump, request: Request) -> None:
+    async def _serve(self, pump: sockets.Pump, request: Answerable) -> None:
         try:
             try:
                 if self._frames:
@@ -276,12 +346,12 @@ class AsyncWorker(Service):
             if not self._in_flight:
                 self._idle.set()
 
-    def _handler_failed(self, request: Request, exc: BaseException) -> list[bytes]:
+    def _handler_failed(self, request: Answerable, exc: BaseException) -> list[bytes]:
         self._handler_errors += 1
         logger.error("handler raised while serving a request", exc_info=exc)
         return request.error(type(exc).__name__, str(exc))
 
-    def _refuse(self, pump: sockets.Pump, request: Request) -> None:
+    def _refuse(self, pump: sockets.Pump, request: Answerable) -> None:
         """Answer ``request`` with a ``WorkerStopped`` error, without waiting."""
         if self._aborted:
             return
@@ -307,9 +377,12 @@ class AsyncWorker(Service):
             if frames is None:
                 return False
             try:
-                self._refuse(pump, decode_request(frames))
+                request = self._decode(frames)
             except RemoteProtocolError:
                 self._malformed_requests += 1
+                continue
+            if request is not None:
+                self._refuse(pump, request)
         return True
 
     async def aclose(self) -> None:

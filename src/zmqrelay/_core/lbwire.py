@@ -37,11 +37,14 @@ number of hops, and the broker can refuse replies it did not ask for.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from zmqrelay._core.client import encode_error
 from zmqrelay._core.envelope import DELIMITER
 from zmqrelay._core.tag import Status
+from zmqrelay._core.worker import check_reply
 from zmqrelay.errors import RemoteProtocolError
 
 PROTOCOL = b"ZRW1"
@@ -189,6 +192,11 @@ def encode_command(worker: bytes, command: bytes) -> list[bytes]:
     return [worker, DELIMITER, PROTOCOL, command]
 
 
+def encode_command_to_broker(command: bytes) -> list[bytes]:
+    """A HEARTBEAT, LEAVING or DISCONNECT from a zmqrelay worker (a DEALER)."""
+    return [DELIMITER, PROTOCOL, command]
+
+
 def encode_ready(credits: int) -> list[bytes]:
     """What a zmqrelay worker (a DEALER) sends to register."""
     return [DELIMITER, PROTOCOL, READY, str(credits).encode()]
@@ -207,6 +215,19 @@ class Assignment:
     redelivery: bool
     timeout: float | None
     body: list[bytes]
+
+    def reply(self, body: Sequence[bytes]) -> list[bytes]:
+        """The frames answering this request with ``body``.
+
+        Raises:
+            LocalProtocolError: ``body`` is empty or holds something other than bytes.
+        """
+        check_reply(body)
+        return encode_reply(self.reply_to, Status.OK, list(body))
+
+    def error(self, type_name: str, message: str) -> list[bytes]:
+        """The frames telling the client that the handler raised."""
+        return encode_reply(self.reply_to, Status.ERROR, encode_error(type_name, message))
 
 
 BrokerCommand = Literal["heartbeat", "disconnect"]

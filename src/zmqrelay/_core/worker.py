@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from zmqrelay._core import envelope, tag
 from zmqrelay._core.client import encode_error
@@ -38,6 +38,36 @@ class WorkerStatistics(NamedTuple):
     """The most requests handled at once."""
 
 
+def check_reply(body: Sequence[bytes]) -> None:
+    """Refuse a reply body the wire cannot carry.
+
+    Raises:
+        LocalProtocolError: ``body`` is empty or holds something other than bytes.
+    """
+    if not body:
+        raise LocalProtocolError("a reply needs at least one body frame")
+    for frame in body:
+        if not isinstance(frame, bytes):
+            raise LocalProtocolError(f"reply frames must be bytes, not {type(frame).__name__}")
+
+
+class Answerable(Protocol):
+    """A request a worker can answer, whatever protocol brought it."""
+
+    @property
+    def body(self) -> list[bytes]:
+        """The request's body frames."""
+        ...
+
+    def reply(self, body: Sequence[bytes]) -> list[bytes]:
+        """The frames that answer it with ``body``."""
+        ...
+
+    def error(self, type_name: str, message: str) -> list[bytes]:
+        """The frames that tell its client the handler raised."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """A request as the worker sees it."""
@@ -59,11 +89,7 @@ class Request:
             LocalProtocolError: ``body`` is empty or holds something other than bytes.
 
         """
-        if not body:
-            raise LocalProtocolError("a reply needs at least one body frame")
-        for frame in body:
-            if not isinstance(frame, bytes):
-                raise LocalProtocolError(f"reply frames must be bytes, not {type(frame).__name__}")
+        check_reply(body)
         return [*self.routing, envelope.DELIMITER, *body]
 
     def error(self, type_name: str, message: str) -> list[bytes]:
