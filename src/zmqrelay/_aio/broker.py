@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Literal, NamedTuple
 
 import anyio
@@ -116,6 +117,7 @@ class Broker(Service):
             liveness=liveness,
             queue_limit=queue_limit,
             queue_timeout=queue_timeout,
+            first_token=secrets.randbits(64),
         )
         self._redeliveries = redeliveries
         self._balancer: Balancer | None = None
@@ -215,6 +217,7 @@ class Broker(Service):
 
         """
         self._claim()
+        sockets.seed_routing_ids()
         context = sockets.get_context(self._context)
         opened: list[sockets.AsyncSocket] = []
         try:

@@ -9,7 +9,9 @@ and awaiting is needed only when a socket has nothing to read or cannot take mor
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import cast
@@ -29,6 +31,29 @@ EHOSTUNREACH = zmq.EHOSTUNREACH
 
 AsyncSocket = zmq.asyncio.Socket
 SyncSocket = zmq.Socket[bytes]
+
+
+_seeded = False
+
+
+def seed_routing_ids() -> bool:
+    """Make this process's ROUTER sockets hand out routing ids no other process will.
+
+    libzmq numbers the peers of a ROUTER from the C library's ``rand()``, which it never
+    seeds: every process hands out ``0x006b8b4567``, ``0x006b8b4568``... in turn. After a
+    broker restarts, a reply that a worker sends late, for a client of the broker's previous
+    life, then carries a routing id that now names another client, and would reach it.
+    Seeding ``rand()`` from the system's randomness, once per process, before the broker's
+    sockets exist, makes the ids of each broker's life different. Returns whether it could.
+    """
+    global _seeded
+    if not _seeded:
+        try:
+            ctypes.CDLL(None).srand(int.from_bytes(os.urandom(4), "little"))
+        except (OSError, AttributeError):  # no C library to reach: ids stay libzmq's
+            return False
+        _seeded = True
+    return True
 
 
 def get_context(context: zmq.asyncio.Context | None) -> zmq.asyncio.Context:

@@ -138,6 +138,7 @@ class Scheduler:
         liveness: int = 3,
         queue_limit: int = 10_000,
         queue_timeout: float = 5.0,
+        first_token: int = 1,
     ) -> None:
         if heartbeat_interval <= 0 or liveness < 1:
             raise ValueError("heartbeat_interval and liveness must be positive")
@@ -152,7 +153,9 @@ class Scheduler:
         self._free: OrderedDict[WorkerId, None] = OrderedDict()
         self._queue: deque[Request] = deque()
         self._in_flight: dict[int, _InFlight] = {}
-        self._next_token = 1
+        # Pass a random first token: a reply a worker sends late, for a request of the
+        # broker's previous life, then names no request of this one.
+        self._next_token = first_token
         self._delivered = 0
         self._refused = 0
         self._redelivered = 0
@@ -342,7 +345,7 @@ class Scheduler:
         if known.credits == 0:
             del self._free[worker_id]
         token = self._next_token
-        self._next_token += 1
+        self._next_token = (token + 1) % (1 << 64)
         known.held.add(token)
         known.last_sent = now
         self._in_flight[token] = _InFlight(worker_id, request)
