@@ -19,6 +19,7 @@ from zmqrelay import (
     RemoteError,
     RequestTimeout,
     WorkerDied,
+    time_left,
 )
 from zmqrelay._core import lbwire
 from zmqrelay._core.tag import Status
@@ -275,3 +276,87 @@ async def test_workers_register_again_with_a_restarted_broker() -> None:
                 except (NoWorkers, RequestTimeout):
                     continue
         assert harness.statistics().scheduler.workers == 1  # type: ignore[union-attr]
+
+
+async def test_the_clients_timeout_reaches_the_worker_and_bounds_its_handler(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    seen: list[float | None] = []
+
+    async def stubborn(request: bytes) -> bytes:
+        seen.append(time_left())
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    worker = AsyncWorker("inproc://b", stubborn, context=context, mode="load-balancing")
+    async with running(balanced(context)) as broker, running(worker):
+        await eventually(lambda: broker.statistics().scheduler.workers == 1)  # type: ignore[union-attr]
+        with pytest.raises(RequestTimeout):
+            await client.request(b"slow", timeout=0.2)
+        # The worker cancelled its handler at the deadline and answered, freeing its credit.
+        await eventually(lambda: worker.statistics().handler_errors == 1)
+        await eventually(lambda: broker.statistics().scheduler.free_credits == 1)  # type: ignore[union-attr]
+    assert seen[0] is not None
+    assert 0 < seen[0] <= 0.2
+
+
+async def test_a_queued_request_past_its_deadline_is_refused_by_the_broker(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    async with running(balanced(context, queue_timeout=60)) as broker:
+        with pytest.raises(RequestTimeout):  # DeadlineExceeded is a RequestTimeout too
+            await client.request(b"nobody", timeout=0.1)
+        await eventually(lambda: broker.statistics().scheduler.refused == 1)  # type: ignore[union-attr]
+
+
+async def test_a_request_may_ask_to_be_sent_again_if_its_worker_dies(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    async with running(balanced(context, heartbeat_interval=0.05, liveness=2)) as broker:
+        silent = await zrw1_worker(context, b"silent", credits=1)
+        try:
+            async with anyio.create_task_group() as tg:
+                answers: list[bytes] = []
+
+                async def ask() -> None:
+                    answers.append(await client.request(b"important", redeliveries=1))
+
+                tg.start_soon(ask)
+                await silent.recv_multipart()  # it takes the request, then says nothing
+                healthy = await zrw1_worker(context, b"healthy", credits=1)
+                try:
+                    with anyio.fail_after(5):
+                        while (
+                            again := lbwire.decode_from_broker(await healthy.recv_multipart())
+                        ) == "heartbeat":
+                            await healthy.send_multipart([b"", b"ZRW1", lbwire.HEARTBEAT])
+                    assert isinstance(again, lbwire.Assignment)
+                    assert again.redelivery
+                    await healthy.send_multipart(
+                        lbwire.encode_reply(again.reply_to, Status.OK, [b"done"])
+                    )
+                finally:
+                    await eventually(lambda: answers == [b"done"])
+                    healthy.close()
+            assert broker.statistics().scheduler.redelivered == 1  # type: ignore[union-attr]
+        finally:
+            silent.close()
+
+
+async def test_relay_workers_honour_the_clients_timeout_too(
+    relay_worker: object, relay_client: AsyncClient
+) -> None:
+    seen: list[float | None] = []
+
+    async def patient(request: bytes) -> bytes:
+        seen.append(time_left())
+        return request
+
+    start = relay_worker
+    assert callable(start)
+    await start(patient)
+    assert await relay_client.request(b"x", timeout=3) == b"x"
+    assert await relay_client.request(b"y", timeout=None) == b"y"
+    assert seen[0] is not None
+    assert 2 < seen[0] <= 3
+    assert seen[1] is None

@@ -34,5 +34,20 @@ def test_any_frame_decodes_or_is_not_a_tag(frame: bytes) -> None:
 def test_routing_ids_are_not_tags() -> None:
     # libzmq's generated routing ids: a zero byte and four bytes of counter.
     assert tag.decode(b"\x00\x6b\x8b\x45\x67") is None
-    assert tag.decode(b"ZR\x01\x07" + bytes(8)) is None  # unknown status
-    assert tag.decode(b"ZR\x02\x00" + bytes(8)) is None  # unknown version
+    assert tag.decode(b"ZR\x01\x07" + bytes(13)) is None  # unknown status
+    assert tag.decode(b"ZR\x02\x00" + bytes(13)) is None  # unknown version
+    assert tag.decode(b"ZR\x01\x00" + bytes(8)) is None  # too short
+
+
+@given(request_ids, st.none() | st.floats(0.001, 4e6), st.integers(0, 255))
+def test_timeout_and_redeliveries_travel_in_the_tag(
+    request_id: int, timeout: float | None, redeliveries: int
+) -> None:
+    decoded = tag.decode(tag.encode(request_id, timeout=timeout, redeliveries=redeliveries))
+    assert decoded is not None
+    assert decoded.redeliveries == redeliveries
+    if timeout is None:
+        assert decoded.timeout is None
+    else:
+        assert decoded.timeout is not None
+        assert timeout <= decoded.timeout < timeout + 0.001 + 1e-9

@@ -34,6 +34,7 @@ def test_top_level_names() -> None:
         "WorkerDied",
         "WorkerStatistics",
         "ZmqRelayError",
+        "time_left",
     ]
 
 

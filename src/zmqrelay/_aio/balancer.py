@@ -124,8 +124,13 @@ class Balancer:
             if index < 1 or index == len(frames) - 1:
                 self.counters.malformed_requests += 1
                 continue
+            asked = tag.decode(frames[index - 1])
+            deadline, retries = None, self.redeliveries
+            if asked is not None:
+                deadline = None if asked.timeout is None else now + asked.timeout
+                retries = max(retries, asked.redeliveries)
             actions = self.scheduler.request(
-                frames[:index], frames[index + 1 :], now, retries=self.redeliveries
+                frames[:index], frames[index + 1 :], now, deadline=deadline, retries=retries
             )
             self._perform(actions, now)
         return True

@@ -86,13 +86,23 @@ class AsyncClient(Service):
         """A snapshot of the client's counters."""
         return self._correlator.statistics()
 
-    async def request(self, body: bytes, *, timeout: float | EllipsisType | None = ...) -> bytes:
+    async def request(
+        self,
+        body: bytes,
+        *,
+        timeout: float | EllipsisType | None = ...,
+        redeliveries: int = 0,
+    ) -> bytes:
         """Send a single-frame request and return the single-frame reply.
 
         Args:
             body: the request.
             timeout: seconds to wait for the reply; ``None`` waits forever; by default the
-                client's ``timeout``.
+                client's ``timeout``. It travels with the request: a load-balancing broker
+                refuses the request once it has passed, and a zmqrelay worker cancels its
+                handler then.
+            redeliveries: how many times a load-balancing broker may send the request again if
+                its worker dies (at least once delivery); 0, the default, is at most once.
 
         Raises:
             RequestTimeout: no reply in time (also a :class:`TimeoutError`).
@@ -101,7 +111,7 @@ class AsyncClient(Service):
             ClosedError: the client is not running.
 
         """
-        reply = await self.request_frames([body], timeout=timeout)
+        reply = await self.request_frames([body], timeout=timeout, redeliveries=redeliveries)
         if len(reply) != 1:
             raise RemoteProtocolError(
                 f"expected a single-frame reply, got {len(reply)} frames; use request_frames()"
@@ -109,14 +119,22 @@ class AsyncClient(Service):
         return reply[0]
 
     async def request_frames(
-        self, frames: Sequence[bytes], *, timeout: float | EllipsisType | None = ...
+        self,
+        frames: Sequence[bytes],
+        *,
+        timeout: float | EllipsisType | None = ...,
+        redeliveries: int = 0,
     ) -> list[bytes]:
         """Send a multipart request and return the reply's frames.
 
         Args:
             frames: the request's body frames (at least one; empty frames are fine).
             timeout: seconds to wait for the reply; ``None`` waits forever; by default the
-                client's ``timeout``.
+                client's ``timeout``. It travels with the request: a load-balancing broker
+                refuses the request once it has passed, and a zmqrelay worker cancels its
+                handler then.
+            redeliveries: how many times a load-balancing broker may send the request again if
+                its worker dies (at least once delivery); 0, the default, is at most once.
 
         Raises:
             RequestTimeout: no reply in time (also a :class:`TimeoutError`).
@@ -131,7 +149,9 @@ class AsyncClient(Service):
         loop = self._loop
         waiter: _Waiter = loop.create_future()
         now = loop.time()
-        request_id, message = self._correlator.open(waiter, frames, now=now, timeout=limit)
+        request_id, message = self._correlator.open(
+            waiter, frames, now=now, timeout=limit, redeliveries=redeliveries
+        )
         if limit is not None and now + limit < self._timer_at:
             self._arm_timer(now + limit)
         try:

@@ -8,6 +8,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from typing import Any, Literal, overload
 
 import anyio
@@ -25,6 +26,20 @@ from zmqrelay.errors import ClosedError, RemoteProtocolError
 logger = logging.getLogger("zmqrelay.worker")
 
 Mode = Literal["relay", "load-balancing"]
+
+_deadline: ContextVar[float | None] = ContextVar("zmqrelay_request_deadline", default=None)
+
+
+def time_left() -> float | None:
+    """Seconds left before the request being handled passes its deadline.
+
+    Call it from a worker's handler: ``None`` when the client set no timeout (a plain client,
+    or ``timeout=None``). When it reaches 0 the handler is cancelled, and the worker answers
+    with a ``DeadlineExceeded`` error (the client has stopped waiting by then).
+    """
+    deadline = _deadline.get()
+    return None if deadline is None else max(0.0, deadline - anyio.current_time())
+
 
 Handler = Callable[[bytes], Awaitable[bytes]]
 """A handler of single-frame requests: ``async def handle(request: bytes) -> bytes``."""
@@ -316,27 +331,11 @@ class AsyncWorker(Service):
     async def _serve(self, pump: sockets.Pump, request: Answerable) -> None:
         try:
             try:
-                if self._frames:
-                    result = await self._handler(request.body)
-                elif len(request.body) == 1:
-                    result = [await self._handler(request.body[0])]
-                else:
-                    raise RemoteProtocolError(  # noqa: TRY301 - answered like a handler error
-                        "this worker's handler takes a single-frame request, "
-                        f"got {len(request.body)} frames"
-                    )
-                reply = request.reply(result)
-            except Exception as exc:
-                reply = self._handler_failed(request, exc)
-            except anyio.get_cancelled_exc_class() as exc:
-                if not sockets.being_cancelled():
-                    # The handler raised CancelledError itself (it awaited something that was
-                    # cancelled): a handler error like any other, not the worker stopping.
-                    reply = self._handler_failed(request, exc)
-                else:
-                    # The worker is stopping: tell the client now rather than let it time out.
-                    self._refuse(pump, request)
-                    raise
+                reply = await self._answer(request)
+            except anyio.get_cancelled_exc_class():
+                # The worker is stopping: tell the client now rather than let it time out.
+                self._refuse(pump, request)
+                raise
             await pump.send(reply)
             self._replies_sent += 1
         finally:
@@ -345,6 +344,43 @@ class AsyncWorker(Service):
                 self._slot_freed.set()
             if not self._in_flight:
                 self._idle.set()
+
+    async def _answer(self, request: Answerable) -> list[bytes]:
+        """The reply to ``request``: the handler's, or an error, within the client's timeout."""
+        timeout = request.timeout
+        if timeout is None:
+            return await self._call(request)
+        deadline = anyio.current_time() + timeout
+        reset = _deadline.set(deadline)
+        try:
+            with anyio.CancelScope(deadline=deadline):
+                return await self._call(request)
+            # Reached only when the deadline cancelled the handler: the client has given up.
+            self._handler_errors += 1
+            return request.error("DeadlineExceeded", f"the handler ran past {timeout} s")
+        finally:
+            _deadline.reset(reset)
+
+    async def _call(self, request: Answerable) -> list[bytes]:
+        try:
+            if self._frames:
+                result = await self._handler(request.body)
+            elif len(request.body) == 1:
+                result = [await self._handler(request.body[0])]
+            else:
+                raise RemoteProtocolError(  # noqa: TRY301 - answered like a handler error
+                    "this worker's handler takes a single-frame request, "
+                    f"got {len(request.body)} frames"
+                )
+            return request.reply(result)
+        except Exception as exc:
+            return self._handler_failed(request, exc)
+        except anyio.get_cancelled_exc_class() as exc:
+            if sockets.being_cancelled():
+                raise
+            # The handler raised CancelledError itself (it awaited something that was
+            # cancelled): a handler error like any other, not the worker stopping.
+            return self._handler_failed(request, exc)
 
     def _handler_failed(self, request: Answerable, exc: BaseException) -> list[bytes]:
         self._handler_errors += 1

@@ -122,10 +122,13 @@ class Correlator(Generic[T]):
         *,
         now: float = 0.0,
         timeout: float | None = None,
+        redeliveries: int = 0,
     ) -> tuple[int, list[bytes]]:
         """Register a request and return its id and the frames to send.
 
-        With a ``timeout``, the request expires at ``now + timeout`` (see :meth:`expire`).
+        With a ``timeout``, the request expires at ``now + timeout`` (see :meth:`expire`); the
+        tag tells the broker and the worker too. ``redeliveries`` lets a load-balancing broker
+        send the request again that many times if its worker dies.
 
         Raises:
             LocalProtocolError: ``body`` has no frames.
@@ -145,7 +148,8 @@ class Correlator(Generic[T]):
                 deadlines[:] = [entry for entry in deadlines if entry[1] in self._pending]
                 heapq.heapify(deadlines)
             heapq.heappush(deadlines, (now + timeout, request_id, timeout))
-        return request_id, [tag.encode(request_id), DELIMITER, *body]
+        frame = tag.encode(request_id, timeout=timeout, redeliveries=redeliveries)
+        return request_id, [frame, DELIMITER, *body]
 
     def next_deadline(self) -> float | None:
         """When the next request in flight expires, if any has a timeout."""

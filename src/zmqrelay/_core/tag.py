@@ -5,25 +5,34 @@ as libzmq's ``ZMQ_REQ_CORRELATE`` does with its request id. Stock workers treat 
 envelope frame and echo it back untouched; zmqrelay workers also use it to report how a request
 ended, which plain peers never see because it travels only between zmqrelay peers.
 
-Layout, 12 bytes::
+The tag also carries what the client asks of the request's handling, so that a load-balancing
+broker and zmqrelay workers can honour it: how long the client will wait (the broker refuses the
+request once that has passed, the worker cancels its handler), and how many times the request
+may be sent again if its worker dies.
 
-    offset 0  2 bytes  magic b"ZR"
-    offset 2  1 byte   version (1)
-    offset 3  1 byte   status (see :class:`Status`)
-    offset 4  8 bytes  request id, unsigned, big-endian
+Layout, 17 bytes::
+
+    offset 0   2 bytes  magic b"ZR"
+    offset 2   1 byte   version (1)
+    offset 3   1 byte   status (see :class:`Status`)
+    offset 4   8 bytes  request id, unsigned, big-endian
+    offset 12  4 bytes  timeout in milliseconds, unsigned, big-endian (0: none)
+    offset 16  1 byte   redeliveries allowed
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import struct
 from typing import NamedTuple
 
 MAGIC = b"ZR"
 VERSION = 1
-SIZE = 12
+SIZE = 17
+_MAX_TIMEOUT_MS = 2**32 - 1
 
-_LAYOUT = struct.Struct(">2sBBQ")
+_LAYOUT = struct.Struct(">2sBBQIB")
 _PREFIX = MAGIC + bytes([VERSION])
 
 
@@ -49,14 +58,33 @@ class Tag(NamedTuple):
 
     request_id: int
     status: Status
+    timeout: float | None = None
+    """Seconds the client waits for the reply, if it said."""
+    redeliveries: int = 0
+    """Times the request may be sent again if its worker dies."""
 
 
 _STATUSES = tuple(Status)  # by value: decoding indexes this instead of calling the enum
 
 
-def encode(request_id: int, status: Status = Status.OK) -> bytes:
-    """The tag frame for ``request_id`` (0 ≤ id < 2**64) with ``status``."""
-    return _LAYOUT.pack(MAGIC, VERSION, status, request_id)
+def encode(
+    request_id: int,
+    status: Status = Status.OK,
+    *,
+    timeout: float | None = None,
+    redeliveries: int = 0,
+) -> bytes:
+    """The tag frame for ``request_id`` (0 ≤ id < 2**64) with ``status``.
+
+    ``timeout`` is rounded up to whole milliseconds (and capped near 50 days);
+    ``redeliveries`` is capped at 255.
+    """
+    milliseconds = (
+        0 if timeout is None else min(_MAX_TIMEOUT_MS, max(1, math.ceil(timeout * 1000)))
+    )
+    return _LAYOUT.pack(
+        MAGIC, VERSION, status, request_id, milliseconds, min(255, max(0, redeliveries))
+    )
 
 
 def decode(frame: bytes) -> Tag | None:
@@ -67,10 +95,11 @@ def decode(frame: bytes) -> Tag | None:
     """
     if len(frame) != SIZE or not frame.startswith(_PREFIX):
         return None
-    _, _, status, request_id = _LAYOUT.unpack(frame)
+    _, _, status, request_id, milliseconds, redeliveries = _LAYOUT.unpack(frame)
     if status >= len(_STATUSES):
         return None
-    return Tag(request_id, _STATUSES[status])
+    timeout = milliseconds / 1000 if milliseconds else None
+    return Tag(request_id, _STATUSES[status], timeout, redeliveries)
 
 
 def with_status(frame: bytes, status: Status) -> bytes:

@@ -59,6 +59,11 @@ class Answerable(Protocol):
         """The request's body frames."""
         ...
 
+    @property
+    def timeout(self) -> float | None:
+        """Seconds the client waits for the reply, if it said."""
+        ...
+
     def reply(self, body: Sequence[bytes]) -> list[bytes]:
         """The frames that answer it with ``body``."""
         ...
@@ -81,6 +86,12 @@ class Request:
     def tagged(self) -> bool:
         """Whether the client is a zmqrelay client that reads status codes."""
         return tag.decode(self.routing[-1]) is not None
+
+    @property
+    def timeout(self) -> float | None:
+        """How long the client waits for the reply, if its tag says."""
+        decoded = tag.decode(self.routing[-1])
+        return None if decoded is None else decoded.timeout
 
     def reply(self, body: Sequence[bytes]) -> list[bytes]:
         """The frames of a successful reply.
