@@ -90,6 +90,22 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     show_envvar=True,
 )
 @click.option(
+    "--heartbeat-interval",
+    type=click.FloatRange(0.001, 3600),
+    default=2.5,
+    envvar="ZMQRELAY_HEARTBEAT_INTERVAL",
+    help="Load-balancing: seconds between heartbeats to and from workers.",
+    show_envvar=True,
+)
+@click.option(
+    "--liveness",
+    type=click.IntRange(1, 100),
+    default=3,
+    envvar="ZMQRELAY_LIVENESS",
+    help="Load-balancing: heartbeat intervals of silence after which a worker is dead.",
+    show_envvar=True,
+)
+@click.option(
     "--engine",
     type=click.Choice(["libzmq", "python"]),
     default="libzmq",
@@ -111,6 +127,8 @@ def broker(
     drain_timeout: float,
     mode: Mode,
     redeliveries: int,
+    heartbeat_interval: float,
+    liveness: int,
     engine: Engine,
     max_message_size: int | None,
 ) -> None:
@@ -123,6 +141,8 @@ def broker(
         engine=engine,
         mode=mode,
         redeliveries=redeliveries,
+        heartbeat_interval=heartbeat_interval,
+        liveness=liveness,
     )
     _run(_serve_until_signalled, instance)
 
