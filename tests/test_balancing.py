@@ -117,6 +117,8 @@ async def zrw1_worker(
 ) -> zmq.asyncio.Socket:
     sock = raw_socket(context, zmq.DEALER, "inproc://b", routing_id=routing_id)
     await sock.send_multipart(lbwire.encode_ready(credits))
+    # The broker acknowledges a registration with a heartbeat at once.
+    assert await sock.recv_multipart() == [b"", b"ZRW1", lbwire.HEARTBEAT]
     return sock
 
 

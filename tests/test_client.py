@@ -18,8 +18,10 @@ from zmqrelay import (
     RemoteError,
     RemoteProtocolError,
     RequestTimeout,
+    RetryPolicy,
 )
-from zmqrelay.testing import BrokerHarness, LeakCheckingContext
+from zmqrelay.pytest_plugin import WorkerFactory
+from zmqrelay.testing import BrokerHarness, LeakCheckingContext, relay_harness
 
 pytestmark = [
     pytest.mark.asyncio,
@@ -246,3 +248,55 @@ async def test_closing_wakes_requests_stuck_behind_a_full_queue(
         await eventually(lambda: client.statistics().requests_sent == 1010)
         await client.aclose()
     assert outcomes == {"closed": 1010}
+
+
+async def test_a_retry_policy_sends_again_and_the_caller_gets_one_reply(
+    relay_worker: WorkerFactory, relay_client: AsyncClient
+) -> None:
+    worker = await relay_worker(_echo)
+    worker.pause()
+    policy = RetryPolicy(attempts=10, backoff=0.01, max_backoff=0.02)
+    async with anyio.create_task_group() as tg:
+        replies: list[bytes] = []
+
+        async def ask() -> None:
+            replies.append(await relay_client.request(b"again", timeout=0.05, retry=policy))
+
+        tg.start_soon(ask)
+        await eventually(lambda: relay_client.statistics().retries >= 2)
+        worker.resume()
+    assert replies == [b"again"]
+    await eventually(lambda: relay_client.statistics().late_replies >= 1)
+
+
+async def test_without_a_retry_policy_the_failure_reaches_the_caller(
+    relay_worker: WorkerFactory, relay_client: AsyncClient
+) -> None:
+    worker = await relay_worker(_echo)
+    worker.pause()
+    with pytest.raises(RequestTimeout):
+        await relay_client.request(b"once", timeout=0.05)
+    assert relay_client.statistics().retries == 0
+    worker.resume()
+
+
+async def test_a_retry_policy_rides_out_a_broker_restart() -> None:
+    async with relay_harness(
+        transport="ipc", drain_timeout=0, mode="load-balancing", heartbeat_interval=0.05
+    ) as harness:
+        await harness.start_worker(_echo, mode="load-balancing", heartbeat_interval=0.05)
+        client = await harness.connect_client(retry=RetryPolicy(attempts=50, backoff=0.02))
+        assert await client.request(b"before") == b"before"
+        async with anyio.create_task_group() as tg:
+            replies: list[bytes] = []
+
+            async def ask() -> None:
+                replies.append(await client.request(b"during", timeout=0.2))
+
+            await harness.restart_broker()
+            tg.start_soon(ask)
+        assert replies == [b"during"]
+
+
+async def _echo(request: bytes) -> bytes:
+    return request

@@ -31,6 +31,7 @@ def test_top_level_names() -> None:
         "RemoteProtocolError",
         "RequestRefused",
         "RequestTimeout",
+        "RetryPolicy",
         "WorkerDied",
         "WorkerStatistics",
         "ZmqRelayError",

@@ -10,7 +10,7 @@ Clients connect to the broker's ROUTER *frontend*, workers connect (never bind) 
 """
 
 from zmqrelay._aio.broker import Broker, Endpoints
-from zmqrelay._aio.client import AsyncClient
+from zmqrelay._aio.client import AsyncClient, RetryPolicy
 from zmqrelay._aio.worker import AsyncWorker, FramesHandler, Handler, time_left
 from zmqrelay._core.client import ClientStatistics
 from zmqrelay._core.relay import BrokerStatistics
@@ -53,6 +53,7 @@ __all__ = [
     "RemoteProtocolError",
     "RequestRefused",
     "RequestTimeout",
+    "RetryPolicy",
     "WorkerDied",
     "WorkerStatistics",
     "ZmqRelayError",

@@ -165,6 +165,8 @@ class Balancer:
                 actions = scheduler.ready(
                     worker, event.credits, now, heartbeats=event.dialect == "zmqrelay"
                 )
+                if event.dialect == "zmqrelay":  # acknowledges the registration at once
+                    actions = [Heartbeat(worker), *actions]
             elif isinstance(event, lbwire.Heartbeat):
                 scheduler.heard_from(worker, now)
                 continue

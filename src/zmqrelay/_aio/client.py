@@ -8,10 +8,12 @@ import logging
 import math
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import EllipsisType
 
 import anyio
 import anyio.abc
+import tenacity
 import zmq
 import zmq.asyncio
 from anyio.lowlevel import checkpoint
@@ -19,11 +21,38 @@ from anyio.lowlevel import checkpoint
 from zmqrelay._aio import sockets
 from zmqrelay._aio.service import Service
 from zmqrelay._core.client import ClientStatistics, Correlator, Reply
-from zmqrelay.errors import ClosedError, RemoteProtocolError, RequestTimeout
+from zmqrelay.errors import (
+    BrokerBusy,
+    ClosedError,
+    NoWorkers,
+    RemoteProtocolError,
+    RequestTimeout,
+    WorkerDied,
+)
 
 logger = logging.getLogger("zmqrelay.client")
 
 _Waiter = asyncio.Future[Reply]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When and how an :class:`AsyncClient` sends a failed request again (Lazy Pirate).
+
+    Each attempt is a new request with its own id and the full timeout; a reply that comes
+    late for an earlier attempt is dropped (counted as late), so the caller gets exactly one
+    reply. Retrying makes delivery at least once: a worker may handle a request whose reply
+    was lost, and then the attempt after it.
+    """
+
+    attempts: int = 3
+    """Attempts in all, the first included."""
+    backoff: float = 0.1
+    """Seconds to wait before the second attempt; the wait doubles (with jitter) after that."""
+    max_backoff: float = 5.0
+    """The longest wait between attempts."""
+    on: tuple[type[BaseException], ...] = (RequestTimeout, BrokerBusy, NoWorkers, WorkerDied)
+    """The failures worth another attempt; any other reaches the caller at once."""
 
 
 class AsyncClient(Service):
@@ -48,6 +77,8 @@ class AsyncClient(Service):
             hang; ``None`` waits forever.
         routing_id: this client's identity on the wire (by default libzmq picks one).
         linger: seconds unsent requests may still go out after the socket closes.
+        retry: send failed requests again (the guide's Lazy Pirate); none by default, when a
+            failure reaches the caller as it is.
 
     """
 
@@ -61,8 +92,10 @@ class AsyncClient(Service):
         timeout: float | None = 30.0,
         routing_id: bytes | None = None,
         linger: float = 0.0,
+        retry: RetryPolicy | None = None,
     ) -> None:
         super().__init__()
+        self._retry = retry
         self._endpoint = endpoint
         self._context = context
         self._timeout = timeout
@@ -92,6 +125,7 @@ class AsyncClient(Service):
         *,
         timeout: float | EllipsisType | None = ...,
         redeliveries: int = 0,
+        retry: RetryPolicy | EllipsisType | None = ...,
     ) -> bytes:
         """Send a single-frame request and return the single-frame reply.
 
@@ -103,6 +137,8 @@ class AsyncClient(Service):
                 handler then.
             redeliveries: how many times a load-balancing broker may send the request again if
                 its worker dies (at least once delivery); 0, the default, is at most once.
+            retry: send the request again, as a new request, when it fails in a way a later
+                attempt may not (see :class:`RetryPolicy`); by default the client's ``retry``.
 
         Raises:
             RequestTimeout: no reply in time (also a :class:`TimeoutError`).
@@ -111,7 +147,9 @@ class AsyncClient(Service):
             ClosedError: the client is not running.
 
         """
-        reply = await self.request_frames([body], timeout=timeout, redeliveries=redeliveries)
+        reply = await self.request_frames(
+            [body], timeout=timeout, redeliveries=redeliveries, retry=retry
+        )
         if len(reply) != 1:
             raise RemoteProtocolError(
                 f"expected a single-frame reply, got {len(reply)} frames; use request_frames()"
@@ -124,6 +162,7 @@ class AsyncClient(Service):
         *,
         timeout: float | EllipsisType | None = ...,
         redeliveries: int = 0,
+        retry: RetryPolicy | EllipsisType | None = ...,
     ) -> list[bytes]:
         """Send a multipart request and return the reply's frames.
 
@@ -135,6 +174,8 @@ class AsyncClient(Service):
                 handler then.
             redeliveries: how many times a load-balancing broker may send the request again if
                 its worker dies (at least once delivery); 0, the default, is at most once.
+            retry: send the request again, as a new request, when it fails in a way a later
+                attempt may not (see :class:`RetryPolicy`); by default the client's ``retry``.
 
         Raises:
             RequestTimeout: no reply in time (also a :class:`TimeoutError`).
@@ -142,10 +183,31 @@ class AsyncClient(Service):
             LocalProtocolError: ``frames`` is empty.
             ClosedError: the client is not running.
         """
+        limit = self._timeout if timeout is ... else timeout
+        policy = self._retry if retry is ... else retry
+        if policy is None:
+            return await self._exchange(frames, limit, redeliveries)
+        attempts = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(policy.attempts),
+            wait=tenacity.wait_exponential(multiplier=policy.backoff, max=policy.max_backoff)
+            + tenacity.wait_random(0, policy.backoff),
+            retry=tenacity.retry_if_exception_type(policy.on),
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+        reply: list[bytes] = await attempts(self._exchange, frames, limit, redeliveries)
+        return reply
+
+    def _count_retry(self, state: tenacity.RetryCallState) -> None:
+        self._correlator.retries += 1
+
+    async def _exchange(
+        self, frames: Sequence[bytes], limit: float | None, redeliveries: int
+    ) -> list[bytes]:
+        """One attempt: send, and wait for the reply within ``limit`` seconds."""
         pump = self._pump
         if pump is None or self._state != "running":
             raise ClosedError(f"the client is {self._state}; use it inside 'async with'")
-        limit = self._timeout if timeout is ... else timeout
         loop = self._loop
         waiter: _Waiter = loop.create_future()
         now = loop.time()

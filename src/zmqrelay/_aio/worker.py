@@ -13,6 +13,7 @@ from typing import Any, Literal, overload
 
 import anyio
 import anyio.abc
+import tenacity
 import zmq
 import zmq.asyncio
 from anyio.lowlevel import checkpoint
@@ -171,6 +172,7 @@ class AsyncWorker(Service):
         self._liveness = liveness
         self._broker_heard = 0.0
         self._register_now = anyio.Event()
+        self._heard = anyio.Event()
         self._registrations = 0
         self._free: deque[asyncio.Future[None]] = deque()
 
@@ -294,6 +296,7 @@ class AsyncWorker(Service):
             return decode_request(frames)
         message = lbwire.decode_from_broker(frames)
         self._broker_heard = anyio.current_time()
+        self._heard.set()
         if isinstance(message, lbwire.Assignment):
             return message
         if message == "disconnect":  # the broker forgot this worker (it restarted, say)
@@ -304,19 +307,33 @@ class AsyncWorker(Service):
         """Register with the broker, heartbeat, and register again when it seems gone."""
         interval = self._heartbeat_interval
         silence = interval * self._liveness
-        pump.try_send(lbwire.encode_ready(self._concurrency))
-        self._broker_heard = anyio.current_time()
+        # Registering again after the broker went away backs off exponentially, with jitter,
+        # so that many workers do not all knock at once on a broker that is restarting.
+        register = tenacity.AsyncRetrying(
+            wait=tenacity.wait_exponential(multiplier=interval, max=min(30.0, 32 * interval))
+            + tenacity.wait_random(0, interval),
+            retry=tenacity.retry_if_result(lambda heard: not heard),
+        )
         while True:
-            with anyio.move_on_after(interval):
-                await self._register_now.wait()
-            now = anyio.current_time()
-            if self._register_now.is_set() or now - self._broker_heard >= silence:
-                self._register_now = anyio.Event()
-                self._broker_heard = now  # one READY per silence, not one per interval
-                self._registrations += 1
-                pump.try_send(lbwire.encode_ready(self._concurrency))
-            else:
+            self._register_now = anyio.Event()
+            await register(self._register_once, pump)
+            while True:
+                with anyio.move_on_after(interval):
+                    await self._register_now.wait()
+                if self._register_now.is_set():
+                    break  # the broker forgot this worker
+                if anyio.current_time() - self._broker_heard >= silence:
+                    break  # the broker is gone, or restarting
                 pump.try_send(lbwire.encode_command_to_broker(lbwire.HEARTBEAT))
+
+    async def _register_once(self, pump: sockets.Pump) -> bool:
+        """Say READY; true if the broker answered (it heartbeats at once) within an interval."""
+        self._registrations += 1
+        self._heard = anyio.Event()
+        pump.try_send(lbwire.encode_ready(self._concurrency))
+        with anyio.move_on_after(self._heartbeat_interval):
+            await self._heard.wait()
+        return self._heard.is_set()
 
     async def _handle_queued(self, pump: sockets.Pump) -> None:
         queue, free = self._queue, self._free

@@ -47,6 +47,8 @@ class ClientStatistics(NamedTuple):
     """Replies dropped because this client never issued their request id."""
     malformed_replies: int
     """Messages dropped because they were not a tagged reply."""
+    retries: int = 0
+    """Requests sent again under a retry policy."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,7 @@ class Correlator(Generic[T]):
         self.late_replies = 0
         self.foreign_replies = 0
         self.malformed_replies = 0
+        self.retries = 0
 
     def open(
         self,
@@ -224,4 +227,5 @@ class Correlator(Generic[T]):
             late_replies=self.late_replies,
             foreign_replies=self.foreign_replies,
             malformed_replies=self.malformed_replies,
+            retries=self.retries,
         )
