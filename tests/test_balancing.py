@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 
 import anyio
+import anyio.to_thread
 import pytest
 import pytest_asyncio
 import zmq
+import zmq.asyncio
 
 from peers import eventually, raw_socket, req_client
 from zmqrelay import (
@@ -362,3 +365,47 @@ async def test_relay_workers_honour_the_clients_timeout_too(
     assert seen[0] is not None
     assert 2 < seen[0] <= 3
     assert seen[1] is None
+
+
+async def test_a_worker_whose_event_loop_is_blocked_is_dropped(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    """A blocked loop sends no heartbeats: to the broker it looks like a frozen process."""
+    release = threading.Event()
+
+    async def blocking(request: bytes) -> bytes:
+        release.wait(10)  # blocks the worker's whole event loop, heartbeats included
+        return request
+
+    def worker_thread(backend: str, registered: threading.Event) -> None:
+        async def main() -> None:
+            worker_context = zmq.asyncio.Context()
+            worker = AsyncWorker(
+                backend, blocking, context=worker_context, mode="load-balancing",
+                heartbeat_interval=0.05,
+            )  # fmt: skip
+            async with worker:
+                registered.set()
+                await anyio.to_thread.run_sync(release.wait, 10)
+            worker_context.term()
+
+        anyio.run(main)
+
+    broker = Broker(
+        frontend="inproc://f", backend="tcp://127.0.0.1:0", context=context,
+        mode="load-balancing", heartbeat_interval=0.05, liveness=3, drain_timeout=0,
+    )  # fmt: skip
+    async with running(broker):
+        registered = threading.Event()
+        thread = threading.Thread(
+            target=worker_thread, args=(broker.endpoints.backend, registered)
+        )
+        thread.start()
+        try:
+            await eventually(lambda: broker.statistics().scheduler.workers == 1)  # type: ignore[union-attr]
+            with anyio.fail_after(5), pytest.raises(WorkerDied):
+                await client.request(b"stuck")
+            assert broker.statistics().scheduler.dead_workers == 1  # type: ignore[union-attr]
+        finally:
+            release.set()
+            await anyio.to_thread.run_sync(thread.join, 10)
