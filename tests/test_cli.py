@@ -135,3 +135,14 @@ def test_bench_measures_an_external_broker_command() -> None:
     (run,) = json.loads(result.stdout)
     assert run["broker"] == "external"
     assert run["requests"] > 0
+
+
+def test_bench_load_balancing_brokers_with_guide_and_async_workers() -> None:
+    common = ["--warmup", "0.2", "--duration", "0.4", "--json", "--work-ms", "0.5"]
+    for broker, worker in (("python-lb", "guide"), ("zmqrelay-lb", "async-lb")):
+        command = [*ZMQRELAY, "bench", "--broker", broker, "--worker-kind", worker, *common]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        (run,) = json.loads(result.stdout)
+        assert run["broker"] == broker
+        assert run["requests"] > 0

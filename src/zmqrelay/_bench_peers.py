@@ -14,6 +14,7 @@ import resource
 import struct
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 
 import anyio
@@ -75,9 +76,51 @@ def serve_python_loop(batch: int = 512) -> None:
                 send(frame, 0)
 
 
-def serve_echo(kind: str, endpoint: str, concurrency: int) -> None:
-    """An echo worker: ``c`` (libzmq reflects every message), ``sync`` or ``async``."""
-    if kind == "c":
+def serve_python_lb() -> None:
+    """The ZeroMQ guide's load-balancing broker (lbbroker), written plainly with pyzmq.
+
+    Workers (REQ) say READY, then answer ``[client, b"", reply]``; requests go to the worker
+    that has been ready longest; clients are read only while a worker is free.
+    """
+    frontend, backend = _bound_pair(zmq.Context())
+    backend.close(linger=0)
+    backend = frontend.context.socket(zmq.ROUTER)
+    backend.bind("tcp://127.0.0.1:*")
+    _announce(frontend, backend)
+    ready: deque[bytes] = deque()
+    poller = zmq.Poller()
+    poller.register(backend, zmq.POLLIN)
+    while True:
+        # Clients are read only while a worker is free (flags 0 unregisters).
+        poller.register(frontend, zmq.POLLIN if ready else 0)
+        events = dict(poller.poll())
+        if events.get(backend):
+            message = backend.recv_multipart()
+            ready.append(message[0])
+            if len(message) > 3:  # [worker, b"", client, b"", reply...]
+                frontend.send_multipart(message[2:])
+        if events.get(frontend) and ready:
+            client, empty, *request = frontend.recv_multipart()
+            backend.send_multipart([ready.popleft(), b"", client, empty, *request])
+
+
+def serve_echo(kind: str, endpoint: str, concurrency: int, work: float = 0.0) -> None:
+    """An echo worker taking ``work`` seconds per request.
+
+    ``c`` (libzmq reflects every message; no work), ``sync`` (a plain DEALER loop), ``guide``
+    (the guide's REQ worker, for load-balancing brokers), ``async`` (an AsyncWorker),
+    ``async-lb`` (an AsyncWorker in load-balancing mode).
+    """
+    if kind == "guide":
+        sock = zmq.Context().socket(zmq.REQ)
+        sock.connect(endpoint)
+        sock.send(b"READY")
+        while True:
+            message = sock.recv_multipart()
+            if work:
+                time.sleep(work)
+            sock.send_multipart(message)
+    elif kind == "c":
         sock = zmq.Context().socket(zmq.DEALER)
         sock.connect(endpoint)
         zmq.proxy(sock, sock)  # a proxy whose two sides are one socket echoes in C
@@ -86,20 +129,32 @@ def serve_echo(kind: str, endpoint: str, concurrency: int) -> None:
         sock.connect(endpoint)
         recv, send = sock.recv_multipart, sock.send_multipart
         while True:
-            send(recv())
-    elif kind == "async":
-        anyio.run(_async_echo, endpoint, concurrency)
+            message = recv()
+            if work:
+                time.sleep(work)
+            send(message)
+    elif kind in ("async", "async-lb"):
+        anyio.run(_async_echo, endpoint, concurrency, work, kind == "async-lb")
     else:
         raise ValueError(f"unknown worker kind {kind!r}")
 
 
-async def _async_echo(endpoint: str, concurrency: int) -> None:
+async def _async_echo(endpoint: str, concurrency: int, work: float, balanced: bool) -> None:
     from zmqrelay import AsyncWorker
 
     async def echo(frames: list[bytes]) -> list[bytes]:
+        if work:
+            await anyio.sleep(work)
         return frames
 
-    await AsyncWorker(endpoint, echo, frames=True, concurrency=concurrency).run()
+    worker = AsyncWorker(
+        endpoint,
+        echo,
+        frames=True,
+        concurrency=concurrency,
+        mode="load-balancing" if balanced else "relay",
+    )
+    await worker.run()
 
 
 def generate_load(

@@ -39,7 +39,7 @@ _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 _READY = re.compile(r"serving: clients connect to (\S+), workers to (\S+)")
 _START_DEADLINE = 20.0
 
-BROKERS = ("zmqrelay", "zmqrelay-python", "proxy", "python-loop")
+BROKERS = ("zmqrelay", "zmqrelay-python", "zmqrelay-lb", "proxy", "python-loop", "python-lb")
 """Brokers the bench knows how to start (an external one is given by a command)."""
 
 
@@ -54,7 +54,12 @@ class BenchConfig:
     replaced by ``tcp://127.0.0.1:PORT`` endpoints to bind."""
     workers: int = 2
     worker_kind: str = "c"
-    """``c`` (libzmq echoes), ``sync`` (a plain pyzmq loop) or ``async`` (AsyncWorker)."""
+    """``c`` (libzmq echoes), ``sync`` (a plain pyzmq loop), ``async`` (AsyncWorker), or, for
+    load-balancing brokers, ``guide`` (the guide's REQ worker) or ``async-lb``."""
+    work: float = 0.0
+    """Seconds each request takes a worker (not with ``c`` workers)."""
+    slow_factor: float = 1.0
+    """The first worker takes this many times longer per request (fairness)."""
     worker_concurrency: int = 100
     clients: int = 1
     client_kind: str = "sync"
@@ -166,13 +171,15 @@ def _start_broker(
         _wait_listening(frontend, deadline)
         _wait_listening(backend, deadline)
         return process.pid, frontend, backend
-    if config.broker in ("zmqrelay", "zmqrelay-python"):
+    if config.broker in ("zmqrelay", "zmqrelay-python", "zmqrelay-lb"):
         engine = "python" if config.broker == "zmqrelay-python" else "libzmq"
+        mode = "load-balancing" if config.broker == "zmqrelay-lb" else "relay"
         command = _zmqrelay(
-            "--log-level", "INFO", "broker", "--engine", engine, "--drain-timeout", "0",
+            "--log-level", "INFO", "broker", "--engine", engine, "--mode", mode,
+            "--drain-timeout", "0",
             "--frontend", "tcp://127.0.0.1:0", "--backend", "tcp://127.0.0.1:0",
         )  # fmt: skip
-    elif config.broker in ("proxy", "python-loop"):
+    elif config.broker in ("proxy", "python-loop", "python-lb"):
         command = _zmqrelay("bench-peer", config.broker)
     else:
         raise ValueError(f"broker must be one of {BROKERS} or come with a command")
@@ -212,10 +219,11 @@ def run_bench(
                     config.worker_kind,
                     backend,
                     str(config.worker_concurrency),
+                    str(config.work * (config.slow_factor if number == 0 else 1)),
                 ),
                 text=True,
             )
-            for _ in range(config.workers)
+            for number in range(config.workers)
         ]
         started.extend(workers)
         paths = [os.path.join(tmp, f"client-{n}.latencies") for n in range(config.clients)]

@@ -19,7 +19,13 @@ import click
 from zmqrelay import __version__
 from zmqrelay._aio.broker import Broker, Engine, Mode
 from zmqrelay._aio.client import AsyncClient
-from zmqrelay._bench_peers import generate_load, serve_echo, serve_proxy, serve_python_loop
+from zmqrelay._bench_peers import (
+    generate_load,
+    serve_echo,
+    serve_proxy,
+    serve_python_lb,
+    serve_python_loop,
+)
 from zmqrelay._demo import run_demo
 from zmqrelay.bench import BROKERS, BenchConfig, report, run_bench
 from zmqrelay.errors import ZmqRelayError
@@ -242,9 +248,19 @@ async def _request(endpoint: str, timeout: float, frames: list[bytes]) -> list[b
 @click.option("--workers", type=click.IntRange(1, 64), default=2, help="Echo worker processes.")
 @click.option(
     "--worker-kind",
-    type=click.Choice(["c", "sync", "async"]),
+    type=click.Choice(["c", "sync", "async", "guide", "async-lb"]),
     default="c",
-    help="c: libzmq echoes; sync: a plain pyzmq loop; async: AsyncWorker.",
+    help="c: libzmq echoes; sync: a plain pyzmq loop; async: AsyncWorker; for "
+    "load-balancing brokers, guide: the guide's REQ worker; async-lb: AsyncWorker.",
+)
+@click.option(
+    "--work-ms", type=click.FloatRange(0, 10_000), default=0.0, help="Work per request, ms."
+)
+@click.option(
+    "--slow-factor",
+    type=click.FloatRange(1, 1000),
+    default=1.0,
+    help="The first worker works this many times longer (fairness).",
 )
 @click.option("--clients", type=click.IntRange(1, 64), default=1, help="Load client processes.")
 @click.option(
@@ -270,6 +286,8 @@ def bench(
     compare: str | None,
     workers: int,
     worker_kind: str,
+    work_ms: float,
+    slow_factor: float,
     clients: int,
     client_kind: str,
     window: int,
@@ -283,6 +301,8 @@ def bench(
         workers=workers,
         worker_kind=worker_kind,
         worker_concurrency=max(window, 1),
+        work=work_ms / 1000,
+        slow_factor=slow_factor,
         clients=clients,
         client_kind=client_kind,
         window=window,
@@ -323,13 +343,20 @@ def bench_python_loop() -> None:
     serve_python_loop()
 
 
+@bench_peer.command("python-lb")
+def bench_python_lb() -> None:
+    """The guide's load-balancing broker, written plainly with pyzmq."""
+    serve_python_lb()
+
+
 @bench_peer.command("worker")
 @click.argument("kind")
 @click.argument("endpoint")
 @click.argument("concurrency", type=int)
-def bench_worker(kind: str, endpoint: str, concurrency: int) -> None:
+@click.argument("work", type=float)
+def bench_worker(kind: str, endpoint: str, concurrency: int, work: float) -> None:
     """An echo worker."""
-    serve_echo(kind, endpoint, concurrency)
+    serve_echo(kind, endpoint, concurrency, work)
 
 
 @bench_peer.command("client")
