@@ -200,7 +200,8 @@ async def test_error_replies_and_protocol_violations(
             )
             await eventually(lambda: len(failures) == 1)
             assert failures[0].type_name == "ValueError"
-            # A reply to a request it was never given is a violation: the worker is forgotten.
+            # A reply to a request it was never given is counted; an unknown command is a
+            # protocol violation, and the worker is forgotten (and told so).
             await worker.send_multipart(lbwire.encode_reply(bytes(8), Status.OK, [b"?"]))
             await worker.send_multipart([b"", b"ZRW1", b"\x7f"])
             assert await worker.recv_multipart() == [b"", b"ZRW1", lbwire.DISCONNECT]

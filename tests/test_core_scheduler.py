@@ -106,6 +106,16 @@ def test_a_leaving_worker_finishes_what_it_holds_then_is_forgotten() -> None:
     assert actions == [Deliver(held.request, [b"r"]), Forget(b"w")]
 
 
+def test_a_request_that_could_not_be_sent_goes_back_to_the_queue_as_it_was() -> None:
+    scheduler = Scheduler()
+    scheduler.ready(b"gone", 1, now=0)
+    (sent,) = dispatches(scheduler.request([b"c"], [b"x"], now=0))
+    assert scheduler.unsent(b"gone", sent.token, now=1) == [Forget(b"gone")]
+    assert scheduler.statistics().queued == 1
+    (again,) = dispatches(scheduler.ready(b"next", 1, now=2))
+    assert (again.request.envelope, again.request.redelivery) == ([b"c"], False)
+
+
 def test_invalid_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
         Scheduler(heartbeat_interval=0)
@@ -164,6 +174,13 @@ class SchedulerMachine(RuleBasedStateMachine):
         token = data.draw(st.sampled_from(sorted(self.held)))
         worker, client = self.held.pop(token)
         self.apply(self.scheduler.reply(worker, token, [b"reply to " + client], self.now))
+
+    @precondition(lambda self: bool(self.held))
+    @rule(data=st.data())
+    def sending_fails(self, data: st.DataObject) -> None:
+        token = data.draw(st.sampled_from(sorted(self.held)))
+        worker, _ = self.held.pop(token)
+        self.apply(self.scheduler.unsent(worker, token, self.now))
 
     @rule(worker=st.sampled_from([b"w1", b"w2", b"w3"]))
     def worker_dies(self, worker: bytes) -> None:

@@ -112,6 +112,22 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     show_envvar=True,
 )
 @click.option(
+    "--queue-limit",
+    type=click.IntRange(0, 10_000_000),
+    default=10_000,
+    envvar="ZMQRELAY_QUEUE_LIMIT",
+    help="Load-balancing: requests that may wait for a worker.",
+    show_envvar=True,
+)
+@click.option(
+    "--queue-timeout",
+    type=click.FloatRange(0, 3600),
+    default=5.0,
+    envvar="ZMQRELAY_QUEUE_TIMEOUT",
+    help="Load-balancing: seconds a request may wait for a worker.",
+    show_envvar=True,
+)
+@click.option(
     "--engine",
     type=click.Choice(["libzmq", "python"]),
     default="libzmq",
@@ -135,6 +151,8 @@ def broker(
     redeliveries: int,
     heartbeat_interval: float,
     liveness: int,
+    queue_limit: int,
+    queue_timeout: float,
     engine: Engine,
     max_message_size: int | None,
 ) -> None:
@@ -149,6 +167,8 @@ def broker(
         redeliveries=redeliveries,
         heartbeat_interval=heartbeat_interval,
         liveness=liveness,
+        queue_limit=queue_limit,
+        queue_timeout=queue_timeout,
     )
     _run(_serve_until_signalled, instance)
 

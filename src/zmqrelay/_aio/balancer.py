@@ -221,8 +221,9 @@ class Balancer:
         if self._to_worker(action.worker, message, now):
             self.counters.requests_forwarded += 1
         else:
-            # The worker went away unseen: what it was given ends or goes to another.
-            self._perform(self.scheduler.gone(action.worker, now), now)
+            # The worker went away unseen: this request goes back to the queue, what the
+            # worker held before ends or goes to another.
+            self._perform(self.scheduler.unsent(action.worker, action.token, now), now)
 
     def _to_worker(self, worker: bytes, message: list[bytes], now: float) -> bool:
         try:

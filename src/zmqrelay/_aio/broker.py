@@ -46,10 +46,15 @@ class Endpoints(NamedTuple):
 class Broker(Service):
     """A request-reply broker: clients connect to ``frontend``, workers to ``backend``.
 
-    In relay mode (the only mode so far) the frontend is a ROUTER and the backend a DEALER;
-    every multipart message passes through unchanged, requests handed to connected workers in
-    turn and replies routed back by the client's routing id. Plain REQ and DEALER clients and
-    plain REP and DEALER workers in any language work against it.
+    In relay mode (the default) the frontend is a ROUTER and the backend a DEALER; every
+    multipart message passes through unchanged, requests handed to connected workers in turn
+    and replies routed back by the client's routing id. Plain REQ and DEALER clients and plain
+    REP and DEALER workers in any language work against it.
+
+    In load-balancing mode the backend is a ROUTER too: workers announce themselves (the
+    guide's REQ workers with READY, zmqrelay's with credits and heartbeats), each request goes
+    to the least-recently-used worker with a free credit, waits in a bounded queue when none
+    is free, and ends in a typed refusal when it cannot be served (see ``docs/modes.md``).
 
     Two engines move the frames. ``"libzmq"`` (the default) runs libzmq's own proxy in a thread,
     at C speed, with the event loop left free; it passes every message through as it is and
@@ -70,7 +75,14 @@ class Broker(Service):
             disconnected by libzmq before the message is read. It bounds each frame, not the
             number of frames in a message.
         high_water_mark: per-peer queue limit in messages (libzmq's default is 1000).
-        engine: ``"libzmq"`` or ``"python"``, as above.
+        engine: ``"libzmq"`` or ``"python"``, as above (relay mode).
+        mode: ``"relay"`` or ``"load-balancing"``.
+        heartbeat_interval: load-balancing: seconds between heartbeats to and from workers.
+        liveness: load-balancing: heartbeat intervals of silence after which a worker is dead.
+        queue_limit: load-balancing: requests that may wait for a worker; past it, ``BUSY``.
+        queue_timeout: load-balancing: seconds a request may wait for a worker.
+        redeliveries: load-balancing: times a request whose worker died is sent again (at
+            least once); 0, the default, is at most once. A request may ask for more.
 
     Example::
 
@@ -243,8 +255,8 @@ class Broker(Service):
                 backend=connectable(sockets.bind(backend, self._backend)),
             )
             logger.info(
-                "broker (relay, %s engine) bound frontend %s, backend %s",
-                self._engine,
+                "broker (%s) bound frontend %s, backend %s",
+                f"relay, {self._engine} engine" if self._mode == "relay" else self._mode,
                 self._endpoints.frontend,
                 self._endpoints.backend,
             )

@@ -24,7 +24,7 @@ class BrokerStatistics(NamedTuple):
     """
 
     mode: str
-    """The routing mode (``"relay"``)."""
+    """The routing mode: ``"relay"`` or ``"load-balancing"``."""
     engine: str
     """What moves the frames: ``"libzmq"`` or ``"python"``."""
     requests_forwarded: int | None

@@ -234,6 +234,20 @@ class Scheduler:
             return self._forget(worker, now)
         return []
 
+    def unsent(self, worker: WorkerId, token: int, now: float) -> list[Action]:
+        """The request dispatched as ``token`` could not be sent to ``worker``, which is gone.
+
+        The request never left the broker: it goes back to the front of the queue as it was
+        (no redelivery is used), and the worker is forgotten.
+        """
+        entry = self._in_flight.pop(token, None)
+        known = self._workers.get(worker)
+        if known is not None:
+            known.held.discard(token)
+        if entry is not None and not entry.ended:
+            self._queue.appendleft(entry.request)
+        return self.gone(worker, now)
+
     def gone(self, worker: WorkerId, now: float) -> list[Action]:
         """``worker`` is gone (disconnected, or dead): its requests end or are queued again."""
         if worker not in self._workers:
