@@ -410,3 +410,18 @@ async def test_a_worker_whose_event_loop_is_blocked_is_dropped(
         finally:
             release.set()
             await anyio.to_thread.run_sync(thread.join, 10)
+
+
+async def test_a_plain_clients_request_ends_even_if_its_guide_worker_dies_unseen(
+    context: LeakCheckingContext,
+) -> None:
+    """Guide workers send no heartbeats: a broker-wide request timeout still ends the wait."""
+    served: list[bytes] = []
+    async with running(balanced(context, request_timeout=0.2)), anyio.create_task_group() as tg:
+        hold = anyio.Event()
+        await tg.start(guide_worker, context, b"doomed", served, hold)
+        async with req_client(context, "inproc://f") as plain:
+            with anyio.fail_after(5):
+                reply = await plain(b"anyone?")
+        assert reply.startswith(b"zmqrelay-error: DeadlineExceeded: ")
+        tg.cancel_scope.cancel()

@@ -128,6 +128,14 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     show_envvar=True,
 )
 @click.option(
+    "--request-timeout",
+    type=click.FloatRange(0.001, 10_000_000),
+    default=60.0,
+    envvar="ZMQRELAY_REQUEST_TIMEOUT",
+    help="Load-balancing: deadline of requests whose client set none.",
+    show_envvar=True,
+)
+@click.option(
     "--engine",
     type=click.Choice(["libzmq", "python"]),
     default="libzmq",
@@ -153,6 +161,7 @@ def broker(
     liveness: int,
     queue_limit: int,
     queue_timeout: float,
+    request_timeout: float,
     engine: Engine,
     max_message_size: int | None,
 ) -> None:
@@ -169,6 +178,7 @@ def broker(
         liveness=liveness,
         queue_limit=queue_limit,
         queue_timeout=queue_timeout,
+        request_timeout=request_timeout,
     )
     _run(_serve_until_signalled, instance)
 

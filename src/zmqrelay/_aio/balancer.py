@@ -71,6 +71,7 @@ class Balancer:
         *,
         batch_size: int,
         redeliveries: int,
+        request_timeout: float | None = None,
     ) -> None:
         self.frontend = frontend
         self.backend = backend
@@ -78,6 +79,7 @@ class Balancer:
         self.counters = BalancerCounters()
         self.batch = range(batch_size)
         self.redeliveries = redeliveries
+        self.request_timeout = request_timeout
         self.dialects: dict[bytes, lbwire.Dialect] = {}
         self.settled = anyio.Event()
         """Set (and replaced) whenever a request ends: a draining broker waits on it."""
@@ -108,8 +110,7 @@ class Balancer:
                     ready |= int(front_events(zmq.EVENTS)) & sockets.POLLIN
                 if ready:
                     continue
-                with anyio.move_on_after(max(0.0, wake - now) if wake is not None else None):
-                    await readiness.wait()
+                await readiness.wait(until=wake)
 
     def _clients(self, now: float) -> bool:
         """Take requests from clients; true when a whole batch came (there may be more)."""
@@ -125,10 +126,11 @@ class Balancer:
                 self.counters.malformed_requests += 1
                 continue
             asked = tag.decode(frames[index - 1])
-            deadline, retries = None, self.redeliveries
+            timeout, retries = self.request_timeout, self.redeliveries
             if asked is not None:
-                deadline = None if asked.timeout is None else now + asked.timeout
+                timeout = asked.timeout if asked.timeout is not None else timeout
                 retries = max(retries, asked.redeliveries)
+            deadline = None if timeout is None else now + timeout
             actions = self.scheduler.request(
                 frames[:index], frames[index + 1 :], now, deadline=deadline, retries=retries
             )

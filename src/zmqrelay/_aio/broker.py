@@ -83,6 +83,9 @@ class Broker(Service):
         queue_timeout: load-balancing: seconds a request may wait for a worker.
         redeliveries: load-balancing: times a request whose worker died is sent again (at
             least once); 0, the default, is at most once. A request may ask for more.
+        request_timeout: load-balancing: the deadline of a request whose client set none (a
+            plain REQ client, say): past it, the request ends in a ``DEADLINE`` refusal, so no
+            client waits for ever on a worker that died unseen. ``None``: no such deadline.
 
     Example::
 
@@ -114,6 +117,7 @@ class Broker(Service):
         queue_limit: int = 10_000,
         queue_timeout: float = 5.0,
         redeliveries: int = 0,
+        request_timeout: float | None = 60.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -132,6 +136,7 @@ class Broker(Service):
             first_token=secrets.randbits(64),
         )
         self._redeliveries = redeliveries
+        self._request_timeout = request_timeout
         self._balancer: Balancer | None = None
         super().__init__()
         self._frontend = frontend
@@ -305,6 +310,7 @@ class Broker(Service):
             self._scheduler,
             batch_size=self._batch_size,
             redeliveries=self._redeliveries,
+            request_timeout=self._request_timeout,
         )
         scheduler = self._scheduler
         try:

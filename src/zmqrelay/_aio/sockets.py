@@ -219,13 +219,16 @@ class Readiness:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def wait(self) -> None:
-        """Wait for the next signal on any of the descriptors."""
+    async def wait(self, until: float | None = None) -> None:
+        """Wait for the next signal on any of the descriptors, or until the loop's ``until``."""
         self._waiter = self._loop.create_future()
+        timer = None if until is None else self._loop.call_at(until, self._wake)
         try:
             await self._waiter
         finally:
             self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
 
 class Pump:

@@ -25,6 +25,7 @@ Every request ends exactly once: in one reply, or in one refusal.
 from __future__ import annotations
 
 import enum
+import heapq
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class Request:
     deadline: float | None = None
     retries_left: int = 0
     redelivery: bool = False
+    ended: bool = False
 
 
 class Dispatch(NamedTuple):
@@ -156,6 +158,9 @@ class Scheduler:
         # Pass a random first token: a reply a worker sends late, for a request of the
         # broker's previous life, then names no request of this one.
         self._next_token = first_token
+        # (deadline, sequence, request) of requests with a deadline, ended ones skipped lazily.
+        self._deadlines: list[tuple[float, int, Request]] = []
+        self._sequence = 0
         self._delivered = 0
         self._refused = 0
         self._redelivered = 0
@@ -210,6 +215,7 @@ class Scheduler:
             self._late += 1
         else:
             self._delivered += 1
+            entry.request.ended = True
             actions.append(Deliver(entry.request, body, status))
         known = self._workers.get(worker)
         if known is not None:
@@ -267,8 +273,11 @@ class Scheduler:
     ) -> list[Action]:
         """A client asks; ``retries`` > 0 lets the request be sent again if its worker dies."""
         request = Request(envelope, body, now, deadline, retries)
-        if deadline is not None and deadline <= now:
-            return [self._refuse(request, Refusal.DEADLINE)]
+        if deadline is not None:
+            if deadline <= now:
+                return [self._refuse(request, Refusal.DEADLINE)]
+            self._sequence += 1
+            heapq.heappush(self._deadlines, (deadline, self._sequence, request))
         if self._free:
             return [self._dispatch(request, now)]
         if len(self._queue) >= self.queue_limit:
@@ -312,12 +321,11 @@ class Scheduler:
                 times.append(known.last_sent + self.heartbeat_interval)
         if self._queue:
             times.append(self._queue[0].received_at + self.queue_timeout)
-        times.extend(request.deadline for request in self._queue if request.deadline is not None)
-        times.extend(
-            entry.request.deadline
-            for entry in self._in_flight.values()
-            if not entry.ended and entry.request.deadline is not None
-        )
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][2].ended:
+            heapq.heappop(deadlines)
+        if deadlines:
+            times.append(deadlines[0][0])
         return min(times, default=None)
 
     def sent_to(self, worker: WorkerId, now: float) -> None:
@@ -408,4 +416,5 @@ class Scheduler:
 
     def _refuse(self, request: Request, reason: Refusal) -> Refuse:
         self._refused += 1
+        request.ended = True
         return Refuse(request, reason)
