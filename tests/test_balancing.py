@@ -425,3 +425,35 @@ async def test_a_plain_clients_request_ends_even_if_its_guide_worker_dies_unseen
                 reply = await plain(b"anyone?")
         assert reply.startswith(b"zmqrelay-error: DeadlineExceeded: ")
         tg.cancel_scope.cancel()
+
+
+async def test_the_broker_drains_requests_in_flight_when_it_closes(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    release = anyio.Event()
+
+    async def slow(request: bytes) -> bytes:
+        await release.wait()
+        return request
+
+    broker = Broker(
+        frontend="inproc://f", backend="inproc://b", context=context, mode="load-balancing",
+        drain_timeout=10,
+    )  # fmt: skip
+    worker = AsyncWorker("inproc://b", slow, context=context, mode="load-balancing")
+    async with anyio.create_task_group() as tg:
+        await tg.start(broker.run)
+        async with running(worker):
+            await eventually(lambda: broker.statistics().scheduler.workers == 1)  # type: ignore[union-attr]
+            replies: list[bytes] = []
+
+            async def ask() -> None:
+                replies.append(await client.request(b"in flight"))
+
+            tg.start_soon(ask)
+            await eventually(lambda: worker.statistics().in_flight == 1)
+            tg.start_soon(broker.aclose)
+            await eventually(lambda: "draining" in repr(broker))
+            release.set()
+            await eventually(lambda: "closed" in repr(broker))
+        assert replies == [b"in flight"]
