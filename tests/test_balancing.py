@@ -22,6 +22,7 @@ from zmqrelay import (
     RemoteError,
     RequestTimeout,
     WorkerDied,
+    is_redelivery,
     time_left,
 )
 from zmqrelay._core import lbwire
@@ -457,3 +458,39 @@ async def test_the_broker_drains_requests_in_flight_when_it_closes(
             release.set()
             await eventually(lambda: "closed" in repr(broker))
         assert replies == [b"in flight"]
+
+
+async def test_a_handler_can_tell_a_redelivered_request(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    seen: list[bool] = []
+
+    async def holds(request: bytes) -> bytes:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def answers(request: bytes) -> bytes:
+        seen.append(is_redelivery())
+        return request
+
+    options = {"mode": "load-balancing", "heartbeat_interval": 0.05}
+    first = AsyncWorker("inproc://b", holds, context=context, **options)  # type: ignore[call-overload]
+    second = AsyncWorker("inproc://b", answers, context=context, **options)  # type: ignore[call-overload]
+    async with (
+        running(balanced(context, heartbeat_interval=0.05, redeliveries=1)) as broker,
+        anyio.create_task_group() as tg,
+    ):
+        await tg.start(first.run)
+        await eventually(lambda: broker.statistics().scheduler.workers == 1)  # type: ignore[union-attr]
+        replies: list[bytes] = []
+
+        async def ask() -> None:
+            replies.append(await client.request(b"once more"))
+
+        tg.start_soon(ask)
+        await eventually(lambda: first.statistics().in_flight == 1)
+        await tg.start(second.run)
+        await first.abort()  # dies mid-request: no reply, no more heartbeats
+        await eventually(lambda: replies == [b"once more"])
+        await second.aclose()
+    assert seen == [True]

@@ -35,6 +35,7 @@ def test_top_level_names() -> None:
         "WorkerDied",
         "WorkerStatistics",
         "ZmqRelayError",
+        "is_redelivery",
         "time_left",
     ]
 

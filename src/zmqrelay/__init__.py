@@ -11,7 +11,7 @@ Clients connect to the broker's ROUTER *frontend*, workers connect (never bind) 
 
 from zmqrelay._aio.broker import Broker, Endpoints
 from zmqrelay._aio.client import AsyncClient, RetryPolicy
-from zmqrelay._aio.worker import AsyncWorker, FramesHandler, Handler, time_left
+from zmqrelay._aio.worker import AsyncWorker, FramesHandler, Handler, is_redelivery, time_left
 from zmqrelay._core.client import ClientStatistics
 from zmqrelay._core.relay import BrokerStatistics
 from zmqrelay._core.worker import WorkerStatistics
@@ -57,5 +57,6 @@ __all__ = [
     "WorkerDied",
     "WorkerStatistics",
     "ZmqRelayError",
+    "is_redelivery",
     "time_left",
 ]

@@ -31,6 +31,19 @@ Mode = Literal["relay", "load-balancing"]
 _deadline: ContextVar[float | None] = ContextVar("zmqrelay_request_deadline", default=None)
 
 
+_redelivery: ContextVar[bool] = ContextVar("zmqrelay_redelivery", default=False)
+
+
+def is_redelivery() -> bool:
+    """Whether the request being handled was sent before, to a worker that died.
+
+    Call it from a worker's handler. Only a load-balancing broker sends a request again (when
+    the broker or the request allows redeliveries), so a handler whose work has effects can
+    check whether they may already have happened.
+    """
+    return _redelivery.get()
+
+
 def time_left() -> float | None:
     """Seconds left before the request being handled passes its deadline.
 
@@ -364,6 +377,7 @@ class AsyncWorker(Service):
 
     async def _answer(self, request: Answerable) -> list[bytes]:
         """The reply to ``request``: the handler's, or an error, within the client's timeout."""
+        _redelivery.set(request.redelivery)
         timeout = request.timeout
         if timeout is None:
             return await self._call(request)

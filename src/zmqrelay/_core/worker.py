@@ -64,6 +64,11 @@ class Answerable(Protocol):
         """Seconds the client waits for the reply, if it said."""
         ...
 
+    @property
+    def redelivery(self) -> bool:
+        """Whether another worker may have handled this request before (it died)."""
+        ...
+
     def reply(self, body: Sequence[bytes]) -> list[bytes]:
         """The frames that answer it with ``body``."""
         ...
@@ -86,6 +91,11 @@ class Request:
     def tagged(self) -> bool:
         """Whether the client is a zmqrelay client that reads status codes."""
         return tag.decode(self.routing[-1]) is not None
+
+    @property
+    def redelivery(self) -> bool:
+        """Never: a relay broker sends each request once."""
+        return False
 
     @property
     def timeout(self) -> float | None:
