@@ -177,6 +177,13 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: bool(self.held))
     @rule(data=st.data())
+    def worker_queue_full(self, data: st.DataObject) -> None:
+        token = data.draw(st.sampled_from(sorted(self.held)))
+        worker, _ = self.held.pop(token)
+        self.apply(self.scheduler.full(worker, token, self.now))
+
+    @precondition(lambda self: bool(self.held))
+    @rule(data=st.data())
     def sending_fails(self, data: st.DataObject) -> None:
         token = data.draw(st.sampled_from(sorted(self.held)))
         worker, _ = self.held.pop(token)
@@ -217,3 +224,49 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 TestSchedulerMachine = SchedulerMachine.TestCase
 TestSchedulerMachine.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+
+
+def test_workers_dying_together_do_not_pass_requests_to_each_other() -> None:
+    scheduler = Scheduler(heartbeat_interval=1, liveness=2)
+    scheduler.ready(b"w1", 1, now=0)
+    scheduler.ready(b"w2", 1, now=0)
+    (sent,) = dispatches(scheduler.request([b"c"], [b"x"], now=0, retries=1))
+    scheduler.ready(b"w3", 1, now=1.5)
+    actions = scheduler.tick(now=2)  # w1 and w2 are silent; w3 was heard at 1.5
+    assert {a.worker for a in actions if isinstance(a, Forget)} == {b"w1", b"w2"}
+    (again,) = dispatches(actions)
+    assert (again.worker, again.request.envelope) == (b"w3", [b"c"])
+    assert sent.worker in (b"w1", b"w2")
+
+
+def test_a_redelivered_request_gets_a_fresh_queue_timeout() -> None:
+    scheduler = Scheduler(heartbeat_interval=1, liveness=2, queue_timeout=1)
+    scheduler.ready(b"w", 1, now=0)
+    dispatches(scheduler.request([b"c"], [b"x"], now=0, retries=1))
+    actions = scheduler.tick(now=5)  # w died long after the request came in
+    assert not [a for a in actions if isinstance(a, Refuse)]
+    assert scheduler.statistics().queued == 1
+    (refusal,) = [a for a in scheduler.tick(now=6) if isinstance(a, Refuse)]
+    assert refusal.reason is Refusal.NO_WORKERS
+
+
+def test_a_worker_whose_queue_is_full_keeps_its_place_but_gets_nothing_until_heard() -> None:
+    scheduler = Scheduler()
+    scheduler.ready(b"full", 2, now=0)
+    scheduler.ready(b"other", 1, now=0)
+    (first,) = dispatches(scheduler.request([b"c1"], [b"x"], now=0))
+    assert first.worker == b"full"
+    (again,) = dispatches(scheduler.full(b"full", first.token, now=1))
+    assert again.worker == b"other"
+    assert scheduler.request([b"c2"], [b"y"], now=1) == []  # queued: "full" takes nothing
+    scheduler.heard_from(b"full", now=2)
+    assert scheduler.statistics().free_credits == 2
+
+
+def test_the_deadline_heap_stays_the_size_of_what_is_pending() -> None:
+    scheduler = Scheduler()
+    scheduler.ready(b"w", 1, now=0)
+    for n in range(10_000):
+        (sent,) = dispatches(scheduler.request([b"c"], [b"x"], now=n, deadline=n + 30))
+        scheduler.reply(b"w", sent.token, [b"r"], now=n)
+    assert len(scheduler._deadlines) < 3000

@@ -106,8 +106,11 @@ class Balancer:
                 # Reading EVENTS also clears the descriptors' edge: wait only if nothing is
                 # ready by now, or a wake-up would be lost.
                 ready = int(back_events(zmq.EVENTS)) & sockets.POLLIN
+                # Read even while not taking requests: it clears the frontend's signal, which
+                # would otherwise wake this loop again and again.
+                front_ready = int(front_events(zmq.EVENTS)) & sockets.POLLIN
                 if intake:
-                    ready |= int(front_events(zmq.EVENTS)) & sockets.POLLIN
+                    ready |= front_ready
                 if ready:
                     continue
                 await readiness.wait(until=wake)
@@ -163,6 +166,10 @@ class Balancer:
                     worker, event.token, event.body, now, status=event.status
                 )
             elif isinstance(event, lbwire.Ready):
+                if event.dialect == "guide" and scheduler.is_known(worker):
+                    # A guide worker says READY once, when it starts: it restarted, and what
+                    # it held before is lost with its previous life.
+                    self._perform(scheduler.gone(worker, now), now)
                 self.dialects[worker] = event.dialect
                 actions = scheduler.ready(
                     worker, event.credits, now, heartbeats=event.dialect == "zmqrelay"
@@ -210,22 +217,33 @@ class Balancer:
         self.settled = anyio.Event()
 
     def _dispatch(self, action: Dispatch, now: float) -> None:
-        request: Request = action.request
+        worker, request = action.worker, action.request
+        dialect = self.dialects.get(worker)
+        if dialect is None or not self.scheduler.holds(worker, action.token):
+            return  # an earlier action of the same batch forgot the worker or the request
         timeout = None if request.deadline is None else request.deadline - now
         message = lbwire.encode_request(
-            action.worker,
-            self.dialects.get(action.worker, "guide"),
+            worker,
+            dialect,
             action.token,
             request.body,
             redelivery=request.redelivery,
             timeout=timeout,
         )
-        if self._to_worker(action.worker, message, now):
-            self.counters.requests_forwarded += 1
-        else:
+        try:
+            sent = sockets.send_message(self._back, message)
+        except zmq.ZMQError as exc:
+            if exc.errno != sockets.EHOSTUNREACH:
+                raise
             # The worker went away unseen: this request goes back to the queue, what the
             # worker held before ends or goes to another.
-            self._perform(self.scheduler.unsent(action.worker, action.token, now), now)
+            self._perform(self.scheduler.unsent(worker, action.token, now), now)
+            return
+        if sent:
+            self.scheduler.sent_to(worker, now)
+            self.counters.requests_forwarded += 1
+        else:  # its queue is full: the request goes to another worker
+            self._perform(self.scheduler.full(worker, action.token, now), now)
 
     def _to_worker(self, worker: bytes, message: list[bytes], now: float) -> bool:
         try:

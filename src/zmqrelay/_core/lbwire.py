@@ -133,10 +133,10 @@ def decode_backend(frames: list[bytes], *, known: bool) -> WorkerEvent:
     worker = frames[0]
     if frames[2] == PROTOCOL:
         return _decode_zmqrelay(worker, frames[3:])
-    if not known:
-        if len(frames) != 3:
-            raise RemoteProtocolError("a new worker must first say READY, in one frame")
+    if len(frames) == 3:  # a REQ worker's READY (again, if it restarted with the same id)
         return Ready(worker, 1, "guide")
+    if not known:
+        raise RemoteProtocolError("a new worker must first say READY, in one frame")
     if len(frames) < 5 or frames[3] != DELIMITER:
         raise RemoteProtocolError("a guide worker replies [reply-to, empty frame, reply...]")
     return Reply(worker, decode_token(frames[2]), Status.OK, frames[4:], "guide")

@@ -58,6 +58,12 @@ class Request:
     retries_left: int = 0
     redelivery: bool = False
     ended: bool = False
+    enqueued_at: float = -1.0
+    """When it last joined the queue (the queue timeout counts from then)."""
+
+    def __post_init__(self) -> None:
+        if self.enqueued_at < 0:
+            self.enqueued_at = self.received_at
 
 
 class Dispatch(NamedTuple):
@@ -121,6 +127,7 @@ class _Worker:
     heartbeats: bool = True
     held: set[int] = field(default_factory=set)
     leaving: bool = False
+    full: bool = False  # its socket queue took no more: no requests until it is heard from
 
 
 @dataclass(slots=True)
@@ -154,6 +161,10 @@ class Scheduler:
         # Workers with a free credit, least recently used first.
         self._free: OrderedDict[WorkerId, None] = OrderedDict()
         self._queue: deque[Request] = deque()
+        # Requests that go again (their worker died, or they could not be sent) wait here, and
+        # are dispatched before new ones. Each deque is in the order requests joined it, so its
+        # first request is the next to time out.
+        self._again: deque[Request] = deque()
         self._in_flight: dict[int, _InFlight] = {}
         # Pass a random first token: a reply a worker sends late, for a request of the
         # broker's previous life, then names no request of this one.
@@ -191,10 +202,35 @@ class Scheduler:
         return list(self._dispatch_queued(now))
 
     def heard_from(self, worker: WorkerId, now: float) -> None:
-        """Any message from ``worker`` proves it alive."""
+        """Any message from ``worker`` proves it alive (and able to take requests again)."""
         known = self._workers.get(worker)
         if known is not None:
             known.last_heard = now
+            if known.full:
+                known.full = False
+                self._update_free(worker)
+
+    def holds(self, worker: WorkerId, token: int) -> bool:
+        """Whether ``worker`` is still to be sent, or to answer, request ``token``."""
+        entry = self._in_flight.get(token)
+        return entry is not None and entry.worker == worker and not entry.ended
+
+    def full(self, worker: WorkerId, token: int, now: float) -> list[Action]:
+        """``worker``'s queue could not take request ``token``: it goes to another worker.
+
+        The worker keeps its place and its credit, but gets no request until it is heard from.
+        """
+        entry = self._in_flight.pop(token, None)
+        known = self._workers.get(worker)
+        if known is not None:
+            known.held.discard(token)
+            known.credits += 1
+            known.full = True
+            self._free.pop(worker, None)
+        if entry is not None and not entry.ended:
+            entry.request.enqueued_at = now
+            self._again.append(entry.request)
+        return list(self._dispatch_queued(now))
 
     def is_known(self, worker: WorkerId) -> bool:
         """Whether ``worker`` is a live worker the scheduler counts on."""
@@ -251,7 +287,8 @@ class Scheduler:
         if known is not None:
             known.held.discard(token)
         if entry is not None and not entry.ended:
-            self._queue.appendleft(entry.request)
+            entry.request.enqueued_at = now
+            self._again.append(entry.request)
         return self.gone(worker, now)
 
     def gone(self, worker: WorkerId, now: float) -> list[Action]:
@@ -277,10 +314,17 @@ class Scheduler:
             if deadline <= now:
                 return [self._refuse(request, Refusal.DEADLINE)]
             self._sequence += 1
-            heapq.heappush(self._deadlines, (deadline, self._sequence, request))
+            deadlines = self._deadlines
+            pending = len(self._in_flight) + len(self._queue) + len(self._again)
+            if len(deadlines) > 2 * pending + 1024:
+                # Answered requests leave their entries behind: drop them now and then, so
+                # the heap (and the bodies it holds) stays the size of what is pending.
+                deadlines[:] = [entry for entry in deadlines if not entry[2].ended]
+                heapq.heapify(deadlines)
+            heapq.heappush(deadlines, (deadline, self._sequence, request))
         if self._free:
             return [self._dispatch(request, now)]
-        if len(self._queue) >= self.queue_limit:
+        if len(self._queue) + len(self._again) >= self.queue_limit:
             return [self._refuse(request, Refusal.BUSY)]
         self._queue.append(request)
         return []
@@ -296,9 +340,10 @@ class Scheduler:
             for worker_id, known in self._workers.items()
             if known.heartbeats and now - known.last_heard >= silence
         ]
-        for worker_id in silent:
+        for worker_id in silent:  # all of them first: none may get another's requests
             self._dead += 1
-            actions.extend(self._forget(worker_id, now))
+            actions.extend(self._forget(worker_id, now, dispatch=False))
+        actions.extend(self._dispatch_queued(now))
         actions.extend(self._expire_queued(now))
         for entry in self._in_flight.values():
             deadline = entry.request.deadline
@@ -319,8 +364,11 @@ class Scheduler:
             if known.heartbeats:
                 times.append(known.last_heard + silence)
                 times.append(known.last_sent + self.heartbeat_interval)
-        if self._queue:
-            times.append(self._queue[0].received_at + self.queue_timeout)
+        times.extend(
+            waiting[0].enqueued_at + self.queue_timeout
+            for waiting in (self._again, self._queue)
+            if waiting
+        )
         deadlines = self._deadlines
         while deadlines and deadlines[0][2].ended:
             heapq.heappop(deadlines)
@@ -339,7 +387,7 @@ class Scheduler:
         return SchedulerStatistics(
             workers=len(self._workers),
             free_credits=sum(known.credits for known in self._workers.values()),
-            queued=len(self._queue),
+            queued=len(self._queue) + len(self._again),
             in_flight=sum(not entry.ended for entry in self._in_flight.values()),
             delivered=self._delivered,
             refused=self._refused,
@@ -353,7 +401,7 @@ class Scheduler:
 
     def _update_free(self, worker: WorkerId) -> None:
         known = self._workers[worker]
-        if known.credits > 0 and not known.leaving:
+        if known.credits > 0 and not known.leaving and not known.full:
             if worker not in self._free:
                 self._free[worker] = None  # newly free: the most recently used end
         else:
@@ -374,26 +422,29 @@ class Scheduler:
         return Dispatch(worker_id, token, request)
 
     def _dispatch_queued(self, now: float) -> Iterator[Action]:
-        while self._queue and self._free:
-            request = self._queue.popleft()
-            if request.deadline is not None and request.deadline <= now:
-                yield self._refuse(request, Refusal.DEADLINE)
-            else:
-                yield self._dispatch(request, now)
+        for waiting in (self._again, self._queue):
+            while waiting and self._free:
+                request = waiting.popleft()
+                if request.deadline is not None and request.deadline <= now:
+                    yield self._refuse(request, Refusal.DEADLINE)
+                else:
+                    yield self._dispatch(request, now)
 
     def _expire_queued(self, now: float) -> Iterator[Action]:
-        kept: deque[Request] = deque()
-        for request in self._queue:
-            if request.deadline is not None and request.deadline <= now:
-                yield self._refuse(request, Refusal.DEADLINE)
-            elif now - request.received_at >= self.queue_timeout:
-                reason = Refusal.BUSY if self._workers else Refusal.NO_WORKERS
-                yield self._refuse(request, reason)
-            else:
-                kept.append(request)
-        self._queue = kept
+        for waiting in (self._again, self._queue):
+            kept: deque[Request] = deque()
+            for request in waiting:
+                if request.deadline is not None and request.deadline <= now:
+                    yield self._refuse(request, Refusal.DEADLINE)
+                elif now - request.enqueued_at >= self.queue_timeout:
+                    reason = Refusal.BUSY if self._workers else Refusal.NO_WORKERS
+                    yield self._refuse(request, reason)
+                else:
+                    kept.append(request)
+            waiting.clear()
+            waiting.extend(kept)
 
-    def _forget(self, worker: WorkerId, now: float) -> list[Action]:
+    def _forget(self, worker: WorkerId, now: float, *, dispatch: bool = True) -> list[Action]:
         known = self._workers.pop(worker)
         self._free.pop(worker, None)
         actions: list[Action] = [Forget(worker)]
@@ -410,8 +461,11 @@ class Scheduler:
                 again.append(request)
             else:
                 actions.append(self._refuse(request, Refusal.WORKER_DIED))
-        self._queue.extendleft(reversed(again))
-        actions.extend(self._dispatch_queued(now))
+        for request in again:
+            request.enqueued_at = now
+        self._again.extend(again)
+        if dispatch:
+            actions.extend(self._dispatch_queued(now))
         return actions
 
     def _refuse(self, request: Request, reason: Refusal) -> Refuse:
