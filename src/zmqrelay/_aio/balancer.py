@@ -16,36 +16,19 @@ import zmq
 from anyio.lowlevel import checkpoint
 
 from zmqrelay._aio import sockets
-from zmqrelay._core import lbwire, tag
-from zmqrelay._core.envelope import DELIMITER
+from zmqrelay._core import lbclient, lbwire
 from zmqrelay._core.scheduler import (
     Action,
     Deliver,
     Dispatch,
     Forget,
     Heartbeat,
-    Refusal,
     Refuse,
-    Request,
     Scheduler,
 )
-from zmqrelay._core.worker import plain_error_reply
 from zmqrelay.errors import RemoteProtocolError
 
 logger = logging.getLogger("zmqrelay.broker")
-
-_STATUS = {
-    Refusal.BUSY: tag.Status.BUSY,
-    Refusal.NO_WORKERS: tag.Status.NO_WORKERS,
-    Refusal.DEADLINE: tag.Status.DEADLINE,
-    Refusal.WORKER_DIED: tag.Status.WORKER_DIED,
-}
-_ERROR_NAME = {
-    Refusal.BUSY: "BrokerBusy",
-    Refusal.NO_WORKERS: "NoWorkers",
-    Refusal.DEADLINE: "DeadlineExceeded",
-    Refusal.WORKER_DIED: "WorkerDied",
-}
 
 
 @dataclass(slots=True)
@@ -121,21 +104,18 @@ class Balancer:
             frames = sockets.recv_message(self._front)
             if frames is None:
                 return False
-            try:
-                index = frames.index(DELIMITER, 1)
-            except ValueError:
-                index = -1
-            if index < 1 or index == len(frames) - 1:
+            request = lbclient.read_request(
+                frames, now, request_timeout=self.request_timeout, redeliveries=self.redeliveries
+            )
+            if request is None:
                 self.counters.malformed_requests += 1
                 continue
-            asked = tag.decode(frames[index - 1])
-            timeout, retries = self.request_timeout, self.redeliveries
-            if asked is not None:
-                timeout = asked.timeout if asked.timeout is not None else timeout
-                retries = max(retries, asked.redeliveries)
-            deadline = None if timeout is None else now + timeout
             actions = self.scheduler.request(
-                frames[:index], frames[index + 1 :], now, deadline=deadline, retries=retries
+                request.envelope,
+                request.body,
+                now,
+                deadline=request.deadline,
+                retries=request.retries,
             )
             self._perform(actions, now)
         return True
@@ -158,7 +138,7 @@ class Balancer:
                 # worker): tell it to register again, rather than let it wait for silence.
                 if isinstance(event, lbwire.Reply):
                     scheduler.reply(worker, event.token, event.body, now)  # counted as unknown
-                if event_dialect(event) == "zmqrelay":
+                if lbwire.dialect_of(event) == "zmqrelay":
                     self._to_worker(worker, lbwire.encode_command(worker, lbwire.DISCONNECT), now)
                 continue
             if isinstance(event, lbwire.Reply):
@@ -198,10 +178,12 @@ class Balancer:
             if isinstance(action, Dispatch):
                 self._dispatch(action, now)
             elif isinstance(action, Deliver):
-                self._to_client(action.request, action.status, action.body)
+                self.counters.replies_forwarded += 1
+                envelope = action.request.envelope
+                self._to_client(lbclient.reply_frames(envelope, action.status, action.body))
                 self._settle()
             elif isinstance(action, Refuse):
-                self._refuse(action.request, action.reason)
+                self._to_client(lbclient.refusal_frames(action.request.envelope, action.reason))
                 self._settle()
             elif isinstance(action, Heartbeat) and self.dialects.get(action.worker) == "zmqrelay":
                 message = lbwire.encode_command(action.worker, lbwire.HEARTBEAT)
@@ -230,68 +212,25 @@ class Balancer:
             redelivery=request.redelivery,
             timeout=timeout,
         )
-        try:
-            sent = sockets.send_message(self._back, message)
-        except zmq.ZMQError as exc:
-            if exc.errno != sockets.EHOSTUNREACH:
-                raise
+        routed = self._to_worker(worker, message, now)
+        if routed == "sent":
+            self.counters.requests_forwarded += 1
+        elif routed == "full":  # its queue takes no more: the request goes to another worker
+            self._perform(self.scheduler.full(worker, action.token, now), now)
+        else:
             # The worker went away unseen: this request goes back to the queue, what the
             # worker held before ends or goes to another.
             self._perform(self.scheduler.unsent(worker, action.token, now), now)
-            return
-        if sent:
+
+    def _to_worker(self, worker: bytes, message: list[bytes], now: float) -> sockets.Routed:
+        routed = sockets.route(self._back, message)
+        if routed == "sent":
             self.scheduler.sent_to(worker, now)
-            self.counters.requests_forwarded += 1
-        else:  # its queue is full: the request goes to another worker
-            self._perform(self.scheduler.full(worker, action.token, now), now)
+        return routed
 
-    def _to_worker(self, worker: bytes, message: list[bytes], now: float) -> bool:
-        try:
-            sent = sockets.send_message(self._back, message)
-        except zmq.ZMQError as exc:
-            if exc.errno != sockets.EHOSTUNREACH:
-                raise
-            sent = False
-        if sent:
-            self.scheduler.sent_to(worker, now)
-        return sent
-
-    def _to_client(self, request: Request, status: int, body: list[bytes]) -> None:
-        envelope = request.envelope
-        self.counters.replies_forwarded += 1
-        if not status:
-            self._send_to_client([*envelope, DELIMITER, *body])
-        elif tag.decode(envelope[-1]) is not None:
-            marked = tag.with_status(envelope[-1], tag.Status(status))
-            self._send_to_client([*envelope[:-1], marked, DELIMITER, *body])
-        else:  # an error reply for a plain client: one documented frame
-            type_name = body[0].decode("utf-8", "replace") if body else "Exception"
-            message = body[1].decode("utf-8", "replace") if len(body) > 1 else ""
-            self._send_to_client([*envelope, DELIMITER, plain_error_reply(type_name, message)])
-
-    def _refuse(self, request: Request, reason: Refusal) -> None:
-        envelope, message = request.envelope, f"the broker refused the request: {reason.value}"
-        if tag.decode(envelope[-1]) is not None:
-            marked = tag.with_status(envelope[-1], _STATUS[reason])
-            frames = [*envelope[:-1], marked, DELIMITER, message.encode()]
-        else:
-            frames = [*envelope, DELIMITER, plain_error_reply(_ERROR_NAME[reason], message)]
-        self._send_to_client(frames)
-
-    def _send_to_client(self, frames: list[bytes]) -> None:
-        try:
-            sent = sockets.send_message(self._front, frames)
-        except zmq.ZMQError as exc:
-            if exc.errno != sockets.EHOSTUNREACH:
-                raise
+    def _to_client(self, frames: list[bytes]) -> None:
+        routed = sockets.route(self._front, frames)
+        if routed == "gone":
             self.counters.unroutable_replies += 1
-            return
-        if not sent:
+        elif routed == "full":
             self.counters.congested_replies += 1
-
-
-def event_dialect(event: lbwire.WorkerEvent) -> lbwire.Dialect:
-    """The dialect a worker's message was in (only guide workers send guide replies)."""
-    if isinstance(event, lbwire.Ready | lbwire.Reply):
-        return event.dialect
-    return "zmqrelay"

@@ -18,7 +18,7 @@ from zmqrelay._aio import sockets
 from zmqrelay._core.envelope import is_routable
 from zmqrelay._core.relay import RelayCounters
 
-receive, send = sockets.recv_message, sockets.send_message
+receive, send, route = sockets.recv_message, sockets.send_message, sockets.route
 
 
 class PythonRelay:
@@ -116,20 +116,16 @@ class PythonRelay:
             if not is_routable(frames):
                 counters.malformed_replies += 1
                 continue
-            try:
-                sent = send(front, frames)
-            except zmq.ZMQError as exc:
-                if exc.errno != sockets.EHOSTUNREACH:
-                    raise
-                counters.unroutable_replies += 1
-                continue
-            if sent:
+            routed = route(front, frames)
+            if routed == "sent":
                 counters.replies_forwarded += 1
                 if self.pending_reply_frames is not None:
                     self.drained_frames += len(frames)
                     self.drained_bytes += sum(map(len, frames))
-            else:
+            elif routed == "full":
                 counters.congested_replies += 1
+            else:
+                counters.unroutable_replies += 1
         return True
 
 

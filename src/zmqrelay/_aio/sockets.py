@@ -14,7 +14,7 @@ import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import cast
+from typing import Literal, cast
 
 import zmq
 import zmq.asyncio
@@ -181,6 +181,22 @@ def send_message(sock: SyncSocket, frames: list[bytes]) -> bool:
     if last:
         send(frames[last], NOBLOCK)
     return True
+
+
+Routed = Literal["sent", "full", "gone"]
+
+
+def route(sock: SyncSocket, frames: list[bytes]) -> Routed:
+    """Send a message through a ROUTER with ROUTER_MANDATORY, without waiting.
+
+    ``"full"``: the peer's queue takes no more now; ``"gone"``: no peer has that routing id.
+    """
+    try:
+        return "sent" if send_message(sock, frames) else "full"
+    except zmq.ZMQError as exc:
+        if exc.errno != EHOSTUNREACH:
+            raise
+        return "gone"
 
 
 def being_cancelled() -> bool:

@@ -70,7 +70,7 @@ class Reply:
         if self.status is tag.Status.OK:
             return self.body
         if self.status is tag.Status.ERROR:
-            type_name, message = _decode_error(self.body)
+            type_name, message = decode_error(self.body)
             raise RemoteError(type_name, message)
         detail = self.body[0].decode("utf-8", "replace") if self.body else ""
         raise _REFUSALS[self.status](detail or self.status.name.lower().replace("_", " "))
@@ -84,7 +84,8 @@ _REFUSALS: dict[tag.Status, type[RequestRefused]] = {
 }
 
 
-def _decode_error(body: list[bytes]) -> tuple[str, str]:
+def decode_error(body: list[bytes]) -> tuple[str, str]:
+    """The handler's exception type name and message from an error reply's body."""
     type_name = body[0].decode("utf-8", "replace") if body else "Exception"
     message = body[1].decode("utf-8", "replace") if len(body) > 1 else ""
     return type_name, message

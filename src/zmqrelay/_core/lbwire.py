@@ -102,6 +102,13 @@ class Disconnect:
 WorkerEvent = Ready | Reply | Heartbeat | Leaving | Disconnect
 
 
+def dialect_of(event: WorkerEvent) -> Dialect:
+    """The dialect a worker's message was in (only guide workers send guide replies)."""
+    if isinstance(event, Ready | Reply):
+        return event.dialect
+    return "zmqrelay"
+
+
 def encode_token(token: int) -> bytes:
     """The reply-to frame standing for request ``token``."""
     return _TOKEN.pack(token)
