@@ -16,7 +16,7 @@ import zmq
 from anyio.lowlevel import checkpoint
 
 from zmqrelay._aio import sockets
-from zmqrelay._core import lbclient, lbwire
+from zmqrelay._core import lbclient, lbwire, mdp
 from zmqrelay._core.scheduler import (
     Action,
     Deliver,
@@ -24,12 +24,10 @@ from zmqrelay._core.scheduler import (
     Forget,
     Heartbeat,
     Refuse,
-    Scheduler,
 )
-from zmqrelay.errors import RemoteProtocolError
+from zmqrelay._core.services import Services
 
 logger = logging.getLogger("zmqrelay.broker")
-
 
 @dataclass(slots=True)
 class BalancerCounters:
@@ -42,7 +40,6 @@ class BalancerCounters:
     unroutable_replies: int = 0
     congested_replies: int = 0
 
-
 class Balancer:
     """Relays between clients (frontend ROUTER) and workers (backend ROUTER) by scheduler."""
 
@@ -50,7 +47,7 @@ class Balancer:
         self,
         frontend: sockets.AsyncSocket,
         backend: sockets.AsyncSocket,
-        scheduler: Scheduler,
+        scheduler: Services,
         *,
         batch_size: int,
         redeliveries: int,
@@ -111,11 +108,13 @@ class Balancer:
                 self.counters.malformed_requests += 1
                 continue
             actions = self.scheduler.request(
+                request.service,
                 request.envelope,
                 request.body,
                 now,
                 deadline=request.deadline,
                 retries=request.retries,
+                dialect=request.dialect,
             )
             self._perform(actions, now)
         return True
@@ -128,22 +127,26 @@ class Balancer:
             if frames is None:
                 return False
             worker = frames[0]
-            try:
-                event = lbwire.decode_backend(frames, known=scheduler.is_known(worker))
-            except RemoteProtocolError as exc:
-                self._violation(worker, exc, now)
+            event = mdp.decode_backend(frames, known=scheduler.is_known(worker))
+            if isinstance(event, mdp.Violation):
+                self._violation(event, now)
                 continue
             if not isinstance(event, lbwire.Ready) and not scheduler.is_known(worker):
-                # A zmqrelay worker this broker does not know (it restarted, or forgot the
-                # worker): tell it to register again, rather than let it wait for silence.
+                # A worker this broker does not know (it restarted, or forgot the worker):
+                # tell it to register again, rather than let it wait for silence.
                 if isinstance(event, lbwire.Reply):
                     scheduler.reply(worker, event.token, event.body, now)  # counted as unknown
-                if lbwire.dialect_of(event) == "zmqrelay":
-                    self._to_worker(worker, lbwire.encode_command(worker, lbwire.DISCONNECT), now)
+                if not isinstance(event, lbwire.Disconnect):
+                    self._disconnect(worker, event.dialect, now)
                 continue
             if isinstance(event, lbwire.Reply):
                 actions = scheduler.reply(
-                    worker, event.token, event.body, now, status=event.status
+                    worker,
+                    event.token,
+                    event.body,
+                    now,
+                    status=event.status,
+                    partial=event.partial,
                 )
             elif isinstance(event, lbwire.Ready):
                 if event.dialect == "guide" and scheduler.is_known(worker):
@@ -152,7 +155,11 @@ class Balancer:
                     self._perform(scheduler.gone(worker, now), now)
                 self.dialects[worker] = event.dialect
                 actions = scheduler.ready(
-                    worker, event.credits, now, heartbeats=event.dialect == "zmqrelay"
+                    worker,
+                    event.service,
+                    event.credits,
+                    now,
+                    heartbeats=event.dialect != "guide",
                 )
                 if event.dialect == "zmqrelay":  # acknowledges the registration at once
                     actions = [Heartbeat(worker), *actions]
@@ -167,32 +174,54 @@ class Balancer:
             self._perform(actions, now)
         return True
 
-    def _violation(self, worker: bytes, error: RemoteProtocolError, now: float) -> None:
+    def _violation(self, violation: mdp.Violation, now: float) -> None:
+        """A worker broke its protocol: it is told DISCONNECT (if it can hear) and forgotten."""
         self.counters.protocol_violations += 1
-        logger.debug("worker %r broke the protocol: %s", worker, error)
-        if self.scheduler.is_known(worker):  # it is forgotten (and told so, if it can hear)
-            self._perform(self.scheduler.gone(worker, now), now)
+        worker = violation.worker
+        logger.debug("worker %r broke the protocol: %s", worker, violation.reason)
+        if self.scheduler.is_known(worker):
+            self._perform(self.scheduler.gone(worker, now), now)  # sends DISCONNECT
+        elif violation.dialect is not None:
+            self._disconnect(worker, violation.dialect, now)
+
+    def _disconnect(self, worker: bytes, dialect: lbwire.Dialect, now: float) -> None:
+        variant = mdp.as_variant(dialect)
+        if variant is not None:
+            self._to_worker(worker, mdp.encode_worker_command(worker, variant, "disconnect"), now)
+        elif dialect == "zmqrelay":
+            self._to_worker(worker, lbwire.encode_command(worker, lbwire.DISCONNECT), now)
 
     def _perform(self, actions: list[Action], now: float) -> None:
         for action in actions:
             if isinstance(action, Dispatch):
                 self._dispatch(action, now)
             elif isinstance(action, Deliver):
-                self.counters.replies_forwarded += 1
-                envelope = action.request.envelope
-                self._to_client(lbclient.reply_frames(envelope, action.status, action.body))
-                self._settle()
+                request = action.request
+                frames = lbclient.reply_frames(
+                    request, action.status, action.body, partial=action.partial
+                )
+                if frames is not None:
+                    self.counters.replies_forwarded += 1
+                    self._to_client(frames)
+                if not action.partial:
+                    self._settle()
             elif isinstance(action, Refuse):
-                self._to_client(lbclient.refusal_frames(action.request.envelope, action.reason))
+                self._to_client(lbclient.refusal_frames(action.request, action.reason))
                 self._settle()
-            elif isinstance(action, Heartbeat) and self.dialects.get(action.worker) == "zmqrelay":
-                message = lbwire.encode_command(action.worker, lbwire.HEARTBEAT)
-                self._to_worker(action.worker, message, now)
-            elif (
-                isinstance(action, Forget) and self.dialects.pop(action.worker, None) == "zmqrelay"
-            ):
-                message = lbwire.encode_command(action.worker, lbwire.DISCONNECT)
-                self._to_worker(action.worker, message, now)
+            elif isinstance(action, Heartbeat):
+                self._heartbeat(action.worker, now)
+            elif isinstance(action, Forget):
+                dialect = self.dialects.pop(action.worker, None)
+                if dialect is not None:
+                    self._disconnect(action.worker, dialect, now)
+
+    def _heartbeat(self, worker: bytes, now: float) -> None:
+        dialect = self.dialects.get(worker)
+        variant = None if dialect is None else mdp.as_variant(dialect)
+        if variant is not None:
+            self._to_worker(worker, mdp.encode_worker_command(worker, variant, "heartbeat"), now)
+        elif dialect == "zmqrelay":
+            self._to_worker(worker, lbwire.encode_command(worker, lbwire.HEARTBEAT), now)
 
     def _settle(self) -> None:
         self.settled.set()
@@ -204,14 +233,19 @@ class Balancer:
         if dialect is None or not self.scheduler.holds(worker, action.token):
             return  # an earlier action of the same batch forgot the worker or the request
         timeout = None if request.deadline is None else request.deadline - now
-        message = lbwire.encode_request(
-            worker,
-            dialect,
-            action.token,
-            request.body,
-            redelivery=request.redelivery,
-            timeout=timeout,
-        )
+        variant = mdp.as_variant(dialect)
+        if variant is not None:
+            message = mdp.encode_worker_request(worker, variant, action.token, request.body)
+        else:
+            message = lbwire.encode_request(
+                worker,
+                dialect,
+                action.token,
+                request.body,
+                redelivery=request.redelivery,
+                timeout=timeout,
+            )
+
         routed = self._to_worker(worker, message, now)
         if routed == "sent":
             self.counters.requests_forwarded += 1

@@ -18,7 +18,7 @@ from zmqrelay._aio.relay import PythonRelay
 from zmqrelay._aio.service import Service, boundary_errors
 from zmqrelay._core.endpoints import connectable
 from zmqrelay._core.relay import BrokerStatistics, ProxyTraffic, RelayCounters
-from zmqrelay._core.scheduler import Scheduler
+from zmqrelay._core.services import Services
 from zmqrelay.errors import ClosedError
 
 Engine = Literal["libzmq", "python"]
@@ -128,7 +128,7 @@ class Broker(Service):
         if redeliveries < 0:
             raise ValueError("redeliveries cannot be negative")
         self._mode: Mode = mode
-        self._scheduler = Scheduler(
+        self._scheduler = Services(
             heartbeat_interval=heartbeat_interval,
             liveness=liveness,
             queue_limit=queue_limit,

@@ -1,20 +1,23 @@
 """Load-balancing mode, the clients' side: requests read from the frontend, and what goes back.
 
-A request is ``[client id, hop..., b"", body...]``; when its innermost hop is a zmqrelay tag, the
-tag says how long the client waits and how many redeliveries it allows. Replies retrace the
-envelope; error replies and refusals travel as a status in the tag for zmqrelay clients, and as
-one documented frame (:func:`~zmqrelay._core.worker.plain_error_reply`) for plain ones.
+A plain request is ``[client id, hop..., b"", body...]`` for the default service; Majordomo
+clients name a service (:func:`zmqrelay._core.mdp.decode_client`). When the innermost hop of
+the envelope is a zmqrelay tag, the tag says how long the client waits and how many
+redeliveries it allows. Replies retrace the envelope in the client's dialect; error replies and
+refusals travel as a status in the tag for zmqrelay clients, and as one documented frame
+(:func:`~zmqrelay._core.worker.plain_error_reply`) for the others. Parts of a streamed reply
+reach zmqrelay and MDP/0.2 clients as they come; other clients get them joined into one reply.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from zmqrelay._core import tag
+from zmqrelay._core import mdp, tag
 from zmqrelay._core.client import decode_error
-from zmqrelay._core.envelope import DELIMITER
-from zmqrelay._core.scheduler import Refusal
+from zmqrelay._core.scheduler import Refusal, Request
 from zmqrelay._core.worker import plain_error_reply
+from zmqrelay.errors import RemoteProtocolError
 
 _STATUS = {
     Refusal.BUSY: tag.Status.BUSY,
@@ -37,45 +40,79 @@ class ClientRequest(NamedTuple):
     body: list[bytes]
     deadline: float | None
     retries: int
+    service: bytes = b""
+    dialect: mdp.ClientDialect = "plain"
 
 
 def read_request(
     frames: list[bytes], now: float, *, request_timeout: float | None, redeliveries: int
 ) -> ClientRequest | None:
-    """Decode a frontend message, or ``None`` when it has no envelope (delimiter and body).
+    """Decode a frontend message, or ``None`` when it is malformed (in no dialect).
 
     The deadline is the client's timeout, else ``request_timeout``; the redeliveries, the larger
     of the client's and the broker's.
     """
     try:
-        index = frames.index(DELIMITER, 1)
-    except ValueError:
-        return None
-    if index == len(frames) - 1:
+        message = mdp.decode_client(frames)
+    except RemoteProtocolError:
         return None
     timeout, retries = request_timeout, redeliveries
-    asked = tag.decode(frames[index - 1])
+    asked = tag.decode(message.envelope[-1])
     if asked is not None:
         timeout = asked.timeout if asked.timeout is not None else timeout
         retries = max(retries, asked.redeliveries)
     deadline = None if timeout is None else now + timeout
-    return ClientRequest(frames[:index], frames[index + 1 :], deadline, retries)
+    return ClientRequest(
+        message.envelope, message.body, deadline, retries, message.service, message.dialect
+    )
 
 
-def reply_frames(envelope: list[bytes], status: int, body: list[bytes]) -> list[bytes]:
-    """A worker's reply (``status`` OK or ERROR, body as the worker sent it) for the client."""
-    if not status:
-        return [*envelope, DELIMITER, *body]
-    if tag.decode(envelope[-1]) is not None:
-        marked = tag.with_status(envelope[-1], tag.Status(status))
-        return [*envelope[:-1], marked, DELIMITER, *body]
-    return [*envelope, DELIMITER, plain_error_reply(*decode_error(body))]
+_DIALECTS: dict[str, mdp.ClientDialect] = {
+    "plain": "plain",
+    "mdp-0.1": "mdp-0.1",
+    "mdp-0.2": "mdp-0.2",
+    "majortomo": "majortomo",
+}
 
 
-def refusal_frames(envelope: list[bytes], reason: Refusal) -> list[bytes]:
+def _dialect(request: Request) -> mdp.ClientDialect:
+    return _DIALECTS[request.dialect]  # the scheduler keeps it as read_request found it
+
+
+def reply_frames(
+    request: Request, status: int, body: list[bytes], *, partial: bool = False
+) -> list[bytes] | None:
+    """A worker's reply (``status`` OK or ERROR, body as the worker sent it) for the client.
+
+    ``None`` when it is a part the client cannot take alone: it is kept, and sent with the rest.
+    """
+    envelope, dialect = request.envelope, _dialect(request)
+    tagged = tag.decode(envelope[-1]) is not None
+    if partial and not (tagged or mdp.streams(dialect)):
+        request.parts = [*(request.parts or []), *body]
+        return None
+    if request.parts and not status:
+        body = [*request.parts, *body]
+        request.parts = None
+    if tagged:
+        marked = tag.Status.PARTIAL if partial else tag.Status(status)
+        if marked:
+            envelope = [*envelope[:-1], tag.with_status(envelope[-1], marked)]
+    elif status:
+        body = [plain_error_reply(*decode_error(body))]
+    return mdp.encode_client_reply(envelope, dialect, request.service, body, partial=partial)
+
+
+def refusal_frames(request: Request, reason: Refusal) -> list[bytes]:
     """What tells the client why its request ended without a reply."""
+    envelope, dialect = request.envelope, _dialect(request)
     message = f"the broker refused the request: {reason.value}"
+    if request.service:
+        message += f" (service {request.service.decode('utf-8', 'replace')!r})"
     if tag.decode(envelope[-1]) is not None:
         marked = tag.with_status(envelope[-1], _STATUS[reason])
-        return [*envelope[:-1], marked, DELIMITER, message.encode()]
-    return [*envelope, DELIMITER, plain_error_reply(_ERROR_NAME[reason], message)]
+        body = [message.encode()]
+        envelope = [*envelope[:-1], marked]
+    else:
+        body = [plain_error_reply(_ERROR_NAME[reason], message)]
+    return mdp.encode_client_reply(envelope, dialect, request.service, body)

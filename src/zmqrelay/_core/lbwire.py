@@ -13,8 +13,10 @@ Every message starts ``[b"", b"ZRW1", command]``:
 ====================  ===========================================================================
 worker → broker       frames after the command
 ====================  ===========================================================================
-``READY``  ``\x01``    credits (ASCII integer)
-``REPLY``  ``\x03``    reply-to, status (one byte: a :class:`~zmqrelay._core.tag.Status`), body...
+``READY``  ``\x01``    credits (ASCII integer), then the service name (optional: the default
+                      service, ``""``, without it)
+``REPLY``  ``\x03``    reply-to, status (one byte: a :class:`~zmqrelay._core.tag.Status`: OK,
+                      ERROR, or PARTIAL for a part of a streamed reply, more to come), body...
 ``HEARTBEAT`` ``\x04``  none
 ``LEAVING`` ``\x06``   none: take no more requests, the worker finishes what it holds
 ``DISCONNECT`` ``\x05`` none: gone
@@ -50,11 +52,12 @@ from zmqrelay.errors import RemoteProtocolError
 PROTOCOL = b"ZRW1"
 READY, REQUEST, REPLY, HEARTBEAT, DISCONNECT, LEAVING = (bytes([n]) for n in range(1, 7))
 
-Dialect = Literal["guide", "zmqrelay"]
+Dialect = Literal["guide", "zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
+"""How a worker speaks; the Majordomo variants are decoded by :mod:`zmqrelay._core.mdp`."""
 
 _TOKEN = struct.Struct(">Q")
 _STATUSES = tuple(Status)
-_WORKER_STATUSES = (bytes([Status.OK]), bytes([Status.ERROR]))
+_WORKER_STATUSES = (bytes([Status.OK]), bytes([Status.ERROR]), bytes([Status.PARTIAL]))
 _MAX_CREDITS = 1_000_000
 
 
@@ -65,6 +68,7 @@ class Ready:
     worker: bytes
     credits: int
     dialect: Dialect
+    service: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,8 @@ class Reply:
     status: Status
     body: list[bytes]
     dialect: Dialect
+    partial: bool = False
+    """One part of a streamed reply: the request stays in the worker's hands."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +89,7 @@ class Heartbeat:
     """The worker is alive."""
 
     worker: bytes
+    dialect: Dialect = "zmqrelay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +97,7 @@ class Leaving:
     """The worker takes no more requests."""
 
     worker: bytes
+    dialect: Dialect = "zmqrelay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,16 +105,15 @@ class Disconnect:
     """The worker is gone."""
 
     worker: bytes
+    dialect: Dialect = "zmqrelay"
 
 
 WorkerEvent = Ready | Reply | Heartbeat | Leaving | Disconnect
 
 
 def dialect_of(event: WorkerEvent) -> Dialect:
-    """The dialect a worker's message was in (only guide workers send guide replies)."""
-    if isinstance(event, Ready | Reply):
-        return event.dialect
-    return "zmqrelay"
+    """The dialect a worker's message was in."""
+    return event.dialect
 
 
 def encode_token(token: int) -> bytes:
@@ -155,16 +162,24 @@ def _decode_zmqrelay(worker: bytes, rest: list[bytes]) -> WorkerEvent:
     command, arguments = rest[0], rest[1:]
     if command == REPLY:
         if len(arguments) < 3 or arguments[1] not in _WORKER_STATUSES:
-            raise RemoteProtocolError("REPLY needs a reply-to, a status (OK or ERROR) and a body")
+            raise RemoteProtocolError(
+                "REPLY needs a reply-to, a status (OK, ERROR or PARTIAL) and a body"
+            )
         token = decode_token(arguments[0])
-        return Reply(worker, token, _STATUSES[arguments[1][0]], arguments[2:], "zmqrelay")
+        status = _STATUSES[arguments[1][0]]
+        if status is Status.PARTIAL:
+            return Reply(worker, token, Status.OK, arguments[2:], "zmqrelay", partial=True)
+        return Reply(worker, token, status, arguments[2:], "zmqrelay")
     if command == READY:
-        if len(arguments) != 1 or not arguments[0].isdigit():
-            raise RemoteProtocolError("READY needs one frame: the credits, an ASCII integer")
+        if len(arguments) not in (1, 2) or not arguments[0].isdigit():
+            raise RemoteProtocolError("READY carries the credits (an ASCII integer), a service")
         credits = int(arguments[0])
         if not 1 <= credits <= _MAX_CREDITS:
             raise RemoteProtocolError(f"READY credits must be 1 to {_MAX_CREDITS}, not {credits}")
-        return Ready(worker, credits, "zmqrelay")
+        service = arguments[1] if len(arguments) == 2 else b""
+        if service.startswith(b"mmi."):
+            raise RemoteProtocolError("workers may not offer mmi.* services")
+        return Ready(worker, credits, "zmqrelay", service)
     if arguments:
         raise RemoteProtocolError(f"command {command!r} takes no frames")
     if command == HEARTBEAT:
@@ -204,9 +219,10 @@ def encode_command_to_broker(command: bytes) -> list[bytes]:
     return [DELIMITER, PROTOCOL, command]
 
 
-def encode_ready(credits: int) -> list[bytes]:
-    """What a zmqrelay worker (a DEALER) sends to register."""
-    return [DELIMITER, PROTOCOL, READY, str(credits).encode()]
+def encode_ready(credits: int, service: bytes = b"") -> list[bytes]:
+    """What a zmqrelay worker (a DEALER) sends to register (for ``service``, if not default)."""
+    message = [DELIMITER, PROTOCOL, READY, str(credits).encode()]
+    return [*message, service] if service else message
 
 
 def encode_reply(token_frame: bytes, status: Status, body: list[bytes]) -> list[bytes]:
@@ -231,6 +247,11 @@ class Assignment:
         """
         check_reply(body)
         return encode_reply(self.reply_to, Status.OK, list(body))
+
+    def partial(self, body: Sequence[bytes]) -> list[bytes] | None:
+        """The frames sending ``body`` as one part of a streamed reply, more to come."""
+        check_reply(body)
+        return encode_reply(self.reply_to, Status.PARTIAL, list(body))
 
     def error(self, type_name: str, message: str) -> list[bytes]:
         """The frames telling the client that the handler raised."""

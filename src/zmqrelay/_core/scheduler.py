@@ -60,6 +60,11 @@ class Request:
     ended: bool = False
     enqueued_at: float = -1.0
     """When it last joined the queue (the queue timeout counts from then)."""
+    service: bytes = b""
+    dialect: str = "plain"
+    """How the client spoke (kept for the shell, which answers in kind)."""
+    parts: list[bytes] | None = None
+    """Parts of a streamed reply held back for a client that takes one reply (the shell's)."""
 
     def __post_init__(self) -> None:
         if self.enqueued_at < 0:
@@ -75,11 +80,15 @@ class Dispatch(NamedTuple):
 
 
 class Deliver(NamedTuple):
-    """Send ``body`` to the client that sent ``request``, with the worker's ``status``."""
+    """Send ``body`` to the client that sent ``request``, with the worker's ``status``.
+
+    A ``partial`` delivery is one part of a streamed reply: the request goes on.
+    """
 
     request: Request
     body: list[bytes]
     status: int = 0
+    partial: bool = False
 
 
 class Refuse(NamedTuple):
@@ -117,6 +126,8 @@ class SchedulerStatistics(NamedTuple):
     late_replies: int
     unknown_replies: int
     dead_workers: int
+    services: int = 1
+    """Services with a worker or a request (load-balancing mode routes by service)."""
 
 
 @dataclass(slots=True)
@@ -264,6 +275,31 @@ class Scheduler:
         actions.extend(self._dispatch_queued(now))
         return actions
 
+    def partial(self, worker: WorkerId, token: int, body: list[bytes], now: float) -> list[Action]:
+        """``worker`` sent one part of a streamed reply to the request it got as ``token``.
+
+        The request stays with the worker. Once a part reached the client, sending the request
+        again would repeat parts: if its worker dies now, the request ends as ``WORKER_DIED``.
+        """
+        self.heard_from(worker, now)
+        entry = self._in_flight.get(token)
+        if entry is None or entry.worker != worker:
+            self._unknown += 1
+            return []
+        if entry.ended:
+            self._late += 1
+            return []
+        entry.request.retries_left = 0
+        return [Deliver(entry.request, body, 0, partial=True)]
+
+    def offers(self) -> bool:
+        """Whether a live worker that is not leaving serves here (what ``mmi.service`` says)."""
+        return any(not known.leaving for known in self._workers.values())
+
+    def idle(self) -> bool:
+        """Whether this scheduler holds nothing: no worker, no request."""
+        return not (self._workers or self._queue or self._again or self._in_flight)
+
     def leave(self, worker: WorkerId, now: float) -> list[Action]:
         """``worker`` takes no new requests; it keeps those it holds until it answers them."""
         known = self._workers.get(worker)
@@ -307,9 +343,11 @@ class Scheduler:
         *,
         deadline: float | None = None,
         retries: int = 0,
+        service: bytes = b"",
+        dialect: str = "plain",
     ) -> list[Action]:
         """A client asks; ``retries`` > 0 lets the request be sent again if its worker dies."""
-        request = Request(envelope, body, now, deadline, retries)
+        request = Request(envelope, body, now, deadline, retries, service=service, dialect=dialect)
         if deadline is not None:
             if deadline <= now:
                 return [self._refuse(request, Refusal.DEADLINE)]

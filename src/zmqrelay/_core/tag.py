@@ -51,6 +51,8 @@ class Status(enum.IntEnum):
     """The request's deadline passed before a reply came."""
     WORKER_DIED = 5
     """The worker holding the request died, and the request may not be sent again."""
+    PARTIAL = 6
+    """The body is one part of a streamed reply; more parts follow, the last with ``OK``."""
 
 
 class Tag(NamedTuple):
