@@ -29,6 +29,7 @@ from zmqrelay._core.services import Services
 
 logger = logging.getLogger("zmqrelay.broker")
 
+
 @dataclass(slots=True)
 class BalancerCounters:
     """What the socket loop counted (the scheduler counts the rest)."""
@@ -39,6 +40,7 @@ class BalancerCounters:
     protocol_violations: int = 0
     unroutable_replies: int = 0
     congested_replies: int = 0
+
 
 class Balancer:
     """Relays between clients (frontend ROUTER) and workers (backend ROUTER) by scheduler."""
