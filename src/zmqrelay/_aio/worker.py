@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any, Literal, overload
 
@@ -20,13 +21,15 @@ from anyio.lowlevel import checkpoint
 
 from zmqrelay._aio import sockets
 from zmqrelay._aio.service import Service
-from zmqrelay._core import lbwire
+from zmqrelay._core import lbwire, mdp
 from zmqrelay._core.worker import Answerable, WorkerStatistics, decode_request
-from zmqrelay.errors import ClosedError, RemoteProtocolError
+from zmqrelay.errors import ClosedError, LocalProtocolError, RemoteProtocolError
 
 logger = logging.getLogger("zmqrelay.worker")
 
 Mode = Literal["relay", "load-balancing"]
+Protocol = Literal["zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
+"""How a worker speaks to its broker: zmqrelay's own dialects, or a Majordomo variant."""
 
 _deadline: ContextVar[float | None] = ContextVar("zmqrelay_request_deadline", default=None)
 
@@ -55,10 +58,15 @@ def time_left() -> float | None:
     return None if deadline is None else max(0.0, deadline - anyio.current_time())
 
 
-Handler = Callable[[bytes], Awaitable[bytes]]
-"""A handler of single-frame requests: ``async def handle(request: bytes) -> bytes``."""
-FramesHandler = Callable[[list[bytes]], Awaitable[Sequence[bytes]]]
-"""A multipart handler: ``async def handle(frames: list[bytes]) -> Sequence[bytes]``."""
+Handler = Callable[[bytes], Awaitable[bytes]] | Callable[[bytes], AsyncIterator[bytes]]
+"""A handler of single-frame requests: ``async def handle(request: bytes) -> bytes``, or an
+async generator ``async def handle(request: bytes)`` that yields the parts of a streamed reply."""
+FramesHandler = (
+    Callable[[list[bytes]], Awaitable[Sequence[bytes]]]
+    | Callable[[list[bytes]], AsyncIterator[Sequence[bytes]]]
+)
+"""A multipart handler: ``async def handle(frames: list[bytes]) -> Sequence[bytes]``, or an
+async generator yielding the parts of a streamed reply, each a sequence of frames."""
 
 
 class AsyncWorker(Service):
@@ -87,13 +95,27 @@ class AsyncWorker(Service):
         drain_timeout: on :meth:`aclose`, how long requests in hand may take to finish before
             their handlers are cancelled.
         linger: seconds unsent replies may still go out after the socket closes.
-        mode: ``"relay"`` (the default) for a relay-mode broker or any broker that forwards
+        mode: ``"relay"`` for a relay-mode broker or any broker that forwards
             ``[envelope..., b"", body...]``; ``"load-balancing"`` for a load-balancing broker:
             the worker registers with ``concurrency`` credits, heartbeats every
             ``heartbeat_interval`` seconds, and registers again when the broker tells it to or
-            has been silent for ``liveness`` intervals (after a restart, say).
+            has been silent for ``liveness`` intervals (after a restart, say). The default is
+            ``"relay"``, or ``"load-balancing"`` when a ``service`` or a Majordomo
+            ``protocol`` is given.
         heartbeat_interval: seconds between heartbeats (load-balancing mode).
         liveness: heartbeat intervals of broker silence before registering again.
+        service: the name of the service this worker offers (load-balancing mode; ``None``
+            is the broker's default service, the one plain requests go to). Names starting
+            with ``mmi.`` belong to the broker.
+        protocol: ``"zmqrelay"`` (the default) speaks zmqrelay's worker protocol, with
+            credits, deadlines and error replies; ``"mdp-0.1"``, ``"mdp-0.2"`` or
+            ``"majortomo"`` speak Majordomo, for any Majordomo broker of that version (one
+            request at a time: ``concurrency`` must be 1).
+
+    A handler written as an async generator streams its reply: each part it yields reaches
+    the client as it comes (:meth:`AsyncClient.stream <zmqrelay.AsyncClient.stream>`, or
+    Majordomo 0.2's PARTIAL), the last one as the final reply; a part is sent once the next
+    is ready, or the handler ends. Clients that take one reply get the parts joined.
 
     Example::
 
@@ -118,9 +140,11 @@ class AsyncWorker(Service):
         routing_id: bytes | None = None,
         drain_timeout: float = 5.0,
         linger: float = 1.0,
-        mode: Mode = "relay",
+        mode: Mode | None = None,
         heartbeat_interval: float = 2.5,
         liveness: int = 3,
+        service: str | bytes | None = None,
+        protocol: Protocol = "zmqrelay",
     ) -> None: ...
 
     @overload
@@ -135,9 +159,11 @@ class AsyncWorker(Service):
         routing_id: bytes | None = None,
         drain_timeout: float = 5.0,
         linger: float = 1.0,
-        mode: Mode = "relay",
+        mode: Mode | None = None,
         heartbeat_interval: float = 2.5,
         liveness: int = 3,
+        service: str | bytes | None = None,
+        protocol: Protocol = "zmqrelay",
     ) -> None: ...
 
     def __init__(
@@ -151,17 +177,31 @@ class AsyncWorker(Service):
         routing_id: bytes | None = None,
         drain_timeout: float = 5.0,
         linger: float = 1.0,
-        mode: Mode = "relay",
+        mode: Mode | None = None,
         heartbeat_interval: float = 2.5,
         liveness: int = 3,
+        service: str | bytes | None = None,
+        protocol: Protocol = "zmqrelay",
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        variant = mdp.as_variant(protocol)
+        if variant is None and protocol != "zmqrelay":
+            raise ValueError(f"unknown protocol {protocol!r}")
+        if mode is None:
+            mode = "relay" if service is None and variant is None else "load-balancing"
         if mode not in ("relay", "load-balancing"):
             raise ValueError(f"mode must be 'relay' or 'load-balancing', not {mode!r}")
+        if mode == "relay" and (service is not None or variant is not None):
+            raise ValueError("services and Majordomo need mode='load-balancing'")
+        service_name = service.encode() if isinstance(service, str) else service or b""
+        if mdp.is_mmi(service_name):
+            raise ValueError("service names starting with 'mmi.' belong to the broker")
+        if variant is not None and concurrency != 1:
+            raise ValueError("a Majordomo worker takes one request at a time: concurrency=1")
         super().__init__()
         self._endpoint = endpoint
-        self._handler: Callable[[Any], Awaitable[Any]] = handler
+        self._handler: Callable[[Any], Any] = handler
         self._frames = frames
         self._concurrency = concurrency
         self._context = context
@@ -188,6 +228,9 @@ class AsyncWorker(Service):
         self._heard = anyio.Event()
         self._registrations = 0
         self._free: deque[asyncio.Future[None]] = deque()
+        self._service = service_name
+        self._variant = variant
+        self._pump: sockets.Pump | None = None
 
     def __repr__(self) -> str:
         return (
@@ -228,6 +271,7 @@ class AsyncWorker(Service):
             sockets.Pump(sock) as pump,
             anyio.CancelScope() as self._run_scope,
         ):
+            self._pump = pump
             if self._aborted:
                 self._run_scope.cancel()
             try:
@@ -242,7 +286,7 @@ class AsyncWorker(Service):
                     await self._close_requested.wait()
                     self._state = "draining"
                     intake.cancel()
-                    if self._mode == "load-balancing":
+                    if self._mode == "load-balancing" and self._variant is None:
                         with contextlib.suppress(ClosedError):
                             pump.try_send(lbwire.encode_command_to_broker(lbwire.LEAVING))
                     # In relay mode the broker keeps handing this worker requests until it
@@ -261,7 +305,7 @@ class AsyncWorker(Service):
                 self._refuse_waiting(pump)
                 if self._mode == "load-balancing" and not self._aborted:
                     with contextlib.suppress(ClosedError):
-                        pump.try_send(lbwire.encode_command_to_broker(lbwire.DISCONNECT))
+                        pump.try_send(self._command("disconnect"))
 
     async def _receive(self, pump: sockets.Pump, intake: anyio.CancelScope) -> None:
         # Requests go to a queue served by `concurrency` long-lived tasks: far cheaper than
@@ -304,13 +348,23 @@ class AsyncWorker(Service):
                 else:
                     await checkpoint()
 
+    def _command(self, which: Literal["heartbeat", "disconnect"]) -> list[bytes]:
+        if self._variant is not None:
+            return mdp.encode_to_broker(self._variant, which)
+        command = lbwire.HEARTBEAT if which == "heartbeat" else lbwire.DISCONNECT
+        return lbwire.encode_command_to_broker(command)
+
     def _decode(self, frames: list[bytes]) -> Answerable | None:
         if self._mode == "relay":
             return decode_request(frames)
-        message = lbwire.decode_from_broker(frames)
+        message: Answerable | str
+        if self._variant is not None:
+            message = mdp.decode_from_broker(self._variant, frames)
+        else:
+            message = lbwire.decode_from_broker(frames)
         self._broker_heard = anyio.current_time()
         self._heard.set()
-        if isinstance(message, lbwire.Assignment):
+        if not isinstance(message, str):
             return message
         if message == "disconnect":  # the broker forgot this worker (it restarted, say)
             self._register_now.set()
@@ -335,15 +389,25 @@ class AsyncWorker(Service):
                     await self._register_now.wait()
                 if self._register_now.is_set():
                     break  # the broker forgot this worker
-                if anyio.current_time() - self._broker_heard >= silence:
+                # Majordomo brokers may not heartbeat a worker that holds a request (majortomo
+                # does not): silence counts only while this one is idle.
+                quiet = self._variant is None or not self._in_flight
+                if quiet and anyio.current_time() - self._broker_heard >= silence:
                     break  # the broker is gone, or restarting
-                pump.try_send(lbwire.encode_command_to_broker(lbwire.HEARTBEAT))
+                pump.try_send(self._command("heartbeat"))
 
     async def _register_once(self, pump: sockets.Pump) -> bool:
-        """Say READY; true if the broker answered (it heartbeats at once) within an interval."""
+        """Say READY; true if the broker answered (it heartbeats at once) within an interval.
+
+        A Majordomo broker does not answer READY: the worker assumes it is registered.
+        """
         self._registrations += 1
         self._heard = anyio.Event()
-        pump.try_send(lbwire.encode_ready(self._concurrency))
+        if self._variant is not None:
+            pump.try_send(mdp.encode_ready(self._variant, self._service))
+            self._broker_heard = anyio.current_time()
+            return True
+        pump.try_send(lbwire.encode_ready(self._concurrency, self._service))
         with anyio.move_on_after(self._heartbeat_interval):
             await self._heard.wait()
         return self._heard.is_set()
@@ -395,15 +459,18 @@ class AsyncWorker(Service):
     async def _call(self, request: Answerable) -> list[bytes]:
         try:
             if self._frames:
-                result = await self._handler(request.body)
+                called = self._handler(request.body)
             elif len(request.body) == 1:
-                result = [await self._handler(request.body[0])]
+                called = self._handler(request.body[0])
             else:
                 raise RemoteProtocolError(  # noqa: TRY301 - answered like a handler error
                     "this worker's handler takes a single-frame request, "
                     f"got {len(request.body)} frames"
                 )
-            return request.reply(result)
+            if inspect.isasyncgen(called):
+                return await self._stream(request, called)
+            result = await called
+            return request.reply(result if self._frames else [result])
         except Exception as exc:
             return self._handler_failed(request, exc)
         except anyio.get_cancelled_exc_class() as exc:
@@ -412,6 +479,28 @@ class AsyncWorker(Service):
             # The handler raised CancelledError itself (it awaited something that was
             # cancelled): a handler error like any other, not the worker stopping.
             return self._handler_failed(request, exc)
+
+    async def _stream(self, request: Answerable, parts: AsyncGenerator[Any, Any]) -> list[bytes]:
+        """Send each part the handler yields but the last, and return the last as the reply.
+
+        A part goes once the next one is ready, since only then is it known not to be the
+        last. Parts the client cannot take alone are joined into the reply instead.
+        """
+        assert self._pump is not None  # set while running
+        previous: list[bytes] | None = None
+        joined: list[bytes] = []
+        async with contextlib.aclosing(parts):
+            async for part in parts:
+                if previous is not None:
+                    message = request.partial(previous)
+                    if message is None:
+                        joined.extend(previous)
+                    else:
+                        await self._pump.send(message)
+                previous = list(part) if self._frames else [part]
+        if previous is None:
+            raise LocalProtocolError("a streaming handler must yield at least one part")
+        return request.reply([*joined, *previous])
 
     def _handler_failed(self, request: Answerable, exc: BaseException) -> list[bytes]:
         self._handler_errors += 1

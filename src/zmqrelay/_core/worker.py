@@ -73,6 +73,10 @@ class Answerable(Protocol):
         """The frames that answer it with ``body``."""
         ...
 
+    def partial(self, body: Sequence[bytes]) -> list[bytes] | None:
+        """The frames of one part of a streamed reply, or ``None`` if parts must be joined."""
+        ...
+
     def error(self, type_name: str, message: str) -> list[bytes]:
         """The frames that tell its client the handler raised."""
         ...
@@ -112,6 +116,18 @@ class Request:
         """
         check_reply(body)
         return [*self.routing, envelope.DELIMITER, *body]
+
+    def partial(self, body: Sequence[bytes]) -> list[bytes] | None:
+        """The frames of one part of a streamed reply, for a zmqrelay client; else ``None``.
+
+        A plain client takes one reply: the caller joins the parts into it.
+        """
+        check_reply(body)
+        hop = self.routing[-1]
+        if tag.decode(hop) is None:
+            return None
+        marked = tag.with_status(hop, tag.Status.PARTIAL)
+        return [*self.routing[:-1], marked, envelope.DELIMITER, *body]
 
     def error(self, type_name: str, message: str) -> list[bytes]:
         """The frames of an error reply: a status for zmqrelay clients, a text for plain ones."""
