@@ -6,7 +6,8 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from strategies import body, messages
 from zmqrelay._core import tag
-from zmqrelay._core.client import Correlator, encode_error
+from zmqrelay._core.client import Correlator
+from zmqrelay._core.worker import encode_error
 from zmqrelay.errors import LocalProtocolError, RemoteError
 
 

@@ -13,14 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
-from zmqrelay._core import tag
+from zmqrelay._core import mdp, tag
 from zmqrelay._core.envelope import DELIMITER
+from zmqrelay._core.worker import decode_error
 from zmqrelay.errors import (
     BrokerBusy,
     DeadlineExceeded,
     LocalProtocolError,
     NoWorkers,
     RemoteError,
+    RemoteProtocolError,
     RequestRefused,
     WorkerDied,
 )
@@ -67,7 +69,7 @@ class Reply:
             RequestRefused: the broker ended the request (a subclass says why).
 
         """
-        if self.status is tag.Status.OK:
+        if self.status is tag.Status.OK or self.status is tag.Status.PARTIAL:
             return self.body
         if self.status is tag.Status.ERROR:
             type_name, message = decode_error(self.body)
@@ -84,18 +86,6 @@ _REFUSALS: dict[tag.Status, type[RequestRefused]] = {
 }
 
 
-def decode_error(body: list[bytes]) -> tuple[str, str]:
-    """The handler's exception type name and message from an error reply's body."""
-    type_name = body[0].decode("utf-8", "replace") if body else "Exception"
-    message = body[1].decode("utf-8", "replace") if len(body) > 1 else ""
-    return type_name, message
-
-
-def encode_error(type_name: str, message: str) -> list[bytes]:
-    """The body of an error reply, as :meth:`Reply.result` decodes it."""
-    return [type_name.encode(), message.encode("utf-8", "replace")]
-
-
 class Correlator(Generic[T]):
     """Request ids and the table of requests in flight.
 
@@ -108,6 +98,11 @@ class Correlator(Generic[T]):
         self._next_id = self._first_id
         self._issued = 0
         self._pending: dict[int, T] = {}
+        # Requests that named a service (their replies come in Majordomo framing), those whose
+        # caller takes parts one by one, and the parts held for callers that take one reply.
+        self._framed: set[int] = set()
+        self._streaming: set[int] = set()
+        self._parts: dict[int, list[bytes]] = {}
         # (deadline, request id, timeout) of requests that have one; stale entries (requests
         # already ended) are skipped when they come up.
         self._deadlines: list[tuple[float, int, float]] = []
@@ -127,12 +122,17 @@ class Correlator(Generic[T]):
         now: float = 0.0,
         timeout: float | None = None,
         redeliveries: int = 0,
+        service: bytes = b"",
+        stream: bool = False,
     ) -> tuple[int, list[bytes]]:
         """Register a request and return its id and the frames to send.
 
         With a ``timeout``, the request expires at ``now + timeout`` (see :meth:`expire`); the
         tag tells the broker and the worker too. ``redeliveries`` lets a load-balancing broker
-        send the request again that many times if its worker dies.
+        send the request again that many times if its worker dies. A request for a named
+        ``service`` travels in majortomo's Majordomo framing behind the tag (the default
+        service, ``b""``, in plain framing). With ``stream``, each part of a streamed reply is
+        handed over as it comes (status ``PARTIAL``); else the parts are joined into the reply.
 
         Raises:
             LocalProtocolError: ``body`` has no frames.
@@ -153,6 +153,11 @@ class Correlator(Generic[T]):
                 heapq.heapify(deadlines)
             heapq.heappush(deadlines, (now + timeout, request_id, timeout))
         frame = tag.encode(request_id, timeout=timeout, redeliveries=redeliveries)
+        if stream:
+            self._streaming.add(request_id)
+        if service:
+            self._framed.add(request_id)
+            return request_id, [frame, *mdp.encode_request("majortomo", service, body)]
         return request_id, [frame, DELIMITER, *body]
 
     def next_deadline(self) -> float | None:
@@ -174,6 +179,7 @@ class Correlator(Generic[T]):
             _, request_id, timeout = heapq.heappop(deadlines)
             waiter = pending.pop(request_id, None)
             if waiter is not None:
+                self._forget(request_id)
                 expired.append((waiter, timeout))
         self.timeouts += len(expired)
         return expired
@@ -181,6 +187,12 @@ class Correlator(Generic[T]):
     def close(self, request_id: int) -> None:
         """Forget a request: it was answered, timed out or cancelled. Idempotent."""
         self._pending.pop(request_id, None)
+        self._forget(request_id)
+
+    def _forget(self, request_id: int) -> None:
+        self._framed.discard(request_id)
+        self._streaming.discard(request_id)
+        self._parts.pop(request_id, None)
 
     def receive(self, frames: list[bytes]) -> tuple[T, Reply] | None:
         """Match a received message to its request.
@@ -195,15 +207,33 @@ class Correlator(Generic[T]):
         if decoded is None:
             self.malformed_replies += 1
             return None
-        waiter = self._pending.pop(decoded.request_id, None)
+        request_id, status = decoded.request_id, decoded.status
+        waiter = self._pending.get(request_id)
         if waiter is None:
-            if self.issued(decoded.request_id):
+            if self.issued(request_id):
                 self.late_replies += 1
             else:
                 self.foreign_replies += 1
             return None
+        body = frames[2:]
+        if request_id in self._framed:
+            try:
+                body = mdp.decode_reply("majortomo", frames[1:]).body
+            except RemoteProtocolError:
+                self.malformed_replies += 1
+                return None
+        if status is tag.Status.PARTIAL:
+            if request_id in self._streaming:
+                return waiter, Reply(request_id, status, body)
+            self._parts.setdefault(request_id, []).extend(body)
+            return None
+        del self._pending[request_id]
+        parts = self._parts.get(request_id)
+        if parts and status is tag.Status.OK:
+            body = [*parts, *body]
+        self._forget(request_id)
         self.replies_received += 1
-        return waiter, Reply(decoded.request_id, decoded.status, frames[2:])
+        return waiter, Reply(request_id, status, body)
 
     def issued(self, request_id: int) -> bool:
         """Whether this correlator ever handed out ``request_id``."""

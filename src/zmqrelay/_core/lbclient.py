@@ -14,9 +14,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from zmqrelay._core import mdp, tag
-from zmqrelay._core.client import decode_error
 from zmqrelay._core.scheduler import Refusal, Request
-from zmqrelay._core.worker import plain_error_reply
+from zmqrelay._core.worker import decode_error, plain_error_reply
 from zmqrelay.errors import RemoteProtocolError
 
 _STATUS = {

@@ -43,10 +43,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from zmqrelay._core.client import encode_error
 from zmqrelay._core.envelope import DELIMITER
 from zmqrelay._core.tag import Status
-from zmqrelay._core.worker import check_reply
+from zmqrelay._core.worker import check_reply, encode_error
 from zmqrelay.errors import RemoteProtocolError
 
 PROTOCOL = b"ZRW1"

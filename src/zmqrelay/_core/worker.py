@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from zmqrelay._core import envelope, tag
-from zmqrelay._core.client import encode_error
 from zmqrelay.errors import LocalProtocolError
 
 PLAIN_ERROR_PREFIX = b"zmqrelay-error: "
@@ -141,6 +140,18 @@ class Request:
                 *encode_error(type_name, message),
             ]
         return [*self.routing, envelope.DELIMITER, plain_error_reply(type_name, message)]
+
+
+def decode_error(body: list[bytes]) -> tuple[str, str]:
+    """The handler's exception type name and message from an error reply's body."""
+    type_name = body[0].decode("utf-8", "replace") if body else "Exception"
+    message = body[1].decode("utf-8", "replace") if len(body) > 1 else ""
+    return type_name, message
+
+
+def encode_error(type_name: str, message: str) -> list[bytes]:
+    """The body of an error reply, as :meth:`Reply.result` decodes it."""
+    return [type_name.encode(), message.encode("utf-8", "replace")]
 
 
 def plain_error_reply(type_name: str, message: str) -> bytes:
