@@ -158,9 +158,10 @@ def _decode_mdp_worker(
     if command in (commands.heartbeat, commands.disconnect):
         if arguments:
             raise RemoteProtocolError(f"command {command!r} takes no frames")
+        # The variant travels with the event: the broker answers an unknown worker in it.
         if command == commands.heartbeat:
-            return lbwire.Heartbeat(worker)
-        return lbwire.Disconnect(worker)
+            return lbwire.Heartbeat(worker, variant)
+        return lbwire.Disconnect(worker, variant)
     raise RemoteProtocolError(f"unknown or unexpected {variant} worker command {command!r}")
 
 

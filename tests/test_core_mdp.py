@@ -1,0 +1,527 @@
+"""Majordomo codecs (spec 7 MDP/0.1, spec 18 MDP/0.2, majortomo 0.2.0's variant), no sockets.
+
+What a peer encodes decodes to itself on the other side; anything else a peer may send either
+decodes or is refused by name (house rule 4); the broker's rules for workers (READY once, no reply
+before READY, no ``mmi.`` service) are violations. The expected wire frames in the tables below are
+written from the specs, not from the codec's constants.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from strategies import frame, messages, routing
+from zmqrelay._core import lbclient, lbwire, mdp, tag
+from zmqrelay._core.scheduler import Refusal, Request
+from zmqrelay._core.tag import Status
+from zmqrelay.errors import RemoteProtocolError
+
+variants = st.sampled_from(mdp.VARIANTS)
+peers = st.binary(min_size=1, max_size=8)  # routing ids, as a ROUTER prepends them
+names = st.binary(max_size=16)
+services = names.filter(lambda name: not mdp.is_mmi(name))
+tokens = st.integers(0, 2**64 - 1)
+# Bodies as the protocols carry them: several frames, empty and binary ones among them.
+bodies = st.lists(st.one_of(st.just(b""), frame), min_size=1, max_size=6)
+# Messages close to valid ones: the headers, commands and delimiters of every dialect.
+_PIECES = [b"", b"MDPC01", b"MDPC02", b"MDPW01", b"MDPW02", b"ZRW1", b"mmi.service", bytes(8)]
+_PIECES += [bytes([n]) for n in range(8)]
+near_misses = st.lists(st.sampled_from(_PIECES) | frame, max_size=9)
+garbage = messages | near_misses
+
+
+def streams(variant: mdp.Variant) -> bool:
+    return variant != "mdp-0.1"
+
+
+# -- round trips -------------------------------------------------------------------------------
+
+
+@given(variants, peers, names, bodies)
+def test_a_clients_request_decodes_to_itself(
+    variant: mdp.Variant, client: bytes, service: bytes, body: list[bytes]
+) -> None:
+    read = mdp.decode_client([client, *mdp.encode_request(variant, service, body)])
+    assert read == mdp.ClientMessage([client], variant, service, body)
+
+
+@given(st.sampled_from(["mdp-0.1", "majortomo"]), routing, names, bodies)
+def test_a_request_through_hops_keeps_its_whole_envelope(
+    variant: mdp.Variant, envelope: list[bytes], service: bytes, body: list[bytes]
+) -> None:
+    # Both variants start with an empty frame, so ROUTER hops on the way stack up before it.
+    read = mdp.decode_client([*envelope, *mdp.encode_request(variant, service, body)])
+    assert read == mdp.ClientMessage(envelope, variant, service, body)
+
+
+@given(variants, peers, names, bodies, st.booleans())
+def test_a_reply_reaches_the_client_as_sent(
+    variant: mdp.Variant, client: bytes, service: bytes, body: list[bytes], partial: bool
+) -> None:
+    partial = partial and mdp.streams(variant)
+    sent = mdp.encode_client_reply([client], variant, service, body, partial=partial)
+    assert sent[0] == client  # the frontend ROUTER routes on it and strips it
+    assert mdp.decode_reply(variant, sent[1:]) == mdp.ClientReply(body, not partial)
+
+
+@given(variants, peers, services)
+def test_a_workers_ready_decodes_to_itself(
+    variant: mdp.Variant, worker: bytes, service: bytes
+) -> None:
+    event = mdp.decode_backend([worker, *mdp.encode_ready(variant, service)], known=False)
+    assert event == lbwire.Ready(worker, 1, variant, service)
+
+
+@given(variants, peers, tokens, bodies, bodies)
+def test_a_request_reaches_the_worker_and_its_answers_come_back(
+    variant: mdp.Variant, worker: bytes, token: int, request: list[bytes], reply: list[bytes]
+) -> None:
+    routed = mdp.encode_worker_request(worker, variant, token, request)
+    assert routed[0] == worker
+    assignment = mdp.decode_from_broker(variant, routed[1:])
+    assert assignment == mdp.MdpAssignment(variant, lbwire.encode_token(token), request)
+    assert isinstance(assignment, mdp.MdpAssignment)
+
+    final = mdp.decode_backend([worker, *assignment.reply(reply)], known=True)
+    assert final == lbwire.Reply(worker, token, Status.OK, reply, variant)
+    part = assignment.partial(reply)
+    if streams(variant):
+        assert part is not None
+        event = mdp.decode_backend([worker, *part], known=True)
+        assert event == lbwire.Reply(worker, token, Status.OK, reply, variant, partial=True)
+    else:
+        assert part is None  # 0.1 has no PARTIAL: the worker joins the parts itself
+    error = mdp.decode_backend([worker, *assignment.error("ValueError", "no")], known=True)
+    assert error == lbwire.Reply(
+        worker, token, Status.OK, [b"zmqrelay-error: ValueError: no"], variant
+    )
+
+
+@given(variants, peers, st.sampled_from(["heartbeat", "disconnect"]))
+def test_heartbeat_and_disconnect_decode_to_themselves_both_ways(
+    variant: mdp.Variant, worker: bytes, which: str
+) -> None:
+    to_worker = mdp.encode_worker_command(worker, variant, which)
+    assert to_worker[0] == worker
+    assert mdp.decode_from_broker(variant, to_worker[1:]) == which
+    event = mdp.decode_backend([worker, *mdp.encode_to_broker(variant, which)], known=True)
+    expected = lbwire.Heartbeat if which == "heartbeat" else lbwire.Disconnect
+    # The variant travels with the event: the broker answers in the worker's own variant.
+    assert event == expected(worker, variant)
+
+
+@given(garbage)
+@example([b"c", b"MDPC02", b"\x01", b"svc", b"body"])
+@example([b"c", b"", b"MDPC01", b"svc", b"body"])
+@example([b"c", b"hop", b"", b"MDPC02", b"\x02", b"svc", b"body"])
+def test_what_a_client_request_decodes_to_encodes_back_to_the_same_frames(
+    frames: list[bytes],
+) -> None:
+    try:
+        read = mdp.decode_client(frames)
+    except RemoteProtocolError:
+        return
+    if read.dialect == "plain":
+        again = [*read.envelope, b"", *read.body]
+    else:
+        again = [*read.envelope, *mdp.encode_request(read.dialect, read.service, read.body)]
+    assert again == frames
+
+
+@given(garbage, st.booleans())
+@example([b"w", b"MDPW02", b"\x04", bytes(8), b"", b"x"], True)
+@example([b"w", b"", b"MDPW01", b"\x01", b"svc"], False)
+def test_what_an_mdp_worker_message_decodes_to_encodes_back_to_the_same_frames(
+    frames: list[bytes], known: bool
+) -> None:
+    event = mdp.decode_backend(frames, known=known)
+    variant = mdp.as_variant(event.dialect) if isinstance(event, lbwire.WorkerEvent) else None
+    if variant is None:
+        return
+    worker = frames[0]
+    if isinstance(event, lbwire.Ready):
+        assert [worker, *mdp.encode_ready(variant, event.service)] == frames
+    elif isinstance(event, lbwire.Reply):
+        answer = mdp.MdpAssignment(variant, lbwire.encode_token(event.token), [])
+        again = answer.partial(event.body) if event.partial else answer.reply(event.body)
+        assert again is not None
+        assert [worker, *again] == frames
+    else:
+        which = "heartbeat" if isinstance(event, lbwire.Heartbeat) else "disconnect"
+        assert [worker, *mdp.encode_to_broker(variant, which)] == frames
+
+
+# -- every input decodes or is refused by name ---------------------------------------------------
+
+
+@given(garbage)
+def test_any_frontend_message_decodes_or_is_refused(frames: list[bytes]) -> None:
+    try:
+        read = mdp.decode_client(frames)
+    except RemoteProtocolError:
+        return
+    assert read.body, "a request always has a body"
+    assert read.envelope, "and an envelope: the client's id, hops after it"
+    assert all(read.envelope[1:]), "the delimiter ends the envelope"
+
+
+@given(garbage, st.floats(0, 1e6), st.none() | st.floats(0, 60), st.integers(0, 5))
+def test_the_broker_reads_any_frontend_message_or_counts_it_malformed(
+    frames: list[bytes], now: float, request_timeout: float | None, redeliveries: int
+) -> None:
+    read = lbclient.read_request(
+        frames, now, request_timeout=request_timeout, redeliveries=redeliveries
+    )
+    assert read is None or read.retries >= redeliveries
+
+
+@given(garbage, st.booleans())
+def test_any_backend_message_decodes_or_is_a_violation(frames: list[bytes], known: bool) -> None:
+    event = mdp.decode_backend(frames, known=known)  # never raises
+    if isinstance(event, mdp.Violation):
+        assert event.reason
+        assert event.worker == (frames[0] if frames else b"")
+        assert event.dialect is None or event.dialect in (*mdp.VARIANTS, "zmqrelay")
+    else:
+        assert isinstance(event, lbwire.WorkerEvent)
+        assert event.worker == frames[0]
+
+
+@given(variants, garbage)
+def test_any_message_an_mdp_worker_reads_decodes_or_is_refused(
+    variant: mdp.Variant, frames: list[bytes]
+) -> None:
+    try:
+        read = mdp.decode_from_broker(variant, frames)
+    except RemoteProtocolError:
+        return
+    assert read in ("heartbeat", "disconnect") or isinstance(read, mdp.MdpAssignment)
+
+
+@given(variants, garbage)
+def test_any_message_an_mdp_client_reads_decodes_or_is_refused(
+    variant: mdp.Variant, frames: list[bytes]
+) -> None:
+    try:
+        read = mdp.decode_reply(variant, frames)
+    except RemoteProtocolError:
+        return
+    assert read.final or streams(variant)
+
+
+# -- the wire, as the specs write it -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variant", "service", "body", "wire"),
+    [
+        ("mdp-0.1", b"echo", [b"a", b""], [b"", b"MDPC01", b"echo", b"a", b""]),
+        ("mdp-0.2", b"echo", [b"a", b""], [b"MDPC02", b"\x01", b"echo", b"a", b""]),
+        ("majortomo", b"echo", [b"a", b""], [b"", b"MDPC02", b"\x02", b"echo", b"a", b""]),
+    ],
+)
+def test_client_requests_on_the_wire(
+    variant: mdp.Variant, service: bytes, body: list[bytes], wire: list[bytes]
+) -> None:
+    assert mdp.encode_request(variant, service, body) == wire
+
+
+@pytest.mark.parametrize(
+    ("variant", "partial", "wire"),
+    [
+        ("mdp-0.1", False, [b"c", b"", b"MDPC01", b"echo", b"r"]),
+        ("mdp-0.2", True, [b"c", b"MDPC02", b"\x02", b"echo", b"r"]),
+        ("mdp-0.2", False, [b"c", b"MDPC02", b"\x03", b"echo", b"r"]),
+        ("majortomo", True, [b"c", b"", b"MDPC02", b"\x03", b"r"]),
+        ("majortomo", False, [b"c", b"", b"MDPC02", b"\x04", b"r"]),
+    ],
+)
+def test_client_replies_on_the_wire(
+    variant: mdp.Variant, partial: bool, wire: list[bytes]
+) -> None:
+    assert mdp.encode_client_reply([b"c"], variant, b"echo", [b"r"], partial=partial) == wire
+
+
+_T = bytes(7) + b"\x09"  # the token 9, as the reply-to frame
+
+
+@pytest.mark.parametrize(
+    ("variant", "request_wire", "heartbeat", "disconnect"),
+    [
+        (
+            "mdp-0.1",
+            [b"w", b"", b"MDPW01", b"\x02", _T, b"", b"q"],
+            [b"w", b"", b"MDPW01", b"\x04"],
+            [b"w", b"", b"MDPW01", b"\x05"],
+        ),
+        (
+            "mdp-0.2",
+            [b"w", b"MDPW02", b"\x02", _T, b"", b"q"],
+            [b"w", b"MDPW02", b"\x05"],
+            [b"w", b"MDPW02", b"\x06"],
+        ),
+        (
+            "majortomo",
+            [b"w", b"", b"MDPW02", b"\x02", _T, b"", b"q"],
+            [b"w", b"", b"MDPW02", b"\x05"],
+            [b"w", b"", b"MDPW02", b"\x06"],
+        ),
+    ],
+)
+def test_broker_to_worker_on_the_wire(
+    variant: mdp.Variant,
+    request_wire: list[bytes],
+    heartbeat: list[bytes],
+    disconnect: list[bytes],
+) -> None:
+    assert mdp.encode_worker_request(b"w", variant, 9, [b"q"]) == request_wire
+    assert mdp.encode_worker_command(b"w", variant, "heartbeat") == heartbeat
+    assert mdp.encode_worker_command(b"w", variant, "disconnect") == disconnect
+
+
+@pytest.mark.parametrize(
+    ("frames", "event"),
+    [
+        ([b"w", b"", b"MDPW01", b"\x01", b"echo"], lbwire.Ready(b"w", 1, "mdp-0.1", b"echo")),
+        ([b"w", b"MDPW02", b"\x01", b"echo"], lbwire.Ready(b"w", 1, "mdp-0.2", b"echo")),
+        ([b"w", b"", b"MDPW02", b"\x01", b"echo"], lbwire.Ready(b"w", 1, "majortomo", b"echo")),
+        (
+            [b"w", b"", b"MDPW01", b"\x03", _T, b"", b"r", b""],
+            lbwire.Reply(b"w", 9, Status.OK, [b"r", b""], "mdp-0.1"),
+        ),
+        (
+            [b"w", b"MDPW02", b"\x03", _T, b"", b"r"],
+            lbwire.Reply(b"w", 9, Status.OK, [b"r"], "mdp-0.2", partial=True),
+        ),
+        (
+            [b"w", b"MDPW02", b"\x04", _T, b"", b"r"],
+            lbwire.Reply(b"w", 9, Status.OK, [b"r"], "mdp-0.2"),
+        ),
+        (
+            [b"w", b"", b"MDPW02", b"\x03", _T, b"", b"r"],
+            lbwire.Reply(b"w", 9, Status.OK, [b"r"], "majortomo", partial=True),
+        ),
+    ],
+)
+def test_worker_messages_on_the_wire(frames: list[bytes], event: lbwire.WorkerEvent) -> None:
+    known = not isinstance(event, lbwire.Ready)
+    assert mdp.decode_backend(frames, known=known) == event
+
+
+# -- the rules -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", mdp.VARIANTS)
+def test_an_mdp_worker_may_say_ready_only_once(variant: mdp.Variant) -> None:
+    again = mdp.decode_backend([b"w", *mdp.encode_ready(variant, b"echo")], known=True)
+    assert again == mdp.Violation(b"w", variant, "a worker may say READY only once")
+
+
+@pytest.mark.parametrize(
+    ("variant", "partial"),
+    [(variant, False) for variant in mdp.VARIANTS] + [("mdp-0.2", True), ("majortomo", True)],
+)
+def test_a_reply_before_ready_is_a_violation(variant: mdp.Variant, partial: bool) -> None:
+    answer = mdp.MdpAssignment(variant, lbwire.encode_token(1), [b"q"])
+    sent = answer.partial([b"r"]) if partial else answer.reply([b"r"])
+    assert sent is not None
+    violation = mdp.decode_backend([b"w", *sent], known=False)
+    assert isinstance(violation, mdp.Violation)
+    assert (violation.worker, violation.dialect) == (b"w", variant)
+    assert "READY" in violation.reason
+
+
+@pytest.mark.parametrize(
+    ("frames", "variant"),
+    [
+        ([b"w", b"", b"MDPW01", b"\x06"], "mdp-0.1"),  # 0.1 has five commands
+        ([b"w", b"", b"MDPW01", b"\x02", _T, b"", b"q"], "mdp-0.1"),  # REQUEST is the broker's
+        ([b"w", b"MDPW02", b"\x07"], "mdp-0.2"),
+        ([b"w", b"MDPW02", b"\x00"], "mdp-0.2"),
+        ([b"w", b"", b"MDPW02", b"\x02", _T, b"", b"q"], "majortomo"),
+        ([b"w", b"", b"MDPW02", b"READY"], "majortomo"),
+    ],
+)
+@pytest.mark.parametrize("known", [False, True])
+def test_an_unknown_command_is_a_violation(
+    frames: list[bytes], variant: mdp.Variant, known: bool
+) -> None:
+    violation = mdp.decode_backend(frames, known=known)
+    assert isinstance(violation, mdp.Violation)
+    assert (violation.worker, violation.dialect) == (b"w", variant)
+    assert "command" in violation.reason
+
+
+@pytest.mark.parametrize("variant", mdp.VARIANTS)
+@pytest.mark.parametrize("service", [b"mmi.service", b"mmi.", b"mmi.anything"])
+def test_workers_may_not_offer_mmi_services(variant: mdp.Variant, service: bytes) -> None:
+    violation = mdp.decode_backend([b"w", *mdp.encode_ready(variant, service)], known=False)
+    assert violation == mdp.Violation(b"w", variant, "workers may not offer mmi.* services")
+
+
+def test_zmqrelay_workers_may_not_offer_mmi_services_either() -> None:
+    violation = mdp.decode_backend([b"w", *lbwire.encode_ready(1, b"mmi.service")], known=False)
+    assert isinstance(violation, mdp.Violation)
+    assert violation.dialect == "zmqrelay"
+
+
+@pytest.mark.parametrize(
+    ("frames", "variant"),
+    [
+        ([b"w", b"", b"MDPW01"], "mdp-0.1"),  # no command
+        ([b"w", b"MDPW02"], "mdp-0.2"),
+        ([b"w", b"", b"MDPW01", b"\x01"], "mdp-0.1"),  # READY without its service
+        ([b"w", b"MDPW02", b"\x01", b"a", b"b"], "mdp-0.2"),  # READY with two
+        ([b"w", b"", b"MDPW02", b"\x05", b"extra"], "majortomo"),  # HEARTBEAT takes no frames
+        ([b"w", b"MDPW02", b"\x06", b""], "mdp-0.2"),  # nor DISCONNECT
+        ([b"w", b"", b"MDPW01", b"\x03", _T, b""], "mdp-0.1"),  # a reply without a body
+        ([b"w", b"", b"MDPW01", b"\x03", _T, b"x", b"r"], "mdp-0.1"),  # no delimiter
+        ([b"w", b"MDPW02", b"\x04", b"short", b"", b"r"], "mdp-0.2"),  # not a token of ours
+        ([b"w", b"", b"MDPW02", b"\x04", _T], "majortomo"),
+    ],
+)
+def test_malformed_mdp_messages_are_violations_of_their_variant(
+    frames: list[bytes], variant: mdp.Variant
+) -> None:
+    violation = mdp.decode_backend(frames, known=True)
+    assert isinstance(violation, mdp.Violation)
+    assert violation.dialect == variant
+
+
+def test_messages_in_no_dialect_are_violations_without_one() -> None:
+    for frames in ([], [b"w"], [b"w", b"MDPW03", b"\x01"], [b"w", b"x", b"y"]):
+        violation = mdp.decode_backend(frames, known=False)
+        assert isinstance(violation, mdp.Violation)
+        assert violation.dialect is None
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b"c", b"MDPC02", b"\x01", b"echo"],  # 0.2: no body
+        [b"c", b"MDPC02", b"\x02", b"echo", b"x"],  # 0.2: PARTIAL is the broker's
+        [b"c", b"MDPC02"],
+        [b"c", b"", b"MDPC01", b"echo"],  # 0.1: no body
+        [b"c", b"", b"MDPC01"],
+        [b"c", b"", b"MDPC02", b"\x01", b"echo", b"x"],  # majortomo's REQUEST is 0x02
+        [b"c", b"", b"MDPC02", b"\x02", b"echo"],  # and has a body
+        [b"c", b"body"],  # no delimiter
+        [b"c", b""],  # no body
+        [b"c"],
+        [],
+    ],
+)
+def test_malformed_client_requests_are_refused(frames: list[bytes]) -> None:
+    with pytest.raises(RemoteProtocolError):
+        mdp.decode_client(frames)
+
+
+def test_a_plain_request_is_for_the_default_service() -> None:
+    read = mdp.decode_client([b"c", b"hop", b"", b"x", b""])
+    assert read == mdp.ClientMessage([b"c", b"hop"], "plain", b"", [b"x", b""])
+
+
+@pytest.mark.parametrize(
+    ("variant", "frames"),
+    [
+        ("mdp-0.1", [b"MDPC01", b"echo", b"r"]),  # a REQ socket's view, not a DEALER's
+        ("mdp-0.1", [b"", b"MDPC01", b"echo"]),
+        ("mdp-0.2", [b"MDPC02", b"\x01", b"echo", b"r"]),  # REQUEST is the client's
+        ("mdp-0.2", [b"", b"MDPC02", b"\x03", b"echo", b"r"]),
+        ("majortomo", [b"", b"MDPC02", b"\x02", b"r"]),
+        ("majortomo", [b"MDPC02", b"\x04", b"r"]),
+    ],
+)
+def test_malformed_replies_are_refused_by_clients(
+    variant: mdp.Variant, frames: list[bytes]
+) -> None:
+    with pytest.raises(RemoteProtocolError):
+        mdp.decode_reply(variant, frames)
+
+
+def test_a_worker_reads_only_its_own_variant() -> None:
+    for variant in mdp.VARIANTS:
+        for other in mdp.VARIANTS:
+            routed = mdp.encode_worker_request(b"w", other, 1, [b"q"])[1:]
+            if other == variant:
+                assert isinstance(mdp.decode_from_broker(variant, routed), mdp.MdpAssignment)
+            else:
+                with pytest.raises(RemoteProtocolError):
+                    mdp.decode_from_broker(variant, routed)
+
+
+@pytest.mark.parametrize(
+    ("service", "offered", "code"),
+    [
+        (b"mmi.service", True, b"200"),
+        (b"mmi.service", False, b"404"),
+        (b"mmi.unknown", True, b"501"),
+        (b"mmi.", False, b"501"),
+    ],
+)
+def test_mmi_replies(service: bytes, offered: bool, code: bytes) -> None:
+    assert mdp.mmi_reply(service, offered) == [code]
+
+
+def test_the_mmi_namespace() -> None:
+    assert mdp.is_mmi(b"mmi.service")
+    assert mdp.is_mmi(b"mmi.")
+    assert not mdp.is_mmi(b"mmi")
+    assert not mdp.is_mmi(b"echo.mmi.service")
+
+
+# -- replies and refusals for each kind of client (lbclient) ------------------------------------
+
+
+def _request(dialect: str, envelope: list[bytes] | None = None) -> Request:
+    return Request(envelope or [b"c"], [b"q"], 0.0, service=b"echo", dialect=dialect)
+
+
+def test_parts_are_joined_for_a_client_that_takes_one_reply() -> None:
+    for dialect, answer in [
+        ("mdp-0.1", [b"c", b"", b"MDPC01", b"echo", b"p1", b"", b"p2", b"end"]),
+        ("plain", [b"c", b"", b"p1", b"", b"p2", b"end"]),
+    ]:
+        request = _request(dialect)
+        assert lbclient.reply_frames(request, 0, [b"p1", b""], partial=True) is None
+        assert lbclient.reply_frames(request, 0, [b"p2"], partial=True) is None
+        assert lbclient.reply_frames(request, 0, [b"end"]) == answer
+
+
+def test_parts_stream_to_clients_that_take_them() -> None:
+    request = _request("mdp-0.2")
+    part = lbclient.reply_frames(request, 0, [b"p1"], partial=True)
+    assert part == [b"c", b"MDPC02", b"\x02", b"echo", b"p1"]
+    final = lbclient.reply_frames(request, 0, [b"end"])
+    assert final == [b"c", b"MDPC02", b"\x03", b"echo", b"end"]
+    request = _request("majortomo")
+    part = lbclient.reply_frames(request, 0, [b"p1"], partial=True)
+    assert part == [b"c", b"", b"MDPC02", b"\x03", b"p1"]
+
+
+@pytest.mark.parametrize("dialect", ["plain", "mdp-0.1", "mdp-0.2", "majortomo"])
+@pytest.mark.parametrize("reason", list(Refusal))
+def test_refusals_are_one_documented_plain_frame_for_clients_without_a_tag(
+    dialect: str, reason: Refusal
+) -> None:
+    frames = lbclient.refusal_frames(_request(dialect), reason)
+    variant = mdp.as_variant(dialect)
+    if variant is None:
+        body = frames[2:]
+    else:
+        reply = mdp.decode_reply(variant, frames[1:])
+        assert reply.final
+        body = reply.body
+    (text,) = body
+    assert text.startswith(b"zmqrelay-error: ")
+    assert f"the broker refused the request: {reason.value} (service 'echo')".encode() in text
+
+
+def test_a_zmqrelay_client_reads_the_refusal_in_its_tag() -> None:
+    envelope = [b"c", tag.encode(7)]
+    frames = lbclient.refusal_frames(_request("plain", envelope), Refusal.NO_WORKERS)
+    read = tag.decode(frames[1])
+    assert read is not None
+    assert read.status is Status.NO_WORKERS
