@@ -7,9 +7,11 @@ import contextlib
 import logging
 import math
 import secrets
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import EllipsisType
+from typing import Literal, overload
 
 import anyio
 import anyio.abc
@@ -19,11 +21,14 @@ import zmq.asyncio
 from anyio.lowlevel import checkpoint
 
 from zmqrelay._aio import sockets
-from zmqrelay._aio.service import Service
+from zmqrelay._aio.mdpclient import Sessions
+from zmqrelay._aio.service import Service, boundary_errors
+from zmqrelay._core import mdp, tag
 from zmqrelay._core.client import ClientStatistics, Correlator, Reply
 from zmqrelay.errors import (
     BrokerBusy,
     ClosedError,
+    LocalProtocolError,
     NoWorkers,
     RemoteProtocolError,
     RequestTimeout,
@@ -32,7 +37,74 @@ from zmqrelay.errors import (
 
 logger = logging.getLogger("zmqrelay.client")
 
-_Waiter = asyncio.Future[Reply]
+Protocol = Literal["zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
+"""How a client speaks to its broker: zmqrelay's own protocol, or a Majordomo variant."""
+
+
+class _Stream:
+    """The waiter of a streamed request: the parts of its reply queue up for the caller."""
+
+    __slots__ = ("_finished", "_items", "_wake")
+
+    def __init__(self) -> None:
+        self._items: deque[Reply | BaseException] = deque()
+        self._wake = asyncio.Event()
+        self._finished = False
+
+    def done(self) -> bool:
+        return self._finished
+
+    def set_result(self, reply: Reply) -> None:
+        self._items.append(reply)
+        self._finished = reply.status is not tag.Status.PARTIAL
+        self._wake.set()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._items.append(exc)
+        self._finished = True
+        self._wake.set()
+
+    async def next(self) -> Reply:
+        while not self._items:
+            self._wake.clear()
+            await self._wake.wait()
+        item = self._items.popleft()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+_Waiter = asyncio.Future[Reply] | _Stream
+
+
+def _service_name(service: str | bytes) -> bytes:
+    if isinstance(service, str):
+        return service.encode()
+    if isinstance(service, bytes):
+        return service
+    raise TypeError(f"a service name is a str or bytes, not {type(service).__name__}")
+
+
+def _split_single(service_or_body: str | bytes, body: bytes | None) -> tuple[bytes, bytes]:
+    """``(service, body)`` of a ``request(body)`` or ``request(service, body)`` call."""
+    if body is None:
+        if not isinstance(service_or_body, bytes):
+            raise TypeError("a request's body is bytes")
+        return b"", service_or_body
+    return _service_name(service_or_body), body
+
+
+def _split_frames(
+    service_or_frames: str | bytes | Sequence[bytes], frames: Sequence[bytes] | None
+) -> tuple[bytes, Sequence[bytes]]:
+    """``(service, frames)`` of a ``request_frames(frames)`` or ``(service, frames)`` call."""
+    if frames is None:
+        if isinstance(service_or_frames, str | bytes):
+            raise TypeError("a request's frames are a sequence of bytes")
+        return b"", service_or_frames
+    if not isinstance(service_or_frames, str | bytes):
+        raise TypeError("a service name is a str or bytes")
+    return _service_name(service_or_frames), frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +151,15 @@ class AsyncClient(Service):
         linger: seconds unsent requests may still go out after the socket closes.
         retry: send failed requests again (the guide's Lazy Pirate); none by default, when a
             failure reaches the caller as it is.
+        protocol: ``"zmqrelay"`` (the default) for zmqrelay brokers and any broker that
+            routes ``[envelope..., b"", body...]``: many requests in flight on one socket,
+            timeouts and errors that travel with them. ``"mdp-0.1"``, ``"mdp-0.2"`` or
+            ``"majortomo"`` speak Majordomo to any Majordomo broker; requests must name a
+            service, and each request in flight uses a socket of its own (Majordomo replies
+            carry no request id).
+
+    Requests name a service with ``request(service, body)``; ``request(body)`` asks the
+    broker's default service (the only one a relay-mode broker has).
 
     """
 
@@ -93,8 +174,14 @@ class AsyncClient(Service):
         routing_id: bytes | None = None,
         linger: float = 0.0,
         retry: RetryPolicy | None = None,
+        protocol: Protocol = "zmqrelay",
     ) -> None:
+        variant = mdp.as_variant(protocol)
+        if variant is None and protocol != "zmqrelay":
+            raise ValueError(f"unknown protocol {protocol!r}")
         super().__init__()
+        self._variant = variant
+        self._sessions: Sessions | None = None
         self._retry = retry
         self._endpoint = endpoint
         self._context = context
@@ -119,9 +206,34 @@ class AsyncClient(Service):
         """A snapshot of the client's counters."""
         return self._correlator.statistics()
 
+    @overload
     async def request(
         self,
         body: bytes,
+        /,
+        *,
+        timeout: float | EllipsisType | None = ...,
+        redeliveries: int = 0,
+        retry: RetryPolicy | EllipsisType | None = ...,
+    ) -> bytes: ...
+
+    @overload
+    async def request(
+        self,
+        service: str | bytes,
+        body: bytes,
+        /,
+        *,
+        timeout: float | EllipsisType | None = ...,
+        redeliveries: int = 0,
+        retry: RetryPolicy | EllipsisType | None = ...,
+    ) -> bytes: ...
+
+    async def request(
+        self,
+        service_or_body: str | bytes,
+        body: bytes | None = None,
+        /,
         *,
         timeout: float | EllipsisType | None = ...,
         redeliveries: int = 0,
@@ -129,8 +241,12 @@ class AsyncClient(Service):
     ) -> bytes:
         """Send a single-frame request and return the single-frame reply.
 
+        ``request(body)`` asks the default service; ``request(service, body)`` a named one
+        (a load-balancing broker's, or any Majordomo broker's).
+
         Args:
-            body: the request.
+            service_or_body: the service's name, when a ``body`` follows; else the request.
+            body: the request, when a service is named.
             timeout: seconds to wait for the reply; ``None`` waits forever; by default the
                 client's ``timeout``. It travels with the request: a load-balancing broker
                 refuses the request once it has passed, and a zmqrelay worker cancels its
@@ -142,13 +258,16 @@ class AsyncClient(Service):
 
         Raises:
             RequestTimeout: no reply in time (also a :class:`TimeoutError`).
+            RequestRefused: the broker ended the request (:class:`~zmqrelay.NoWorkers` for a
+                service no live worker offered in time, and the others it names).
             RemoteError: the worker's handler raised.
             RemoteProtocolError: the reply has more than one frame (use :meth:`request_frames`).
             ClosedError: the client is not running.
 
         """
-        reply = await self.request_frames(
-            [body], timeout=timeout, redeliveries=redeliveries, retry=retry
+        service, single = _split_single(service_or_body, body)
+        reply = await self._request(
+            service, [single], timeout=timeout, redeliveries=redeliveries, retry=retry
         )
         if len(reply) != 1:
             raise RemoteProtocolError(
@@ -156,9 +275,34 @@ class AsyncClient(Service):
             )
         return reply[0]
 
+    @overload
     async def request_frames(
         self,
         frames: Sequence[bytes],
+        /,
+        *,
+        timeout: float | EllipsisType | None = ...,
+        redeliveries: int = 0,
+        retry: RetryPolicy | EllipsisType | None = ...,
+    ) -> list[bytes]: ...
+
+    @overload
+    async def request_frames(
+        self,
+        service: str | bytes,
+        frames: Sequence[bytes],
+        /,
+        *,
+        timeout: float | EllipsisType | None = ...,
+        redeliveries: int = 0,
+        retry: RetryPolicy | EllipsisType | None = ...,
+    ) -> list[bytes]: ...
+
+    async def request_frames(
+        self,
+        service_or_frames: str | bytes | Sequence[bytes],
+        frames: Sequence[bytes] | None = None,
+        /,
         *,
         timeout: float | EllipsisType | None = ...,
         redeliveries: int = 0,
@@ -166,7 +310,12 @@ class AsyncClient(Service):
     ) -> list[bytes]:
         """Send a multipart request and return the reply's frames.
 
+        ``request_frames(frames)`` asks the default service, ``request_frames(service,
+        frames)`` a named one. A streamed reply comes back with its parts' frames joined.
+
         Args:
+            service_or_frames: the service's name, when ``frames`` follow; else the request's
+                body frames.
             frames: the request's body frames (at least one; empty frames are fine).
             timeout: seconds to wait for the reply; ``None`` waits forever; by default the
                 client's ``timeout``. It travels with the request: a load-balancing broker
@@ -179,14 +328,29 @@ class AsyncClient(Service):
 
         Raises:
             RequestTimeout: no reply in time (also a :class:`TimeoutError`).
+            RequestRefused: the broker ended the request (a subclass says why).
             RemoteError: the worker's handler raised.
             LocalProtocolError: ``frames`` is empty.
             ClosedError: the client is not running.
         """
+        service, body = _split_frames(service_or_frames, frames)
+        return await self._request(
+            service, body, timeout=timeout, redeliveries=redeliveries, retry=retry
+        )
+
+    async def _request(
+        self,
+        service: bytes,
+        frames: Sequence[bytes],
+        *,
+        timeout: float | EllipsisType | None,
+        redeliveries: int,
+        retry: RetryPolicy | EllipsisType | None,
+    ) -> list[bytes]:
         limit = self._timeout if timeout is ... else timeout
         policy = self._retry if retry is ... else retry
         if policy is None:
-            return await self._exchange(frames, limit, redeliveries)
+            return await self._exchange(service, frames, limit, redeliveries)
         attempts = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(policy.attempts),
             wait=tenacity.wait_exponential(multiplier=policy.backoff, max=policy.max_backoff)
@@ -195,24 +359,137 @@ class AsyncClient(Service):
             before_sleep=self._count_retry,
             reraise=True,
         )
-        reply: list[bytes] = await attempts(self._exchange, frames, limit, redeliveries)
+        reply: list[bytes] = await attempts(self._exchange, service, frames, limit, redeliveries)
         return reply
+
+    async def stream(
+        self,
+        service_or_body: str | bytes,
+        body: bytes | None = None,
+        /,
+        *,
+        timeout: float | EllipsisType | None = ...,
+        redeliveries: int = 0,
+    ) -> AsyncIterator[bytes]:
+        """Send a single-frame request and yield the parts of its reply as they come.
+
+        ``async for part in client.stream("search", b"query")``: a worker whose handler is an
+        async generator sends each part as it is ready (Majordomo 0.2's PARTIAL, then FINAL);
+        any other reply is one part. ``timeout`` bounds the whole stream. Leaving the loop
+        early drops the parts still to come.
+
+        Raises:
+            RequestTimeout, RequestRefused, RemoteError, ClosedError: as :meth:`request`,
+                after the parts that came before.
+            RemoteProtocolError: a part has more than one frame (use :meth:`stream_frames`).
+        """
+        service, single = _split_single(service_or_body, body)
+        async with contextlib.aclosing(
+            self._stream(service, [single], timeout, redeliveries)
+        ) as parts:
+            async for part in parts:
+                if len(part) != 1:
+                    raise RemoteProtocolError(
+                        f"expected single-frame parts, got {len(part)} frames; use stream_frames()"
+                    )
+                yield part[0]
+
+    async def stream_frames(
+        self,
+        service_or_frames: str | bytes | Sequence[bytes],
+        frames: Sequence[bytes] | None = None,
+        /,
+        *,
+        timeout: float | EllipsisType | None = ...,
+        redeliveries: int = 0,
+    ) -> AsyncIterator[list[bytes]]:
+        """As :meth:`stream`, for multipart requests: yields each part's frames."""
+        service, body = _split_frames(service_or_frames, frames)
+        async with contextlib.aclosing(
+            self._stream(service, body, timeout, redeliveries)
+        ) as parts:
+            async for part in parts:
+                yield part
+
+    async def _stream(
+        self,
+        service: bytes,
+        frames: Sequence[bytes],
+        timeout: float | EllipsisType | None,
+        redeliveries: int,
+    ) -> AsyncGenerator[list[bytes], None]:
+        limit = self._timeout if timeout is ... else timeout
+        if self._variant is not None:
+            async with contextlib.aclosing(self._majordomo(service, frames, limit)) as parts:
+                async for part, _ in parts:
+                    yield part
+            return
+        pump = self._running_pump()
+        loop = self._loop
+        waiter = _Stream()
+        now = loop.time()
+        request_id, message = self._correlator.open(
+            waiter,
+            frames,
+            now=now,
+            timeout=limit,
+            redeliveries=redeliveries,
+            service=service,
+            stream=True,
+        )
+        if limit is not None and now + limit < self._timer_at:
+            self._arm_timer(now + limit)
+        try:
+            if not pump.try_send(message):
+                with anyio.move_on_after(math.inf if limit is None else limit):
+                    await pump.send(message)  # a timeout shows as the stream's next item
+            while True:
+                reply = await waiter.next()
+                yield reply.result()
+                if reply.status is not tag.Status.PARTIAL:
+                    return
+        except zmq.ZMQError as exc:
+            raise ClosedError(f"the client's socket failed: {exc}") from exc
+        finally:
+            self._correlator.close(request_id)
+
+    def _majordomo(
+        self, service: bytes, frames: Sequence[bytes], limit: float | None
+    ) -> AsyncGenerator[tuple[list[bytes], bool], None]:
+        sessions = self._sessions
+        if sessions is None or self._state != "running":
+            raise ClosedError(f"the client is {self._state}; use it inside 'async with'")
+        if not service:
+            raise ValueError("a Majordomo request names a service: request(service, body)")
+        if not frames:
+            raise LocalProtocolError("a request needs at least one body frame")
+        return sessions.exchange(service, frames, limit)
+
+    def _running_pump(self) -> sockets.Pump:
+        pump = self._pump
+        if pump is None or self._state != "running":
+            raise ClosedError(f"the client is {self._state}; use it inside 'async with'")
+        return pump
 
     def _count_retry(self, state: tenacity.RetryCallState) -> None:
         self._correlator.retries += 1
 
     async def _exchange(
-        self, frames: Sequence[bytes], limit: float | None, redeliveries: int
+        self, service: bytes, frames: Sequence[bytes], limit: float | None, redeliveries: int
     ) -> list[bytes]:
         """One attempt: send, and wait for the reply within ``limit`` seconds."""
-        pump = self._pump
-        if pump is None or self._state != "running":
-            raise ClosedError(f"the client is {self._state}; use it inside 'async with'")
+        if self._variant is not None:
+            joined: list[bytes] = []
+            async with contextlib.aclosing(self._majordomo(service, frames, limit)) as parts:
+                async for part, _ in parts:
+                    joined.extend(part)
+            return joined
+        pump = self._running_pump()
         loop = self._loop
-        waiter: _Waiter = loop.create_future()
+        waiter: asyncio.Future[Reply] = loop.create_future()
         now = loop.time()
         request_id, message = self._correlator.open(
-            waiter, frames, now=now, timeout=limit, redeliveries=redeliveries
+            waiter, frames, now=now, timeout=limit, redeliveries=redeliveries, service=service
         )
         if limit is not None and now + limit < self._timer_at:
             self._arm_timer(now + limit)
@@ -240,6 +517,9 @@ class AsyncClient(Service):
             EndpointError: ``endpoint`` is not a valid address.
 
         """
+        if self._variant is not None:
+            await self._run_majordomo(self._variant, task_status)
+            return
         with (
             self._connected_dealer(self._context, self._endpoint, self._routing_id) as sock,
             sockets.Pump(sock) as pump,
@@ -261,6 +541,28 @@ class AsyncClient(Service):
                         waiter.set_exception(
                             ClosedError("the client closed before the reply came")
                         )
+
+    async def _run_majordomo(
+        self, variant: mdp.Variant, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        """Serve Majordomo requests: each opens (or reuses) a socket of its own."""
+        self._claim()
+        try:
+            with boundary_errors(self._kind):
+                sessions = Sessions(
+                    sockets.get_context(self._context), self._endpoint, variant, self._linger
+                )
+                try:
+                    sessions.prepare()  # connects one socket: a bad endpoint fails here
+                    self._sessions = sessions
+                    self._report_ready(task_status, None)
+                    await self._close_requested.wait()
+                finally:
+                    self._state = "closing"
+                    self._sessions = None
+                    sessions.close()
+        finally:
+            self._finish()
 
     def _arm_timer(self, when: float) -> None:
         if self._timer is not None:
@@ -300,7 +602,9 @@ class AsyncClient(Service):
         await super().aclose()
 
 
-async def _send_before(pump: sockets.Pump, message: list[bytes], waiter: _Waiter) -> None:
+async def _send_before(
+    pump: sockets.Pump, message: list[bytes], waiter: asyncio.Future[Reply]
+) -> None:
     """Wait for room to send ``message``, unless ``waiter`` ends first (its timer fired)."""
     async with anyio.create_task_group() as task_group:
 

@@ -15,7 +15,7 @@ from typing import Generic, NamedTuple, TypeVar
 
 from zmqrelay._core import mdp, tag
 from zmqrelay._core.envelope import DELIMITER
-from zmqrelay._core.worker import decode_error
+from zmqrelay._core.worker import PLAIN_ERROR_PREFIX, decode_error
 from zmqrelay.errors import (
     BrokerBusy,
     DeadlineExceeded,
@@ -25,6 +25,7 @@ from zmqrelay.errors import (
     RemoteProtocolError,
     RequestRefused,
     WorkerDied,
+    ZmqRelayError,
 )
 
 T = TypeVar("T")
@@ -84,6 +85,29 @@ _REFUSALS: dict[tag.Status, type[RequestRefused]] = {
     tag.Status.DEADLINE: DeadlineExceeded,
     tag.Status.WORKER_DIED: WorkerDied,
 }
+
+
+_PLAIN_REFUSALS: dict[str, type[RequestRefused]] = {
+    "BrokerBusy": BrokerBusy,
+    "NoWorkers": NoWorkers,
+    "DeadlineExceeded": DeadlineExceeded,
+    "WorkerDied": WorkerDied,
+}
+
+
+def error_from_plain(body: list[bytes]) -> ZmqRelayError | None:
+    """The error a reply in zmqrelay's plain error format reports, or ``None`` if it is none.
+
+    Plain (untagged) clients of a zmqrelay broker or worker get refusals and handler errors as
+    one frame ``b"zmqrelay-error: <type>: <message>"``
+    (:func:`~zmqrelay._core.worker.plain_error_reply`).
+    """
+    if len(body) != 1 or not body[0].startswith(PLAIN_ERROR_PREFIX):
+        return None
+    text = body[0][len(PLAIN_ERROR_PREFIX) :].decode("utf-8", "replace")
+    type_name, _, message = text.partition(": ")
+    refusal = _PLAIN_REFUSALS.get(type_name)
+    return refusal(message) if refusal is not None else RemoteError(type_name, message)
 
 
 class Correlator(Generic[T]):

@@ -1,0 +1,122 @@
+"""Majordomo requests from an :class:`~zmqrelay.AsyncClient` to any Majordomo broker.
+
+Majordomo replies carry no request id, so a socket can have only one request in flight, and a
+reply that comes after its request gave up would be taken for the next one's. Each request
+therefore borrows a socket of its own from a small pool: one whose request ended cleanly goes
+back to the pool, one whose request timed out or was cancelled is closed (the guide's Lazy
+Pirate), so no late reply can ever be misread. Requests in flight at once use as many sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, Iterator, Sequence
+
+import anyio
+import zmq
+import zmq.asyncio
+
+from zmqrelay._aio import sockets
+from zmqrelay._core import mdp
+from zmqrelay._core.client import error_from_plain
+from zmqrelay.errors import ClosedError, RequestTimeout
+
+_POOL_SIZE = 16  # idle sockets kept; more may be open while that many requests are in flight
+
+
+class Sessions:
+    """A pool of DEALER sockets speaking one Majordomo ``variant`` to ``endpoint``."""
+
+    def __init__(
+        self, context: zmq.asyncio.Context, endpoint: str, variant: mdp.Variant, linger: float
+    ) -> None:
+        self._context = context
+        self._endpoint = endpoint
+        self._variant = variant
+        self._linger = linger
+        self._idle: list[sockets.AsyncSocket] = []
+        self._busy: set[sockets.AsyncSocket] = set()
+        self._closed = False
+
+    def _borrow(self) -> sockets.AsyncSocket:
+        if self._closed:
+            raise ClosedError("the client is closed")
+        if self._idle:
+            sock = self._idle.pop()
+        else:
+            sock = sockets.open_socket(self._context, zmq.DEALER)
+            try:
+                sockets.connect(sock, self._endpoint)
+            except BaseException:
+                sockets.close(sock, 0)
+                raise
+        self._busy.add(sock)
+        return sock
+
+    def prepare(self) -> None:
+        """Connect the first socket now.
+
+        Raises:
+            EndpointError: the endpoint is invalid.
+        """
+        self._give_back(self._borrow(), clean=True)
+
+    def _give_back(self, sock: sockets.AsyncSocket, *, clean: bool) -> None:
+        self._busy.discard(sock)
+        if clean and not self._closed and len(self._idle) < _POOL_SIZE:
+            self._idle.append(sock)
+        else:
+            sockets.close(sock, 0 if not clean else self._linger)
+
+    async def exchange(
+        self, service: bytes, body: Sequence[bytes], limit: float | None
+    ) -> AsyncGenerator[tuple[list[bytes], bool], None]:
+        """Send one request; yield each part of its reply with whether it is the final one.
+
+        Raises:
+            RequestTimeout: the reply (all of it) did not come within ``limit`` seconds.
+            RequestRefused, RemoteError: a zmqrelay broker or worker said so (in the
+                documented plain error frame).
+            RemoteProtocolError: the broker answered in another protocol.
+        """
+        sock = self._borrow()
+        clean = False
+        deadline = None if limit is None else anyio.current_time() + limit
+        try:
+            # Each wait has its own scope, up to the one deadline: no scope spans a yield.
+            with _waiting(deadline, limit):
+                await sock.send_multipart(mdp.encode_request(self._variant, service, body))
+            while True:
+                with _waiting(deadline, limit):
+                    frames = await sock.recv_multipart()
+                reply = mdp.decode_reply(self._variant, frames)
+                if reply.final:
+                    clean = True
+                    failure = error_from_plain(reply.body)
+                    if failure is not None:
+                        raise failure
+                yield reply.body, reply.final
+                if reply.final:
+                    return
+        finally:
+            self._give_back(sock, clean=clean)
+
+    def close(self) -> None:
+        """Close every socket (those of requests still in flight too)."""
+        self._closed = True
+        for sock in [*self._idle, *self._busy]:
+            sockets.close(sock, 0)
+        self._idle.clear()
+        self._busy.clear()
+
+
+@contextlib.contextmanager
+def _waiting(deadline: float | None, limit: float | None) -> Iterator[None]:
+    """Wait until ``deadline`` at most; a socket error means the client closed."""
+    try:
+        with anyio.fail_after(None if deadline is None else deadline - anyio.current_time()):
+            yield
+    except TimeoutError:
+        raise RequestTimeout(f"no reply within {limit} s") from None
+    except zmq.ZMQError as exc:
+        raise ClosedError(f"the client's socket failed: {exc}") from exc
