@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -14,7 +15,7 @@ from anyio.abc import ByteReceiveStream, Process
 from click.testing import CliRunner
 
 from peers import echo_handler
-from zmqrelay import AsyncWorker
+from zmqrelay import AsyncWorker, Broker
 from zmqrelay.cli import cli
 from zmqrelay.testing import LeakCheckingContext
 
@@ -67,6 +68,39 @@ async def _stop(process: Process, signum: signal.Signals) -> int:
     process.send_signal(signum)
     with anyio.fail_after(20):
         return await process.wait()
+
+
+async def _count(body: bytes) -> AsyncIterator[bytes]:
+    for n in range(int(body)):
+        yield b"part %d" % n
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["zmqrelay", "mdp-0.2"])
+async def test_request_names_a_service_and_prints_a_streamed_reply_part_by_part(
+    context: LeakCheckingContext, protocol: str
+) -> None:
+    broker = Broker(
+        frontend="tcp://127.0.0.1:0",
+        backend="tcp://127.0.0.1:0",
+        mode="load-balancing",
+        context=context,
+    )
+    async with (
+        broker,
+        AsyncWorker(broker.endpoints.backend, _count, service="count", context=context),
+    ):
+        command = [*ZMQRELAY, "request", "--connect", broker.endpoints.frontend]
+        result = await anyio.run_process(
+            [*command, "--service", "count", "--protocol", protocol, "3"]
+        )
+    assert result.stdout == b"part 0\npart 1\npart 2\n"
+
+
+def test_a_majordomo_request_needs_a_service() -> None:
+    result = CliRunner().invoke(cli, ["request", "--protocol", "majortomo", "Hello"])
+    assert result.exit_code == 2
+    assert "--service" in result.output
 
 
 @pytest.mark.asyncio

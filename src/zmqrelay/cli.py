@@ -18,7 +18,7 @@ import click
 
 from zmqrelay import __version__
 from zmqrelay._aio.broker import Broker, Engine, Mode
-from zmqrelay._aio.client import AsyncClient
+from zmqrelay._aio.client import AsyncClient, Protocol
 from zmqrelay._bench_peers import (
     generate_load,
     serve_echo,
@@ -248,17 +248,38 @@ def demo(transport: str, clients: int, workers: int, requests: int) -> None:
     help="Seconds to wait for the reply.",
     show_envvar=True,
 )
+@click.option(
+    "--service",
+    "-s",
+    default="",
+    help="The service to ask (a load-balancing broker's; default: the default service).",
+)
+@click.option(
+    "--protocol",
+    type=click.Choice(["zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]),
+    default="zmqrelay",
+    help="Speak Majordomo to another Majordomo broker (needs --service).",
+)
 @click.argument("frames", nargs=-1, required=True)
-def request(connect: str, timeout: float, frames: Sequence[str]) -> None:
-    """Send one request (one frame per argument) and print the reply, a frame per line."""
-    reply = _run(_request, connect, timeout, [frame.encode() for frame in frames])
-    for frame in reply:
-        click.echo(frame.decode("utf-8", "backslashreplace"))
+def request(
+    connect: str, timeout: float, service: str, protocol: Protocol, frames: Sequence[str]
+) -> None:
+    """Send one request (one frame per argument) and print the reply, a frame per line.
+
+    A streamed reply is printed part by part, as the parts come.
+    """
+    if protocol != "zmqrelay" and not service:
+        raise click.UsageError("a Majordomo request names a --service")
+    _run(_request, connect, timeout, service, protocol, [frame.encode() for frame in frames])
 
 
-async def _request(endpoint: str, timeout: float, frames: list[bytes]) -> list[bytes]:
-    async with AsyncClient(endpoint, timeout=timeout) as client:
-        return await client.request_frames(frames)
+async def _request(
+    endpoint: str, timeout: float, service: str, protocol: Protocol, frames: list[bytes]
+) -> None:
+    async with AsyncClient(endpoint, timeout=timeout, protocol=protocol) as client:
+        async for part in client.stream_frames(service, frames):
+            for frame in part:
+                click.echo(frame.decode("utf-8", "backslashreplace"))
 
 
 @cli.command()
