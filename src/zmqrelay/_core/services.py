@@ -130,14 +130,16 @@ class Services:
         """
         if mdp.is_mmi(service):
             raise ValueError("workers may not offer mmi.* services")
-        actions: list[Action] = []
+        moved: list[Action] = []
         found = self._of(worker)
         if found is not None and found[0] != service:
-            actions = self.gone(worker, now)
+            # It leaves its old service, but it is not forgotten: no Forget reaches the shell
+            # (which would tell it DISCONNECT), and none may unregister it from the new one.
+            moved = [action for action in self.gone(worker, now) if action != Forget(worker)]
         scheduler = self._scheduler(service)
         self._service_of[worker] = service
-        actions.extend(scheduler.ready(worker, credits, now, heartbeats=heartbeats))
-        return self._after(service, scheduler, actions)
+        actions = scheduler.ready(worker, credits, now, heartbeats=heartbeats)
+        return [*moved, *self._after(service, scheduler, actions)]
 
     def heard_from(self, worker: WorkerId, now: float) -> None:
         """Any message from ``worker`` proves it alive."""
