@@ -188,3 +188,21 @@ def test_embedded_application_runs_and_exits_cleanly() -> None:
         for line in lines
     )
     assert lines[-1] == "done"
+
+
+def test_services_example_routes_streams_and_discovers() -> None:
+    result = run_to_completion("services.py")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "upper: HELLO",
+        "count part: 1",
+        "count part: 2",
+        "count part: 3",
+        "count joined: [b'1', b'2', b'3']",
+        "mmi.service upper: 200",
+        "mmi.service count: 200",
+        "mmi.service resize: 404",
+        "resize: NoWorkers: the broker refused the request: no workers (service 'resize')",
+        "done",
+    ]
