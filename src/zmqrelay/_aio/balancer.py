@@ -172,6 +172,9 @@ class Balancer:
                 scheduler.heard_from(worker, now)
                 actions = scheduler.leave(worker, now)
             else:
+                # It said DISCONNECT: the broker sends it nothing more, not even DISCONNECT
+                # (spec 7/MDP), so its dialect goes before its Forget is performed.
+                self.dialects.pop(worker, None)
                 actions = scheduler.gone(worker, now)
             self._perform(actions, now)
         return True
