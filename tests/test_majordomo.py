@@ -421,7 +421,13 @@ async def test_a_02_client_served_by_a_01_worker(
             worker.close()
 
 
-VIOLATIONS = ["reply before READY", "second READY", "unknown command", "malformed reply"]
+VIOLATIONS = [
+    "reply before READY",
+    "READY for mmi.service",  # spec 8/MMI: the broker disconnects such a worker
+    "second READY",
+    "unknown command",
+    "malformed reply",
+]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -431,7 +437,7 @@ async def test_a_protocol_violation_disconnects_the_offender_and_nobody_else(
 ) -> None:
     spec = SPECS[variant]
     async with running(lb_broker(context)) as broker:
-        registers = violation != "reply before READY"
+        registers = violation not in ("reply before READY", "READY for mmi.service")
         offender = await spec_worker(context, broker, variant, b"svc" if registers else None)
         victim = client_socket(context, broker, "mdp-0.1")
         client = client_socket(context, broker, "mdp-0.2")
@@ -446,6 +452,7 @@ async def test_a_protocol_violation_disconnects_the_offender_and_nobody_else(
                 "second READY": spec.command(spec.ready, b"svc"),
                 "unknown command": spec.command(b"\x09"),
                 "malformed reply": spec.command(spec.final, token, b"no delimiter", b"r"),
+                "READY for mmi.service": spec.command(spec.ready, b"mmi.service"),
             }[violation]
             await offender.send_multipart(message)
             assert await receive(offender) == spec.command(spec.disconnect)
@@ -575,6 +582,68 @@ async def test_a_worker_may_register_for_another_service(context: LeakCheckingCo
             )
             assert await receive(client) == final_reply("mdp-0.2", b"second", [b"from second"])
             assert broker.statistics().malformed_replies == 0
+        finally:
+            client.close()
+            worker.close()
+
+
+@pytest.mark.parametrize("redeliveries", [0, 1])
+async def test_a_worker_that_disconnects_mid_request(
+    context: LeakCheckingContext, redeliveries: int
+) -> None:
+    """Its request ends in the error frame, or goes to another worker if the broker allows."""
+    spec = SPECS["mdp-0.1"]
+    async with running(lb_broker(context, redeliveries=redeliveries)) as broker:
+        leaving = await spec_worker(context, broker, "mdp-0.1", b"svc")
+        client = client_socket(context, broker, "mdp-0.1")
+        other: zmq.asyncio.Socket | None = None
+        try:
+            await client.send_multipart(client_request("mdp-0.1", b"svc", [b"q"]))
+            await take_request(leaving, "mdp-0.1")
+            other = await spec_worker(context, broker, "mdp-0.2", b"svc")
+            await leaving.send_multipart(spec.command(spec.disconnect))
+            if redeliveries:
+                address, body = await take_request(other, "mdp-0.2")
+                assert body == [b"q"]
+                final = SPECS["mdp-0.2"].final
+                await other.send_multipart(SPECS["mdp-0.2"].command(final, address, b"", b"r"))
+                assert await receive(client) == [b"MDPC01", b"svc", b"r"]
+                assert scheduler_of(broker).redelivered == 1
+            else:
+                (error,) = (await receive(client))[2:]
+                assert error.startswith(WORKER_DIED)
+            assert scheduler_of(broker).workers == 1
+        finally:
+            for sock in (leaving, client, other):
+                if sock is not None:
+                    sock.close()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        [b"MDPC02", b"\x02", b"svc", b"x"],  # 0.2: PARTIAL is the broker's command
+        [b"MDPC02", b"\x01", b"svc"],  # 0.2: a REQUEST without a body
+        [b"", b"MDPC02", b"\x01", b"svc", b"x"],  # majortomo's REQUEST is 0x02
+        [b"", b"MDPC01", b"svc"],  # 0.1: no body
+    ],
+)
+async def test_a_malformed_client_request_is_counted_and_dropped(
+    context: LeakCheckingContext, garbage: list[bytes]
+) -> None:
+    async with running(lb_broker(context)) as broker:
+        worker = await spec_worker(context, broker, "mdp-0.2", b"svc")
+        client = client_socket(context, broker, "mdp-0.2")
+        try:
+            await client.send_multipart(garbage)
+            await client.send_multipart(client_request("mdp-0.2", b"svc", [b"good"]))
+            address, body = await take_request(worker, "mdp-0.2")
+            assert body == [b"good"]  # the first request the worker sees is the good one
+            final = SPECS["mdp-0.2"].final
+            await worker.send_multipart(SPECS["mdp-0.2"].command(final, address, b"", b"r"))
+            # And the first reply the client sees answers it: nothing came for the garbage.
+            assert await receive(client) == final_reply("mdp-0.2", b"svc", [b"r"])
+            assert broker.statistics().malformed_requests == 1
         finally:
             client.close()
             worker.close()
