@@ -8,7 +8,7 @@ import logging
 import math
 import secrets
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from types import EllipsisType
 from typing import Literal, overload
@@ -370,13 +370,14 @@ class AsyncClient(Service):
         *,
         timeout: float | EllipsisType | None = ...,
         redeliveries: int = 0,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Send a single-frame request and yield the parts of its reply as they come.
 
         ``async for part in client.stream("search", b"query")``: a worker whose handler is an
         async generator sends each part as it is ready (Majordomo 0.2's PARTIAL, then FINAL);
         any other reply is one part. ``timeout`` bounds the whole stream. Leaving the loop
-        early drops the parts still to come.
+        early drops the parts still to come; wrap the call in ``contextlib.aclosing()`` to
+        end the request at once rather than when the event loop finalizes the generator.
 
         Raises:
             RequestTimeout, RequestRefused, RemoteError, ClosedError: as :meth:`request`,
@@ -402,7 +403,7 @@ class AsyncClient(Service):
         *,
         timeout: float | EllipsisType | None = ...,
         redeliveries: int = 0,
-    ) -> AsyncIterator[list[bytes]]:
+    ) -> AsyncGenerator[list[bytes], None]:
         """As :meth:`stream`, for multipart requests: yields each part's frames."""
         service, body = _split_frames(service_or_frames, frames)
         async with contextlib.aclosing(

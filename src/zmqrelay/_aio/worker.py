@@ -484,23 +484,38 @@ class AsyncWorker(Service):
         """Send each part the handler yields but the last, and return the last as the reply.
 
         A part goes once the next one is ready, since only then is it known not to be the
-        last. Parts the client cannot take alone are joined into the reply instead.
+        last. Parts the client cannot take alone are joined into the reply instead. If the
+        handler raises, the parts it yielded still go out, ahead of the error.
         """
-        assert self._pump is not None  # set while running
         previous: list[bytes] | None = None
         joined: list[bytes] = []
         async with contextlib.aclosing(parts):
-            async for part in parts:
+            try:
+                async for part in parts:
+                    if previous is not None:
+                        ready, previous = previous, None
+                        await self._send_part(request, ready, joined)
+                    previous = list(part) if self._frames else [part]
+            except Exception:
+                # The handler failed after yielding its last part: that part goes out too,
+                # then the error, so the client sees everything the handler produced.
                 if previous is not None:
-                    message = request.partial(previous)
-                    if message is None:
-                        joined.extend(previous)
-                    else:
-                        await self._pump.send(message)
-                previous = list(part) if self._frames else [part]
+                    await self._send_part(request, previous, joined)
+                raise
         if previous is None:
             raise LocalProtocolError("a streaming handler must yield at least one part")
         return request.reply([*joined, *previous])
+
+    async def _send_part(
+        self, request: Answerable, part: list[bytes], joined: list[bytes]
+    ) -> None:
+        """Send ``part`` of a streamed reply, or keep it in ``joined`` if it cannot go alone."""
+        assert self._pump is not None  # set while running
+        message = request.partial(part)
+        if message is None:
+            joined.extend(part)
+        else:
+            await self._pump.send(message)
 
     def _handler_failed(self, request: Answerable, exc: BaseException) -> list[bytes]:
         self._handler_errors += 1

@@ -15,7 +15,7 @@ from typing import Generic, NamedTuple, TypeVar
 
 from zmqrelay._core import mdp, tag
 from zmqrelay._core.envelope import DELIMITER
-from zmqrelay._core.worker import PLAIN_ERROR_PREFIX, decode_error
+from zmqrelay._core.worker import PLAIN_ERROR_PREFIX, decode_error, encode_error
 from zmqrelay.errors import (
     BrokerBusy,
     DeadlineExceeded,
@@ -108,6 +108,21 @@ def error_from_plain(body: list[bytes]) -> ZmqRelayError | None:
     type_name, _, message = text.partition(": ")
     refusal = _PLAIN_REFUSALS.get(type_name)
     return refusal(message) if refusal is not None else RemoteError(type_name, message)
+
+
+_PLAIN_STATUSES = {refusal.__name__: status for status, refusal in _REFUSALS.items()}
+
+
+def _status_from_plain(body: list[bytes]) -> tuple[tag.Status, list[bytes]] | None:
+    """The status and body a plain error frame stands for, or ``None`` if it is none."""
+    if len(body) != 1 or not body[0].startswith(PLAIN_ERROR_PREFIX):
+        return None
+    text = body[0][len(PLAIN_ERROR_PREFIX) :].decode("utf-8", "replace")
+    type_name, _, message = text.partition(": ")
+    status = _PLAIN_STATUSES.get(type_name)
+    if status is not None:
+        return status, [message.encode()]
+    return tag.Status.ERROR, encode_error(type_name, message)
 
 
 class Correlator(Generic[T]):
@@ -246,6 +261,12 @@ class Correlator(Generic[T]):
             except RemoteProtocolError:
                 self.malformed_replies += 1
                 return None
+            if status is tag.Status.OK:
+                # A Majordomo worker can tell that its handler failed only in a plain error
+                # frame (its protocol has no status): read it as the status it stands for.
+                found = _status_from_plain(body)
+                if found is not None:
+                    status, body = found
         if status is tag.Status.PARTIAL:
             if request_id in self._streaming:
                 return waiter, Reply(request_id, status, body)
