@@ -270,3 +270,34 @@ def test_the_deadline_heap_stays_the_size_of_what_is_pending() -> None:
         (sent,) = dispatches(scheduler.request([b"c"], [b"x"], now=n, deadline=n + 30))
         scheduler.reply(b"w", sent.token, [b"r"], now=n)
     assert len(scheduler._deadlines) < 3000
+
+
+def forgotten(actions: list[Action]) -> list[bytes]:
+    # Not `Forget(w) in actions`: named tuples of one field compare equal across types.
+    return [action.worker for action in actions if isinstance(action, Forget)]
+
+
+def test_a_patient_worker_is_judged_by_its_silence_only_while_it_holds_no_live_request() -> None:
+    scheduler = Scheduler(heartbeat_interval=1, liveness=3)
+    scheduler.ready(b"mdp", 1, now=0, patient=True)
+    (sent,) = dispatches(scheduler.request([b"c"], [b"slow"], now=0, deadline=10))
+    # Busy and silent far past liveness: not dead, and nothing due but its heartbeat.
+    assert forgotten(scheduler.tick(now=5)) == []
+    assert scheduler.next_wakeup() == 5 + 1
+    actions = scheduler.reply(b"mdp", sent.token, [b"r"], now=6)
+    assert Deliver(sent.request, [b"r"]) in actions
+    # Idle again, its silence counts as anyone's.
+    assert forgotten(scheduler.tick(now=9)) == [b"mdp"]
+
+
+def test_a_patient_worker_whose_requests_all_ended_is_judged_again() -> None:
+    scheduler = Scheduler(heartbeat_interval=1, liveness=3)
+    scheduler.ready(b"mdp", 1, now=0, patient=True)
+    dispatches(scheduler.request([b"c"], [b"hangs"], now=0, deadline=4))
+    actions = scheduler.tick(now=4)
+    # The deadline ended the request; the worker, silent since 0, is dead by the next tick,
+    # and no wake-up time is left in the past.
+    assert any(isinstance(a, Refuse) and a.reason is Refusal.DEADLINE for a in actions)
+    assert forgotten(actions + scheduler.tick(now=4)) == [b"mdp"]
+    wake = scheduler.next_wakeup()
+    assert wake is None or wake > 4

@@ -162,6 +162,8 @@ class Balancer:
                     event.credits,
                     now,
                     heartbeats=event.dialect != "guide",
+                    # Majordomo workers may say nothing while they work (majortomo's don't).
+                    patient=mdp.as_variant(event.dialect) is not None,
                 )
                 if event.dialect == "zmqrelay":  # acknowledges the registration at once
                     actions = [Heartbeat(worker), *actions]

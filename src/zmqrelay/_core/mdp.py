@@ -219,13 +219,17 @@ def decode_client(frames: list[bytes]) -> ClientMessage:
     Raises:
         RemoteProtocolError: the message is in no dialect, or breaks its rules.
     """
-    if len(frames) >= 2 and frames[1] == CLIENT_02:
-        if len(frames) < 5 or frames[2] != _CLIENT_02[0]:
-            raise RemoteProtocolError("an MDP/0.2 REQUEST is [MDPC02, 0x01, service, body...]")
+    spec_02 = len(frames) >= 2 and frames[1] == CLIENT_02
+    if spec_02 and len(frames) >= 5 and frames[2] == _CLIENT_02[0]:
         return ClientMessage(frames[:1], "mdp-0.2", frames[3], frames[4:])
+    # Else, a hop of the envelope may just happen to read "MDPC02".
     try:
         index = frames.index(DELIMITER, 1)
     except ValueError:
+        if spec_02:
+            raise RemoteProtocolError(
+                "an MDP/0.2 REQUEST is [MDPC02, 0x01, service, body...]"
+            ) from None
         raise RemoteProtocolError("a request needs an empty delimiter frame") from None
     envelope, rest = frames[:index], frames[index + 1 :]
     if not rest:

@@ -12,9 +12,11 @@ The rules, in one place (the I/O shell only moves frames and calls these methods
    ``DEADLINE``; a reply that comes after that is dropped and counted (it still returns the
    worker's credit).
 5. Any traffic from a worker proves it alive. One silent for ``liveness`` heartbeat intervals is
-   dead: it is forgotten, and each request it held is either refused as ``WORKER_DIED`` (at most
-   once, the default) or, for requests that allow it, queued again at the front, marked as a
-   redelivery, while its retry budget lasts (at least once).
+   dead (a *patient* worker, one that cannot heartbeat while it works, only when it holds no
+   request still waiting for its reply): it is forgotten, and each request it held is either
+   refused as ``WORKER_DIED`` (at most once, the default) or, for requests that allow it,
+   queued again at the front, marked as a redelivery, while its retry budget lasts (at least
+   once).
 6. The broker sends a worker a heartbeat when it has sent it nothing for one interval.
 7. A worker that leaves gracefully takes no new requests; those it holds are treated as in
    rule 5 only if it goes before answering them.
@@ -136,6 +138,7 @@ class _Worker:
     last_heard: float
     last_sent: float
     heartbeats: bool = True
+    patient: bool = False  # silent while it works (Majordomo workers): judged only when idle
     held: set[int] = field(default_factory=set)
     leaving: bool = False
     full: bool = False  # its socket queue took no more: no requests until it is heard from
@@ -193,18 +196,26 @@ class Scheduler:
     # -- workers ---------------------------------------------------------------------------
 
     def ready(
-        self, worker: WorkerId, credits: int, now: float, *, heartbeats: bool = True
+        self,
+        worker: WorkerId,
+        credits: int,
+        now: float,
+        *,
+        heartbeats: bool = True,
+        patient: bool = False,
     ) -> list[Action]:
         """``worker`` announces itself with ``credits`` (again: its credits are reset).
 
         A worker without ``heartbeats`` (the guide's REQ workers) is never declared dead for
-        its silence, and is sent no heartbeats.
+        its silence, and is sent no heartbeats. A ``patient`` one is judged by its silence
+        only while it holds no request still waiting for a reply (Majordomo workers send
+        nothing while their handler runs).
         """
         if credits < 1:
             raise ValueError("a ready worker needs at least one credit")
         known = self._workers.get(worker)
         if known is None:
-            self._workers[worker] = _Worker(credits, now, now, heartbeats)
+            self._workers[worker] = _Worker(credits, now, now, heartbeats, patient)
         else:
             known.credits = max(0, credits - len(known.held))
             known.last_heard = now
@@ -376,7 +387,7 @@ class Scheduler:
         silent = [
             worker_id
             for worker_id, known in self._workers.items()
-            if known.heartbeats and now - known.last_heard >= silence
+            if known.heartbeats and now - known.last_heard >= silence and self._judged(known)
         ]
         for worker_id in silent:  # all of them first: none may get another's requests
             self._dead += 1
@@ -400,7 +411,8 @@ class Scheduler:
         silence = self.heartbeat_interval * self.liveness
         for known in self._workers.values():
             if known.heartbeats:
-                times.append(known.last_heard + silence)
+                if self._judged(known):  # else a deadline of what it holds comes first
+                    times.append(known.last_heard + silence)
                 times.append(known.last_sent + self.heartbeat_interval)
         times.extend(
             waiting[0].enqueued_at + self.queue_timeout
@@ -436,6 +448,13 @@ class Scheduler:
         )
 
     # -- internals -------------------------------------------------------------------------
+
+    def _judged(self, known: _Worker) -> bool:
+        """Whether ``known``'s silence counts now."""
+        if not known.patient:
+            return True
+        in_flight = self._in_flight
+        return all(in_flight[token].ended for token in known.held)
 
     def _update_free(self, worker: WorkerId) -> None:
         known = self._workers[worker]

@@ -119,8 +119,11 @@ class Services:
         now: float,
         *,
         heartbeats: bool = True,
+        patient: bool = False,
     ) -> list[Action]:
         """``worker`` offers ``service`` with ``credits``; saying so again resets its credits.
+
+        ``heartbeats`` and ``patient`` are as for :meth:`Scheduler.ready`.
 
         A worker that registers for another service leaves its old one first (what it held
         there ends, or goes again, as when a worker dies).
@@ -138,7 +141,7 @@ class Services:
             moved = [action for action in self.gone(worker, now) if action != Forget(worker)]
         scheduler = self._scheduler(service)
         self._service_of[worker] = service
-        actions = scheduler.ready(worker, credits, now, heartbeats=heartbeats)
+        actions = scheduler.ready(worker, credits, now, heartbeats=heartbeats, patient=patient)
         return [*moved, *self._after(service, scheduler, actions)]
 
     def heard_from(self, worker: WorkerId, now: float) -> None:
