@@ -324,7 +324,7 @@ def final_reply(variant: str, service: bytes, body: list[bytes]) -> list[bytes]:
 
 async def test_mdp01_req_client_and_dealer_worker(context: LeakCheckingContext) -> None:
     spec = SPECS["mdp-0.1"]
-    async with running(lb_broker(context, heartbeat_interval=0.1)) as broker:
+    async with running(lb_broker(context, heartbeat_interval=0.1, liveness=20)) as broker:
         worker = await spec_worker(context, broker, "mdp-0.1", b"echo")
         client = client_socket(context, broker, "mdp-0.1")
         try:
@@ -476,45 +476,82 @@ async def test_a_protocol_violation_disconnects_the_offender_and_nobody_else(
                     sock.close()
 
 
-async def test_a_silent_mdp_worker_is_dead_after_liveness_heartbeat_intervals(
+@asynccontextmanager
+async def lively_worker(
+    broker: Broker, context: LeakCheckingContext, interval: float = 0.05
+) -> AsyncIterator[None]:
+    """A worker of another service that beats every ``interval`` (and so stays alive)."""
+    lively = await spec_worker(context, broker, "mdp-0.2", b"other")
+
+    async def beat() -> None:
+        while True:
+            await lively.send_multipart(SPECS["mdp-0.2"].command(SPECS["mdp-0.2"].heartbeat))
+            await anyio.sleep(interval)
+
+    try:
+        async with anyio.create_task_group() as beating:
+            beating.start_soon(beat)
+            yield
+            beating.cancel_scope.cancel()
+    finally:
+        lively.close()
+
+
+async def test_a_silent_idle_mdp_worker_is_dead_after_liveness_heartbeat_intervals(
     context: LeakCheckingContext,
 ) -> None:
     spec = SPECS["mdp-0.1"]
     interval, liveness = 0.1, 3
-    async with (
-        running(lb_broker(context, heartbeat_interval=interval, liveness=liveness)) as broker,
-        anyio.create_task_group() as beating,
-    ):
-        # Another service's worker that beats stays alive all along.
-        lively = await spec_worker(context, broker, "mdp-0.2", b"other")
-
-        async def beat() -> None:
-            while True:
-                await lively.send_multipart(SPECS["mdp-0.2"].command(b"\x05"))
-                await anyio.sleep(interval / 2)
-
-        beating.start_soon(beat)
+    options = {"heartbeat_interval": interval, "liveness": liveness, "queue_timeout": 0.1}
+    async with running(lb_broker(context, **options)) as broker, lively_worker(broker, context):
         silent = raw_socket(context, zmq.DEALER, broker.endpoints.backend)
         client = client_socket(context, broker, "mdp-0.1")
         try:
             registered = anyio.current_time()
             await silent.send_multipart(spec.command(spec.ready, b"echo"))
+            # It hears heartbeats, says nothing, and is forgotten (and told so).
+            assert await next_command(silent, "mdp-0.1") == (spec.disconnect, [])
+            waited = anyio.current_time() - registered
+            assert interval * liveness <= waited < interval * liveness + 2
+            stats = scheduler_of(broker)
+            assert (stats.dead_workers, stats.workers) == (1, 1)
+            await client.send_multipart(client_request("mdp-0.1", b"echo", [b"anyone?"]))
+            reply = await receive(client)
+            assert reply == [b"MDPC01", b"echo", NO_WORKERS + b" (service 'echo')"]
+        finally:
+            silent.close()
+            client.close()
+
+
+async def test_a_silent_mdp_worker_holding_a_request_is_judged_once_the_request_ends(
+    context: LeakCheckingContext,
+) -> None:
+    """Majordomo workers say nothing while their handler runs: the deadline ends the request."""
+    spec = SPECS["mdp-0.1"]
+    interval, liveness, request_timeout = 0.1, 3, 0.5
+    options = {"heartbeat_interval": interval, "liveness": liveness}
+    broker = lb_broker(context, request_timeout=request_timeout, **options)
+    async with running(broker), lively_worker(broker, context):
+        silent = raw_socket(context, zmq.DEALER, broker.endpoints.backend)
+        client = client_socket(context, broker, "mdp-0.1")
+        try:
+            await silent.send_multipart(spec.command(spec.ready, b"echo"))
+            sent = anyio.current_time()
             await client.send_multipart(client_request("mdp-0.1", b"echo", [b"hello?"]))
             await take_request(silent, "mdp-0.1")  # it takes the request, then says nothing
             reply = await receive(client)
-            waited = anyio.current_time() - registered
+            # Not WORKER_DIED after liveness x interval: the request's own deadline ended it.
+            assert anyio.current_time() - sent >= request_timeout
             assert reply[:2] == [b"MDPC01", b"echo"]
             (error,) = reply[2:]
-            assert error.startswith(WORKER_DIED)
-            assert interval * liveness <= waited < interval * liveness + 2
-            # The broker forgot it, and told it so.
+            assert error.startswith(b"zmqrelay-error: DeadlineExceeded: ")
+            # Then its silence counts: it is forgotten, and told so.
             assert await next_command(silent, "mdp-0.1") == (spec.disconnect, [])
             stats = scheduler_of(broker)
             assert (stats.dead_workers, stats.workers, stats.refused) == (1, 1, 1)
         finally:
-            beating.cancel_scope.cancel()
-            for sock in (silent, client, lively):
-                sock.close()
+            silent.close()
+            client.close()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
