@@ -525,3 +525,17 @@ def test_a_zmqrelay_client_reads_the_refusal_in_its_tag() -> None:
     read = tag.decode(frames[1])
     assert read is not None
     assert read.status is Status.NO_WORKERS
+
+
+def test_a_client_id_that_looks_like_a_tag_is_left_alone() -> None:
+    # A client may pick any routing id, even one that decodes as a zmqrelay tag: the tag is
+    # never the id itself, so the id routes the refusal back unchanged, in plain framing.
+    lookalike = tag.encode(7, timeout=0.001)
+    frames = [lookalike, mdp.CLIENT_02, b"\x01", b"echo", b"body"]
+    request = lbclient.read_request(frames, 0.0, request_timeout=None, redeliveries=0)
+    assert request is not None
+    assert request.deadline is None  # the lookalike's timeout is not read either
+    scheduled = Request(request.envelope, request.body, 0.0, service=b"echo", dialect="mdp-0.2")
+    refusal = lbclient.refusal_frames(scheduled, Refusal.NO_WORKERS)
+    assert refusal[:4] == [lookalike, mdp.CLIENT_02, b"\x03", b"echo"]
+    assert refusal[4].startswith(b"zmqrelay-error: NoWorkers: ")

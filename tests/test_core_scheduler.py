@@ -290,14 +290,26 @@ def test_a_patient_worker_is_judged_by_its_silence_only_while_it_holds_no_live_r
     assert forgotten(scheduler.tick(now=9)) == [b"mdp"]
 
 
-def test_a_patient_worker_whose_requests_all_ended_is_judged_again() -> None:
+def test_a_patient_worker_gets_liveness_intervals_of_grace_after_its_request_ended() -> None:
+    scheduler = Scheduler(heartbeat_interval=1, liveness=3)
+    scheduler.ready(b"mdp", 1, now=0, patient=True)
+    (sent,) = dispatches(scheduler.request([b"c"], [b"overruns"], now=0, deadline=4))
+    actions = scheduler.tick(now=4)
+    assert any(isinstance(a, Refuse) and a.reason is Refusal.DEADLINE for a in actions)
+    # Silent since 0, but it may still be at work: judged from the deadline on, not before.
+    assert forgotten(actions) == []
+    assert scheduler.next_wakeup() == 5  # a heartbeat; its silence is due at 4 + 3
+    assert forgotten(scheduler.tick(now=6.9)) == []
+    # A late reply within the grace is dropped as late, and the worker serves on.
+    assert scheduler.reply(b"mdp", sent.token, [b"late"], now=6.9) == []
+    assert scheduler.statistics().late_replies == 1
+    assert dispatches(scheduler.request([b"c"], [b"next"], now=7))
+
+
+def test_a_patient_worker_that_never_answers_dies_after_its_grace() -> None:
     scheduler = Scheduler(heartbeat_interval=1, liveness=3)
     scheduler.ready(b"mdp", 1, now=0, patient=True)
     dispatches(scheduler.request([b"c"], [b"hangs"], now=0, deadline=4))
-    actions = scheduler.tick(now=4)
-    # The deadline ended the request; the worker, silent since 0, is dead by the next tick,
-    # and no wake-up time is left in the past.
-    assert any(isinstance(a, Refuse) and a.reason is Refusal.DEADLINE for a in actions)
-    assert forgotten(actions + scheduler.tick(now=4)) == [b"mdp"]
-    wake = scheduler.next_wakeup()
-    assert wake is None or wake > 4
+    scheduler.tick(now=4)
+    assert forgotten(scheduler.tick(now=7)) == [b"mdp"]
+    assert scheduler.next_wakeup() is None

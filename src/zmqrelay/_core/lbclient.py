@@ -32,6 +32,14 @@ _ERROR_NAME = {
 }
 
 
+def _tag(envelope: list[bytes]) -> tag.Tag | None:
+    """The zmqrelay tag ending ``envelope``, if any.
+
+    Never the client's own id (the first frame), however much that looks like a tag.
+    """
+    return tag.decode(envelope[-1]) if len(envelope) > 1 else None
+
+
 class ClientRequest(NamedTuple):
     """A request as the scheduler takes it."""
 
@@ -56,7 +64,7 @@ def read_request(
     except RemoteProtocolError:
         return None
     timeout, retries = request_timeout, redeliveries
-    asked = tag.decode(message.envelope[-1])
+    asked = _tag(message.envelope)
     if asked is not None:
         timeout = asked.timeout if asked.timeout is not None else timeout
         retries = max(retries, asked.redeliveries)
@@ -86,7 +94,7 @@ def reply_frames(
     ``None`` when it is a part the client cannot take alone: it is kept, and sent with the rest.
     """
     envelope, dialect = request.envelope, _dialect(request)
-    tagged = tag.decode(envelope[-1]) is not None
+    tagged = _tag(envelope) is not None
     if partial and not (tagged or mdp.streams(dialect)):
         request.parts = [*(request.parts or []), *body]
         return None
@@ -108,7 +116,7 @@ def refusal_frames(request: Request, reason: Refusal) -> list[bytes]:
     message = f"the broker refused the request: {reason.value}"
     if request.service:
         message += f" (service {request.service.decode('utf-8', 'replace')!r})"
-    if tag.decode(envelope[-1]) is not None:
+    if _tag(envelope) is not None:
         marked = tag.with_status(envelope[-1], _STATUS[reason])
         body = [message.encode()]
         envelope = [*envelope[:-1], marked]

@@ -139,6 +139,7 @@ class _Worker:
     last_sent: float
     heartbeats: bool = True
     patient: bool = False  # silent while it works (Majordomo workers): judged only when idle
+    grace_from: float = 0.0  # for a patient worker: when the last request it holds ended
     held: set[int] = field(default_factory=set)
     leaving: bool = False
     full: bool = False  # its socket queue took no more: no requests until it is heard from
@@ -289,8 +290,9 @@ class Scheduler:
     def partial(self, worker: WorkerId, token: int, body: list[bytes], now: float) -> list[Action]:
         """``worker`` sent one part of a streamed reply to the request it got as ``token``.
 
-        The request stays with the worker. Once a part reached the client, sending the request
-        again would repeat parts: if its worker dies now, the request ends as ``WORKER_DIED``.
+        The request stays with the worker. Once a part came, sending the request again could
+        repeat parts: if its worker dies now, the request ends as ``WORKER_DIED`` (even for a
+        client whose parts the broker still holds back, to join them into one reply).
         """
         self.heard_from(worker, now)
         entry = self._in_flight.get(token)
@@ -387,7 +389,9 @@ class Scheduler:
         silent = [
             worker_id
             for worker_id, known in self._workers.items()
-            if known.heartbeats and now - known.last_heard >= silence and self._judged(known)
+            if known.heartbeats
+            and now - self._quiet_since(known) >= silence
+            and self._judged(known)
         ]
         for worker_id in silent:  # all of them first: none may get another's requests
             self._dead += 1
@@ -399,6 +403,11 @@ class Scheduler:
             if not entry.ended and deadline is not None and deadline <= now:
                 entry.ended = True
                 actions.append(self._refuse(entry.request, Refusal.DEADLINE))
+                known = self._workers.get(entry.worker)
+                if known is not None and known.patient:
+                    # It may still be at work: its silence counts from now, giving its late
+                    # reply time to come before it is judged dead.
+                    known.grace_from = now
         for worker_id, known in self._workers.items():
             if known.heartbeats and now - known.last_sent >= self.heartbeat_interval:
                 known.last_sent = now
@@ -412,7 +421,7 @@ class Scheduler:
         for known in self._workers.values():
             if known.heartbeats:
                 if self._judged(known):  # else a deadline of what it holds comes first
-                    times.append(known.last_heard + silence)
+                    times.append(self._quiet_since(known) + silence)
                 times.append(known.last_sent + self.heartbeat_interval)
         times.extend(
             waiting[0].enqueued_at + self.queue_timeout
@@ -448,6 +457,10 @@ class Scheduler:
         )
 
     # -- internals -------------------------------------------------------------------------
+
+    @staticmethod
+    def _quiet_since(known: _Worker) -> float:
+        return max(known.last_heard, known.grace_from)
 
     def _judged(self, known: _Worker) -> bool:
         """Whether ``known``'s silence counts now."""

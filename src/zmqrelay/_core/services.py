@@ -8,7 +8,8 @@ ends as ``NO_WORKERS`` after the queue timeout if none comes.
 
 The ``mmi.`` namespace is the broker's own (spec 8/MMI): such requests are answered at once,
 and are never queued. A service that holds neither workers nor requests is dropped, so that
-requests naming ever new services cannot make the broker grow.
+requests naming ever new services leave nothing behind once they end (``queue_limit`` bounds
+each service's queue, and ``queue_timeout`` how long a request waits in it).
 """
 
 from __future__ import annotations
