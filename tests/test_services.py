@@ -502,6 +502,9 @@ async def test_a_majordomo_timeout_never_hands_its_late_reply_to_the_next_reques
         await eventually(lambda: replies == [b"re fast"])
         assert worker.statistics().replies_sent == 2
         assert await client.request("svc", b"third") == b"re third"
+        stats = client.statistics()
+        assert (stats.requests_sent, stats.replies_received, stats.timeouts) == (3, 2, 1)
+        assert stats.in_flight == 0
 
 
 @pytest.mark.parametrize("protocol", ["mdp-0.2", "majortomo"])
@@ -550,6 +553,9 @@ async def test_a_majordomo_request_names_a_service(
             await client.request_frames([b"body", b"only"])
         with pytest.raises(ValueError, match="names a service"):
             await collect(client.stream(b"body only"), [])
+        with pytest.raises(ValueError, match="no redelivery"):
+            await client.request("svc", b"body", redeliveries=1)
+        assert client.statistics().requests_sent == 0
 
 
 def free_tcp_endpoint() -> str:

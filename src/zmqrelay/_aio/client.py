@@ -204,7 +204,10 @@ class AsyncClient(Service):
 
     def statistics(self) -> ClientStatistics:
         """A snapshot of the client's counters."""
-        return self._correlator.statistics()
+        counted = self._correlator.statistics()
+        if self._sessions is not None:
+            return counted._replace(in_flight=self._sessions.in_flight)
+        return counted
 
     @overload
     async def request(
@@ -421,7 +424,9 @@ class AsyncClient(Service):
     ) -> AsyncGenerator[list[bytes], None]:
         limit = self._timeout if timeout is ... else timeout
         if self._variant is not None:
-            async with contextlib.aclosing(self._majordomo(service, frames, limit)) as parts:
+            async with contextlib.aclosing(
+                self._majordomo(service, frames, limit, redeliveries)
+            ) as parts:
                 async for part, _ in parts:
                     yield part
             return
@@ -455,13 +460,15 @@ class AsyncClient(Service):
             self._correlator.close(request_id)
 
     def _majordomo(
-        self, service: bytes, frames: Sequence[bytes], limit: float | None
+        self, service: bytes, frames: Sequence[bytes], limit: float | None, redeliveries: int
     ) -> AsyncGenerator[tuple[list[bytes], bool], None]:
         sessions = self._sessions
         if sessions is None or self._state != "running":
             raise ClosedError(f"the client is {self._state}; use it inside 'async with'")
         if not service:
             raise ValueError("a Majordomo request names a service: request(service, body)")
+        if redeliveries:
+            raise ValueError("Majordomo carries no redelivery budget: redeliveries=0")
         if not frames:
             raise LocalProtocolError("a request needs at least one body frame")
         return sessions.exchange(service, frames, limit)
@@ -481,7 +488,9 @@ class AsyncClient(Service):
         """One attempt: send, and wait for the reply within ``limit`` seconds."""
         if self._variant is not None:
             joined: list[bytes] = []
-            async with contextlib.aclosing(self._majordomo(service, frames, limit)) as parts:
+            async with contextlib.aclosing(
+                self._majordomo(service, frames, limit, redeliveries)
+            ) as parts:
                 async for part, _ in parts:
                     joined.extend(part)
             return joined
@@ -551,7 +560,11 @@ class AsyncClient(Service):
         try:
             with boundary_errors(self._kind):
                 sessions = Sessions(
-                    sockets.get_context(self._context), self._endpoint, variant, self._linger
+                    sockets.get_context(self._context),
+                    self._endpoint,
+                    variant,
+                    self._linger,
+                    self._correlator,  # keeps the counters
                 )
                 try:
                     sessions.prepare()  # connects one socket: a bad endpoint fails here

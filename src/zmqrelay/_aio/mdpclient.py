@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, Iterator, Sequence
+from typing import Protocol
 
 import anyio
 import zmq
@@ -19,7 +20,20 @@ import zmq.asyncio
 from zmqrelay._aio import sockets
 from zmqrelay._core import mdp
 from zmqrelay._core.client import error_from_plain
-from zmqrelay.errors import ClosedError, RequestTimeout
+from zmqrelay.errors import ClosedError, RemoteProtocolError, RequestTimeout
+
+
+class Counts(Protocol):
+    """Where the counters of :class:`~zmqrelay.ClientStatistics` are kept.
+
+    The client's correlator: Majordomo requests never enter its table (no id to match).
+    """
+
+    requests_sent: int
+    replies_received: int
+    timeouts: int
+    malformed_replies: int
+
 
 _POOL_SIZE = 16  # idle sockets kept; more may be open while that many requests are in flight
 
@@ -28,8 +42,14 @@ class Sessions:
     """A pool of DEALER sockets speaking one Majordomo ``variant`` to ``endpoint``."""
 
     def __init__(
-        self, context: zmq.asyncio.Context, endpoint: str, variant: mdp.Variant, linger: float
+        self,
+        context: zmq.asyncio.Context,
+        endpoint: str,
+        variant: mdp.Variant,
+        linger: float,
+        counts: Counts,
     ) -> None:
+        self._counts = counts
         self._context = context
         self._endpoint = endpoint
         self._variant = variant
@@ -80,18 +100,25 @@ class Sessions:
             RemoteProtocolError: the broker answered in another protocol.
         """
         sock = self._borrow()
+        counts = self._counts
         clean = False
         deadline = None if limit is None else anyio.current_time() + limit
         try:
             # Each wait has its own scope, up to the one deadline: no scope spans a yield.
-            with _waiting(deadline, limit):
+            with _waiting(deadline, limit, counts):
                 await sock.send_multipart(mdp.encode_request(self._variant, service, body))
+            counts.requests_sent += 1
             while True:
-                with _waiting(deadline, limit):
+                with _waiting(deadline, limit, counts):
                     frames = await sock.recv_multipart()
-                reply = mdp.decode_reply(self._variant, frames)
+                try:
+                    reply = mdp.decode_reply(self._variant, frames)
+                except RemoteProtocolError:
+                    counts.malformed_replies += 1
+                    raise
                 if reply.final:
                     clean = True
+                    counts.replies_received += 1
                     failure = error_from_plain(reply.body)
                     if failure is not None:
                         raise failure
@@ -100,6 +127,11 @@ class Sessions:
                     return
         finally:
             self._give_back(sock, clean=clean)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests waiting for (the rest of) their reply."""
+        return len(self._busy)
 
     def close(self) -> None:
         """Close every socket (those of requests still in flight too)."""
@@ -111,12 +143,13 @@ class Sessions:
 
 
 @contextlib.contextmanager
-def _waiting(deadline: float | None, limit: float | None) -> Iterator[None]:
+def _waiting(deadline: float | None, limit: float | None, counts: Counts) -> Iterator[None]:
     """Wait until ``deadline`` at most; a socket error means the client closed."""
     try:
         with anyio.fail_after(None if deadline is None else deadline - anyio.current_time()):
             yield
     except TimeoutError:
+        counts.timeouts += 1
         raise RequestTimeout(f"no reply within {limit} s") from None
     except zmq.ZMQError as exc:
         raise ClosedError(f"the client's socket failed: {exc}") from exc
