@@ -687,3 +687,48 @@ async def test_a_service_worker_registers_again_with_a_restarted_broker(
         # The request waits in the new broker's queue until the worker is back.
         assert await client.request("svc", b"after") == b"re after"
         assert harness.statistics().scheduler.workers == 1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("protocol", MDP_PROTOCOLS)
+async def test_a_majordomo_worker_told_disconnect_registers_again_on_a_new_connection(
+    context: LeakCheckingContext, protocol: Protocol
+) -> None:
+    # The broker here is a bare ROUTER, so the test sees exactly what the worker sends.
+    router = context.socket(zmq.ROUTER)
+    try:
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        worker = AsyncWorker(
+            f"tcp://127.0.0.1:{port}",
+            _echo,
+            service="svc",
+            protocol=protocol,
+            heartbeat_interval=0.05,
+            context=context,
+        )
+        async with running(worker):
+            with anyio.fail_after(5):
+                first = await _next_ready(router)
+                disconnect = {"mdp-0.1": b"\x05", "mdp-0.2": b"\x06", "majortomo": b"\x06"}
+                header = [b"MDPW02"] if protocol == "mdp-0.2" else [b"", _HEADERS[protocol]]
+                await router.send_multipart([first, *header, disconnect[protocol]])
+                second = await _next_ready(router)
+        # A new connection is a new peer for the ROUTER: a session of its own (specs 7, 18).
+        assert second != first
+    finally:
+        router.close(linger=0)
+
+
+_HEADERS = {"mdp-0.1": b"MDPW01", "majortomo": b"MDPW02"}
+
+
+async def _echo(request: bytes) -> bytes:
+    return request
+
+
+async def _next_ready(router: zmq.asyncio.Socket) -> bytes:
+    """The routing id of the next READY the ROUTER reads (heartbeats are skipped)."""
+    while True:
+        frames = await router.recv_multipart()
+        command = frames[2] if frames[1] == b"MDPW02" else frames[3]
+        if command == b"\x01":
+            return frames[0]

@@ -404,6 +404,8 @@ class AsyncWorker(Service):
         self._registrations += 1
         self._heard = anyio.Event()
         if self._variant is not None:
+            if self._registrations > 1:
+                self._reconnect(pump)
             pump.try_send(mdp.encode_ready(self._variant, self._service))
             self._broker_heard = anyio.current_time()
             return True
@@ -411,6 +413,20 @@ class AsyncWorker(Service):
         with anyio.move_on_after(self._heartbeat_interval):
             await self._heard.wait()
         return self._heard.is_set()
+
+    def _reconnect(self, pump: sockets.Pump) -> None:
+        """Drop the connection to the broker and make a new one: a new session.
+
+        Majordomo workers must do so before they register again (specs 7 and 18): the broker
+        then sees a new peer, and nothing queued for the old session reaches the new one.
+        """
+        try:
+            pump.sync.disconnect(self._endpoint)
+        except zmq.ZMQError as exc:  # the transport cannot disconnect: keep the connection
+            logger.debug("could not drop the connection to %s: %s", self._endpoint, exc)
+            return
+        pump.sync.connect(self._endpoint)
+        pump.kick()
 
     async def _handle_queued(self, pump: sockets.Pump) -> None:
         queue, free = self._queue, self._free
