@@ -55,6 +55,10 @@ class Broker(Service):
     guide's REQ workers with READY, zmqrelay's with credits and heartbeats), each request goes
     to the least-recently-used worker with a free credit, waits in a bounded queue when none
     is free, and ends in a typed refusal when it cannot be served (see ``docs/modes.md``).
+    Requests name a service and workers offer one (plain peers use the default service); the
+    broker speaks Majordomo (MDP 0.1, MDP 0.2 and majortomo's variant, detected per message)
+    to clients and workers alike, and answers ``mmi.service`` itself (see
+    ``docs/services.md``).
 
     Two engines move the frames. ``"libzmq"`` (the default) runs libzmq's own proxy in a thread,
     at C speed, with the event loop left free; it passes every message through as it is and
@@ -79,8 +83,10 @@ class Broker(Service):
         mode: ``"relay"`` or ``"load-balancing"``.
         heartbeat_interval: load-balancing: seconds between heartbeats to and from workers.
         liveness: load-balancing: heartbeat intervals of silence after which a worker is dead.
-        queue_limit: load-balancing: requests that may wait for a worker; past it, ``BUSY``.
-        queue_timeout: load-balancing: seconds a request may wait for a worker.
+        queue_limit: load-balancing: requests that may wait for a worker of a service; past
+            it, ``BUSY``.
+        queue_timeout: load-balancing: seconds a request may wait for a worker; a request for
+            a service no live worker offers ends as ``NO_WORKERS`` after it.
         redeliveries: load-balancing: times a request whose worker died is sent again (at
             least once); 0, the default, is at most once. A request may ask for more.
         request_timeout: load-balancing: the deadline of a request whose client set none (a
