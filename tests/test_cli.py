@@ -180,3 +180,15 @@ def test_bench_load_balancing_brokers_with_guide_and_async_workers() -> None:
         (run,) = json.loads(result.stdout)
         assert run["broker"] == broker
         assert run["requests"] > 0
+
+
+def test_bench_majordomo_brokers_with_plain_and_async_majordomo_peers() -> None:
+    common = ["--warmup", "0.2", "--duration", "0.4", "--json", "--client-kind", "mdp"]
+    runs = (("majortomo", "mdp"), ("zmqrelay-lb", "mdp"), ("zmqrelay-lb", "async-mdp"))
+    for broker, worker in runs:
+        command = [*ZMQRELAY, "bench", "--broker", broker, "--worker-kind", worker, *common]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        (run,) = json.loads(result.stdout)
+        assert run["broker"] == broker
+        assert run["requests"] > 0

@@ -11,11 +11,13 @@ import array
 import json
 import os
 import resource
+import socket
 import struct
 import sys
 import time
 from collections import deque
 from collections.abc import Sequence
+from typing import Literal
 
 import anyio
 import zmq
@@ -104,12 +106,62 @@ def serve_python_lb() -> None:
             backend.send_multipart([ready.popleft(), b"", client, empty, *request])
 
 
+def serve_majortomo() -> None:
+    """The majortomo package's Majordomo broker (one ROUTER for clients and workers alike)."""
+    try:
+        from majortomo.broker import Broker as MajortomoBroker
+    except ImportError:
+        sys.exit("the majortomo broker needs majortomo (pip install majortomo six)")
+    with socket.socket() as probe:  # majortomo binds what it is given: find a free port
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    broker = MajortomoBroker(bind=endpoint, zmq_context=zmq.Context())
+    # Announced before run() binds it: peers that connect first are retried by libzmq.
+    print(f"serving: clients connect to {endpoint}, workers to {endpoint}", file=sys.stderr)
+    broker.run()  # type: ignore[no-untyped-call]  # majortomo is not typed
+
+
+# Majordomo, majortomo's variant (the one majortomo's broker speaks too): every message starts
+# with an empty frame, then the header and the command.
+MDP_SERVICE = b"echo"
+_MDP_READY = [b"", b"MDPW02", b"\x01", MDP_SERVICE]
+_MDP_HEARTBEAT = [b"", b"MDPW02", b"\x05"]
+_MDP_REQUEST, _MDP_FINAL = b"\x02", b"\x04"
+_MDP_CLIENT = [b"", b"MDPC02", b"\x02", MDP_SERVICE]
+
+
+def _serve_mdp_echo(endpoint: str, work: float) -> None:
+    """A plain synchronous Majordomo worker: one request at a time, heartbeats when idle."""
+    sock = zmq.Context().socket(zmq.DEALER)
+    sock.connect(endpoint)
+    sock.send_multipart(_MDP_READY)
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    interval = 1.0
+    sent = time.monotonic()
+    while True:
+        if not poller.poll(int(interval * 1000)) or time.monotonic() - sent >= interval:
+            sock.send_multipart(_MDP_HEARTBEAT)
+            sent = time.monotonic()
+            continue
+        message = sock.recv_multipart()
+        if message[2] != _MDP_REQUEST:
+            continue  # a heartbeat (or DISCONNECT, which a bench broker never sends)
+        if work:
+            time.sleep(work)
+        # [b"", MDPW02, REQUEST, client, b"", body...] -> the same, as FINAL
+        message[2] = _MDP_FINAL
+        sock.send_multipart(message)
+        sent = time.monotonic()
+
+
 def serve_echo(kind: str, endpoint: str, concurrency: int, work: float = 0.0) -> None:
     """An echo worker taking ``work`` seconds per request.
 
     ``c`` (libzmq reflects every message; no work), ``sync`` (a plain DEALER loop), ``guide``
     (the guide's REQ worker, for load-balancing brokers), ``async`` (an AsyncWorker),
-    ``async-lb`` (an AsyncWorker in load-balancing mode).
+    ``async-lb`` (an AsyncWorker in load-balancing mode), ``mdp`` (a plain Majordomo worker
+    of the ``echo`` service) and ``async-mdp`` (an AsyncWorker speaking Majordomo).
     """
     if kind == "guide":
         sock = zmq.Context().socket(zmq.REQ)
@@ -133,13 +185,15 @@ def serve_echo(kind: str, endpoint: str, concurrency: int, work: float = 0.0) ->
             if work:
                 time.sleep(work)
             send(message)
-    elif kind in ("async", "async-lb"):
-        anyio.run(_async_echo, endpoint, concurrency, work, kind == "async-lb")
+    elif kind == "mdp":
+        _serve_mdp_echo(endpoint, work)
+    elif kind in ("async", "async-lb", "async-mdp"):
+        anyio.run(_async_echo, endpoint, concurrency, work, kind)
     else:
         raise ValueError(f"unknown worker kind {kind!r}")
 
 
-async def _async_echo(endpoint: str, concurrency: int, work: float, balanced: bool) -> None:
+async def _async_echo(endpoint: str, concurrency: int, work: float, kind: str) -> None:
     from zmqrelay import AsyncWorker
 
     async def echo(frames: list[bytes]) -> list[bytes]:
@@ -147,13 +201,15 @@ async def _async_echo(endpoint: str, concurrency: int, work: float, balanced: bo
             await anyio.sleep(work)
         return frames
 
-    worker = AsyncWorker(
-        endpoint,
-        echo,
-        frames=True,
-        concurrency=concurrency,
-        mode="load-balancing" if balanced else "relay",
-    )
+    if kind == "async-mdp":
+        worker = AsyncWorker(
+            endpoint, echo, frames=True, service=MDP_SERVICE, protocol="majortomo"
+        )
+    else:
+        mode: Literal["relay", "load-balancing"] = (
+            "load-balancing" if kind == "async-lb" else "relay"
+        )
+        worker = AsyncWorker(endpoint, echo, frames=True, concurrency=concurrency, mode=mode)
     await worker.run()
 
 
@@ -174,6 +230,8 @@ def generate_load(
     padding = b"x" * max(0, size - _STAMP.size)
     if kind == "sync":
         counted, latencies, cpu = _sync_load(endpoint, window, padding, warmup, duration)
+    elif kind == "mdp":
+        counted, latencies, cpu = _mdp_load(endpoint, window, padding, warmup, duration)
     elif kind == "async":
         counted, latencies, cpu = anyio.run(
             _async_load, endpoint, window, padding, warmup, duration
@@ -218,6 +276,46 @@ def _sync_load(
         send([b"", pack(now) + padding])
     cpu = _cpu() - (cpu_start if cpu_start is not None else _cpu())
     sock.close(linger=0)
+    context.term()
+    return len(latencies), latencies, cpu
+
+
+def _mdp_load(
+    endpoint: str, window: int, padding: bytes, warmup: float, duration: float
+) -> tuple[int, array.array[int], float]:
+    """Majordomo clients have one request in flight each: ``window`` sockets, polled."""
+    context = zmq.Context()
+    poller = zmq.Poller()
+    socks = []
+    for _ in range(window):
+        sock = context.socket(zmq.DEALER)
+        sock.connect(endpoint)
+        poller.register(sock, zmq.POLLIN)
+        socks.append(sock)
+    clock, pack, unpack = time.perf_counter_ns, _STAMP.pack, _STAMP.unpack_from
+    for sock in socks:
+        sock.send_multipart([*_MDP_CLIENT, pack(clock()) + padding])
+    start = clock()
+    measure_from = start + int(warmup * 1e9)
+    measure_until = measure_from + int(duration * 1e9)
+    latencies: array.array[int] = array.array("q")
+    record = latencies.append
+    cpu_start = None
+    while True:
+        ready = poller.poll(max(1, (measure_until - clock()) // 1_000_000))
+        now = clock()
+        if now >= measure_until:
+            break
+        for sock, _ in ready:
+            reply = sock.recv_multipart()  # [b"", MDPC02, FINAL, body]
+            if now >= measure_from:
+                if cpu_start is None:
+                    cpu_start = _cpu()
+                record(now - unpack(reply[-1])[0])
+            sock.send_multipart([*_MDP_CLIENT, pack(clock()) + padding])
+    cpu = _cpu() - (cpu_start if cpu_start is not None else _cpu())
+    for sock in socks:
+        sock.close(linger=0)
     context.term()
     return len(latencies), latencies, cpu
 

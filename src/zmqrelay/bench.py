@@ -39,7 +39,15 @@ _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 _READY = re.compile(r"serving: clients connect to (\S+), workers to (\S+)")
 _START_DEADLINE = 20.0
 
-BROKERS = ("zmqrelay", "zmqrelay-python", "zmqrelay-lb", "proxy", "python-loop", "python-lb")
+BROKERS = (
+    "zmqrelay",
+    "zmqrelay-python",
+    "zmqrelay-lb",
+    "proxy",
+    "python-loop",
+    "python-lb",
+    "majortomo",
+)
 """Brokers the bench knows how to start (an external one is given by a command)."""
 
 
@@ -55,7 +63,8 @@ class BenchConfig:
     workers: int = 2
     worker_kind: str = "c"
     """``c`` (libzmq echoes), ``sync`` (a plain pyzmq loop), ``async`` (AsyncWorker), or, for
-    load-balancing brokers, ``guide`` (the guide's REQ worker) or ``async-lb``."""
+    load-balancing brokers, ``guide`` (the guide's REQ worker) or ``async-lb``, and for
+    Majordomo brokers ``mdp`` (a plain Majordomo worker) or ``async-mdp`` (AsyncWorker)."""
     work: float = 0.0
     """Seconds each request takes a worker (not with ``c`` workers)."""
     slow_factor: float = 1.0
@@ -63,7 +72,8 @@ class BenchConfig:
     worker_concurrency: int = 100
     clients: int = 1
     client_kind: str = "sync"
-    """``sync`` (a plain pipelined pyzmq DEALER) or ``async`` (AsyncClient)."""
+    """``sync`` (a plain pipelined pyzmq DEALER), ``async`` (AsyncClient), or ``mdp`` (plain
+    Majordomo clients: one socket per request in flight)."""
     window: int = 100
     """Requests each client keeps in flight."""
     size: int = 16
@@ -179,7 +189,7 @@ def _start_broker(
             "--drain-timeout", "0",
             "--frontend", "tcp://127.0.0.1:0", "--backend", "tcp://127.0.0.1:0",
         )  # fmt: skip
-    elif config.broker in ("proxy", "python-loop", "python-lb"):
+    elif config.broker in ("proxy", "python-loop", "python-lb", "majortomo"):
         command = _zmqrelay("bench-peer", config.broker)
     else:
         raise ValueError(f"broker must be one of {BROKERS} or come with a command")

@@ -22,6 +22,7 @@ from zmqrelay._aio.client import AsyncClient, Protocol
 from zmqrelay._bench_peers import (
     generate_load,
     serve_echo,
+    serve_majortomo,
     serve_proxy,
     serve_python_lb,
     serve_python_loop,
@@ -299,10 +300,11 @@ async def _request(
 @click.option("--workers", type=click.IntRange(1, 64), default=2, help="Echo worker processes.")
 @click.option(
     "--worker-kind",
-    type=click.Choice(["c", "sync", "async", "guide", "async-lb"]),
+    type=click.Choice(["c", "sync", "async", "guide", "async-lb", "mdp", "async-mdp"]),
     default="c",
     help="c: libzmq echoes; sync: a plain pyzmq loop; async: AsyncWorker; for "
-    "load-balancing brokers, guide: the guide's REQ worker; async-lb: AsyncWorker.",
+    "load-balancing brokers, guide: the guide's REQ worker; async-lb: AsyncWorker; for "
+    "Majordomo brokers, mdp: a plain Majordomo worker; async-mdp: AsyncWorker.",
 )
 @click.option(
     "--work-ms", type=click.FloatRange(0, 10_000), default=0.0, help="Work per request, ms."
@@ -316,9 +318,10 @@ async def _request(
 @click.option("--clients", type=click.IntRange(1, 64), default=1, help="Load client processes.")
 @click.option(
     "--client-kind",
-    type=click.Choice(["sync", "async"]),
+    type=click.Choice(["sync", "async", "mdp"]),
     default="sync",
-    help="sync: a plain pipelined pyzmq DEALER; async: AsyncClient.",
+    help="sync: a plain pipelined pyzmq DEALER; async: AsyncClient; mdp: plain Majordomo "
+    "clients, a socket per request in flight.",
 )
 @click.option(
     "--window", type=click.IntRange(1, 100_000), default=100, help="Requests in flight per client."
@@ -398,6 +401,12 @@ def bench_python_loop() -> None:
 def bench_python_lb() -> None:
     """The guide's load-balancing broker, written plainly with pyzmq."""
     serve_python_lb()
+
+
+@bench_peer.command("majortomo")
+def bench_majortomo() -> None:
+    """The majortomo package's Majordomo broker on a free loopback port."""
+    serve_majortomo()
 
 
 @bench_peer.command("worker")
