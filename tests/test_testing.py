@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import anyio
 import pytest
 import zmq
@@ -178,3 +180,20 @@ async def test_running_stops_the_service_when_the_block_raises() -> None:
             raise KeyError("boom")
     assert "closed" in repr(client)
     context.check_closed()
+
+
+async def count(request: bytes) -> AsyncIterator[bytes]:
+    for number in range(int(request)):
+        yield b"%d" % number
+
+
+@pytest.mark.zmqrelay(mode="load-balancing")
+async def test_fixtures_serve_named_services_and_streams_and_inject_faults_into_them(
+    relay_worker: WorkerFactory, relay_client: AsyncClient
+) -> None:
+    worker = await relay_worker(count, service="count")
+    assert [part async for part in relay_client.stream("count", b"3")] == [b"0", b"1", b"2"]
+    worker.slow_down(10)  # the harness's fault injection wraps streaming handlers too
+    with pytest.raises(RequestTimeout):
+        await relay_client.request_frames("count", [b"2"], timeout=0.05)
+    assert worker.statistics().requests_received == 2

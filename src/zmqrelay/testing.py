@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import inspect
 import os
 import shutil
 import tempfile
@@ -29,7 +30,7 @@ import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import anyio
 import zmq
@@ -364,7 +365,7 @@ class BrokerHarness:
 
     async def start_worker(
         self,
-        handler: Callable[[Any], Awaitable[Any]],
+        handler: Callable[[Any], Awaitable[Any]] | Callable[[Any], AsyncIterator[Any]],
         *,
         concurrency: int = 1,
         frames: bool = False,
@@ -372,16 +373,26 @@ class BrokerHarness:
     ) -> WorkerHandle:
         """Attach an :class:`~zmqrelay.AsyncWorker` running ``handler`` to the broker.
 
-        Returns once it is connecting; it stops when the harness closes.
+        ``options`` go to the worker (``service=``, ``mode=``, ``protocol=``, ...); a handler
+        written as an async generator streams its reply. Returns once the worker is
+        connecting; it stops when the harness closes.
         """
         handle: WorkerHandle
 
         async def wrapped(request: Any) -> Any:
             await handle._before_handling()
-            return await handler(request)
+            return await cast(Callable[[Any], Awaitable[Any]], handler)(request)
+
+        async def streamed(request: Any) -> AsyncIterator[Any]:
+            await handle._before_handling()
+            parts = cast(Callable[[Any], AsyncIterator[Any]], handler)(request)
+            async for part in parts:
+                yield part
 
         worker = AsyncWorker(
-            self.endpoints.backend, wrapped, frames=frames,  # type: ignore[call-overload]
+            self.endpoints.backend,
+            streamed if inspect.isasyncgenfunction(handler) else wrapped,
+            frames=frames,  # type: ignore[call-overload]
             concurrency=concurrency, context=self.context, **options,
         )  # fmt: skip
         handle = WorkerHandle(worker)
