@@ -539,3 +539,35 @@ def test_a_client_id_that_looks_like_a_tag_is_left_alone() -> None:
     refusal = lbclient.refusal_frames(scheduled, Refusal.NO_WORKERS)
     assert refusal[:4] == [lookalike, mdp.CLIENT_02, b"\x03", b"echo"]
     assert refusal[4].startswith(b"zmqrelay-error: NoWorkers: ")
+
+
+def test_a_broken_stream_drops_its_parts_and_ends_in_a_busy_refusal() -> None:
+    request = _request("mdp-0.2")
+    assert lbclient.reply_frames(request, 0, [b"p0"], partial=True) is not None
+    request.broken = lbclient.LOST_PARTS  # the shell could not send a part
+    assert lbclient.reply_frames(request, 0, [b"p1"], partial=True) is None
+    final = lbclient.reply_frames(request, 0, [b"end"])
+    assert final is not None
+    assert final[:4] == [b"c", mdp.CLIENT_02, b"\x03", b"echo"]
+    assert final[4] == b"zmqrelay-error: BrokerBusy: the broker refused the request: " + (
+        lbclient.LOST_PARTS.encode() + b" (service 'echo')"
+    )
+
+
+def test_parts_held_for_joining_are_bounded() -> None:
+    request = _request("plain")
+    part = bytes(1 << 20)
+    for _ in range(lbclient.MAX_HELD_BYTES // len(part)):
+        assert lbclient.reply_frames(request, 0, [part], partial=True) is None
+    assert not request.broken
+    assert lbclient.reply_frames(request, 0, [b"one more"], partial=True) is None
+    assert request.broken == lbclient.TOO_LARGE
+    assert request.parts is None  # what was held is let go at once
+    final = lbclient.reply_frames(request, 0, [b"end"])
+    assert final == [
+        b"c",
+        b"",
+        b"zmqrelay-error: BrokerBusy: the broker refused the request: "
+        + lbclient.TOO_LARGE.encode()
+        + b" (service 'echo')",
+    ]

@@ -21,7 +21,7 @@ import zmq.asyncio
 from majortomo import Client, Worker, WorkerRequestsIterator
 
 from peers import eventually, raw_socket
-from zmqrelay import Broker
+from zmqrelay import AsyncWorker, Broker
 from zmqrelay._core import lbwire
 from zmqrelay._core.scheduler import SchedulerStatistics
 from zmqrelay._core.tag import Status
@@ -684,3 +684,39 @@ async def test_a_malformed_client_request_is_counted_and_dropped(
         finally:
             client.close()
             worker.close()
+
+
+async def test_a_stream_that_overflows_a_slow_client_ends_in_an_error_never_with_a_gap(
+    context: LeakCheckingContext,
+) -> None:
+    parts = 400
+
+    async def flood(request: bytes) -> AsyncIterator[bytes]:
+        for number in range(parts):
+            yield b"%08d" % number + bytes(1024)
+
+    # Small queues on both sides: the client, reading nothing yet, soon takes no more.
+    broker = lb_broker(context, high_water_mark=10)
+    async with running(broker):
+        worker = AsyncWorker(broker.endpoints.backend, flood, service="flood", context=context)
+        client = raw_socket(context, zmq.DEALER, broker.endpoints.frontend)
+        client.rcvhwm = 10
+        try:
+            async with running(worker):
+                await client.send_multipart(client_request("mdp-0.2", b"flood", [b"go"]))
+                await eventually(lambda: worker.statistics().replies_sent == 1)
+                received: list[int] = []
+                while True:
+                    frames = await receive(client)
+                    if frames[1] == b"\x03":  # FINAL
+                        break
+                    received.append(int(frames[3][:8]))
+        finally:
+            client.close()
+    # What came is a prefix of the stream, with no gap; the end says parts were lost.
+    assert received == list(range(len(received)))
+    assert len(received) < parts - 1
+    (error,) = frames[3:]
+    assert error.startswith(b"zmqrelay-error: BrokerBusy: ")
+    assert b"lost" in error
+    assert (broker.statistics().congested_replies or 0) > 0

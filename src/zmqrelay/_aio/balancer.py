@@ -209,7 +209,9 @@ class Balancer:
                 )
                 if frames is not None:
                     self.counters.replies_forwarded += 1
-                    self._to_client(frames)
+                    routed = self._to_client(frames)
+                    if routed == "full" and action.partial:  # the rest cannot come whole
+                        request.broken = lbclient.LOST_PARTS
                 if not action.partial:
                     self._settle()
             elif isinstance(action, Refuse):
@@ -269,9 +271,10 @@ class Balancer:
             self.scheduler.sent_to(worker, now)
         return routed
 
-    def _to_client(self, frames: list[bytes]) -> None:
+    def _to_client(self, frames: list[bytes]) -> sockets.Routed:
         routed = sockets.route(self._front, frames)
         if routed == "gone":
             self.counters.unroutable_replies += 1
         elif routed == "full":
             self.counters.congested_replies += 1
+        return routed

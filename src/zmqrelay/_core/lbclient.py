@@ -86,17 +86,36 @@ def _dialect(request: Request) -> mdp.ClientDialect:
     return _DIALECTS[request.dialect]  # the scheduler keeps it as read_request found it
 
 
+MAX_HELD_BYTES = 64 * 1024 * 1024
+"""The most a streamed reply may hold back for a client that takes one reply."""
+LOST_PARTS = "part of the streamed reply was lost: the client's queue was full"
+TOO_LARGE = f"the streamed reply grew past {MAX_HELD_BYTES} bytes, too large to join"
+
+
 def reply_frames(
     request: Request, status: int, body: list[bytes], *, partial: bool = False
 ) -> list[bytes] | None:
     """A worker's reply (``status`` OK or ERROR, body as the worker sent it) for the client.
 
-    ``None`` when it is a part the client cannot take alone: it is kept, and sent with the rest.
+    ``None`` when nothing is to be sent now: a part the client cannot take alone is kept, and
+    sent with the rest; a part of a reply that cannot reach the client whole (see
+    :attr:`Request.broken`) is dropped, and the final part is replaced by a ``BUSY`` refusal
+    saying why: a client never gets a stream with a gap as if it were whole.
     """
+    if request.broken:
+        if partial:
+            return None
+        return refusal_frames(request, Refusal.BUSY, request.broken)
     envelope, dialect = request.envelope, _dialect(request)
     tagged = _tag(envelope) is not None
     if partial and not (tagged or mdp.streams(dialect)):
-        request.parts = [*(request.parts or []), *body]
+        if request.parts is None:
+            request.parts = []
+        request.parts.extend(body)
+        request.held_bytes += sum(map(len, body))
+        if request.held_bytes > MAX_HELD_BYTES:
+            request.parts = None
+            request.broken = TOO_LARGE
         return None
     if request.parts and not status:
         body = [*request.parts, *body]
@@ -110,10 +129,10 @@ def reply_frames(
     return mdp.encode_client_reply(envelope, dialect, request.service, body, partial=partial)
 
 
-def refusal_frames(request: Request, reason: Refusal) -> list[bytes]:
-    """What tells the client why its request ended without a reply."""
+def refusal_frames(request: Request, reason: Refusal, detail: str = "") -> list[bytes]:
+    """What tells the client why its request ended without a reply (``detail``: more on why)."""
     envelope, dialect = request.envelope, _dialect(request)
-    message = f"the broker refused the request: {reason.value}"
+    message = f"the broker refused the request: {detail or reason.value}"
     if request.service:
         message += f" (service {request.service.decode('utf-8', 'replace')!r})"
     if _tag(envelope) is not None:

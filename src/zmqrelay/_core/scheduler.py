@@ -67,6 +67,9 @@ class Request:
     """How the client spoke (kept for the shell, which answers in kind)."""
     parts: list[bytes] | None = None
     """Parts of a streamed reply held back for a client that takes one reply (the shell's)."""
+    held_bytes: int = 0
+    broken: str = ""
+    """Why the rest of a streamed reply cannot reach the client whole (the shell's)."""
 
     def __post_init__(self) -> None:
         if self.enqueued_at < 0:
