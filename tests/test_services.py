@@ -23,6 +23,7 @@ from zmqrelay import (
     AsyncClient,
     AsyncWorker,
     Broker,
+    ClosedError,
     NoWorkers,
     RemoteError,
     RemoteProtocolError,
@@ -732,3 +733,52 @@ async def _next_ready(router: zmq.asyncio.Socket) -> bytes:
         command = frames[2] if frames[1] == b"MDPW02" else frames[3]
         if command == b"\x01":
             return frames[0]
+
+
+@pytest.mark.parametrize("protocol", ["zmqrelay", *MDP_PROTOCOLS])
+async def test_closing_a_client_fails_its_waiting_requests_and_streams_with_closed_error(
+    context: LeakCheckingContext, protocol: Protocol
+) -> None:
+    both_started = anyio.Event()
+    started = 0
+
+    async def never(request: bytes) -> AsyncIterator[bytes]:
+        nonlocal started
+        started += 1
+        if started == 2:
+            both_started.set()
+        await anyio.sleep_forever()
+        yield request
+
+    workers = [
+        AsyncWorker("inproc://b", never, service="never", context=context, drain_timeout=0)
+        for _ in range(2)
+    ]
+    outcomes: list[str] = []
+    async with running(balancing(context)) as broker, running(workers[0]), running(workers[1]):
+        await registered(broker, 2)
+        client = client_for(context, protocol)
+        async with anyio.create_task_group() as tg:
+            await tg.start(client.run)
+
+            async def ask() -> None:
+                try:
+                    await client.request("never", b"x")
+                except ClosedError as exc:
+                    outcomes.append(f"request: {exc}")
+
+            async def listen() -> None:
+                try:
+                    await collect(client.stream("never", b"y"), [])
+                except ClosedError as exc:
+                    outcomes.append(f"stream: {exc}")
+
+            tg.start_soon(ask)
+            tg.start_soon(listen)
+            with anyio.fail_after(5):
+                await both_started.wait()
+            await client.aclose()
+    assert sorted(outcomes) == [
+        "request: the client closed before the reply came",
+        "stream: the client closed before the reply came",
+    ]

@@ -105,11 +105,11 @@ class Sessions:
         deadline = None if limit is None else anyio.current_time() + limit
         try:
             # Each wait has its own scope, up to the one deadline: no scope spans a yield.
-            with _waiting(deadline, limit, counts):
+            with self._waiting(deadline, limit):
                 await sock.send_multipart(mdp.encode_request(self._variant, service, body))
             counts.requests_sent += 1
             while True:
-                with _waiting(deadline, limit, counts):
+                with self._waiting(deadline, limit):
                     frames = await sock.recv_multipart()
                 try:
                     reply = mdp.decode_reply(self._variant, frames)
@@ -128,6 +128,25 @@ class Sessions:
         finally:
             self._give_back(sock, clean=clean)
 
+    @contextlib.contextmanager
+    def _waiting(self, deadline: float | None, limit: float | None) -> Iterator[None]:
+        """Wait until ``deadline`` at most; a socket error means the client closed."""
+        try:
+            with anyio.fail_after(None if deadline is None else deadline - anyio.current_time()):
+                yield
+        except TimeoutError:
+            self._counts.timeouts += 1
+            raise RequestTimeout(f"no reply within {limit} s") from None
+        except zmq.ZMQError as exc:
+            raise ClosedError(f"the client's socket failed: {exc}") from exc
+        except anyio.get_cancelled_exc_class():
+            # Closing the client closes the sockets of requests in flight, which cancels
+            # what they await: the caller learns that the client closed, not that it was
+            # cancelled (it was not).
+            if self._closed and not sockets.being_cancelled():
+                raise ClosedError("the client closed before the reply came") from None
+            raise
+
     @property
     def in_flight(self) -> int:
         """Requests waiting for (the rest of) their reply."""
@@ -140,16 +159,3 @@ class Sessions:
             sockets.close(sock, 0)
         self._idle.clear()
         self._busy.clear()
-
-
-@contextlib.contextmanager
-def _waiting(deadline: float | None, limit: float | None, counts: Counts) -> Iterator[None]:
-    """Wait until ``deadline`` at most; a socket error means the client closed."""
-    try:
-        with anyio.fail_after(None if deadline is None else deadline - anyio.current_time()):
-            yield
-    except TimeoutError:
-        counts.timeouts += 1
-        raise RequestTimeout(f"no reply within {limit} s") from None
-    except zmq.ZMQError as exc:
-        raise ClosedError(f"the client's socket failed: {exc}") from exc
