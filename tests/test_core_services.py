@@ -389,6 +389,15 @@ class ServicesMachine(RuleBasedStateMachine):
             assert self.services.is_known(worker) == (worker in self.offering)
 
     @invariant()
+    def the_books_match_the_schedulers(self) -> None:
+        services = self.services
+        assert services._queued == services.statistics().queued
+        # Every service with something to do is in line to be woken for it, on time.
+        for service, scheduler in services._schedulers.items():
+            services.next_wakeup()
+            assert services._wakes.get(service) == scheduler.next_wakeup()
+
+    @invariant()
     def only_services_holding_something_are_kept(self) -> None:
         kept = self.services._schedulers
         assert all(not scheduler.idle() for scheduler in kept.values())
@@ -416,3 +425,36 @@ class ServicesMachine(RuleBasedStateMachine):
 
 TestServicesMachine = ServicesMachine.TestCase
 TestServicesMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def test_the_queue_limit_holds_for_all_services_together() -> None:
+    services = Services(queue_limit=3, queue_timeout=10)
+    outcomes = [services.request(b"svc-%d" % n, [b"c%d" % n], [b"x"], now=0) for n in range(5)]
+    assert outcomes[:3] == [[], [], []]
+    for refused in outcomes[3:]:
+        assert [(type(a), a.reason) for a in refused] == [(Refuse, Refusal.BUSY)]  # type: ignore[union-attr]
+    stats = services.statistics()
+    assert (stats.queued, stats.refused, stats.services) == (3, 2, 3)
+    # A service with a free worker still takes requests at once: they are not queued.
+    services.ready(b"w", b"free", 1, now=0)
+    (dispatch,) = services.request(b"free", [b"c"], [b"y"], now=0)
+    assert isinstance(dispatch, Dispatch)
+
+
+def test_many_waiting_services_cost_a_loop_turn_only_what_changed() -> None:
+    services = Services(queue_limit=100_000, queue_timeout=10)
+    for n in range(10_000):
+        services.request(b"svc-%d" % n, [b"c"], [b"x"], now=0)
+    assert services.next_wakeup() == 10
+    services.ready(b"w", b"busy", 1, now=1)
+    services.next_wakeup()
+    # Touching one service recomputes that one's time, not ten thousand.
+    assert services._dirty == set()
+    services.heard_from(b"w", now=2)
+    assert services._dirty == {b"busy"}
+    services.next_wakeup()
+    services.heard_from(b"w", now=9)  # alive still when the others' time comes
+    # All the waiting requests end at once when their time comes.
+    refused = [a for a in services.tick(now=10) if isinstance(a, Refuse)]
+    assert len(refused) == 10_000
+    assert services.statistics().services == 1

@@ -308,6 +308,15 @@ class Scheduler:
         entry.request.retries_left = 0
         return [Deliver(entry.request, body, 0, partial=True)]
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a worker."""
+        return len(self._queue) + len(self._again)
+
+    def has_free_worker(self) -> bool:
+        """Whether a request would be dispatched at once."""
+        return bool(self._free)
+
     def offers(self) -> bool:
         """Whether a live worker that is not leaving serves here (what ``mmi.service`` says)."""
         return any(not known.leaving for known in self._workers.values())

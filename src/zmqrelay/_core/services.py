@@ -14,11 +14,17 @@ each service's queue, and ``queue_timeout`` how long a request waits in it).
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Callable
+from functools import partial
+
 from zmqrelay._core import mdp
 from zmqrelay._core.scheduler import (
     Action,
     Deliver,
     Forget,
+    Refusal,
+    Refuse,
     Request,
     Scheduler,
     SchedulerStatistics,
@@ -51,7 +57,16 @@ class Services:
         self._schedulers: dict[bytes, Scheduler] = {}
         self._service_of: dict[WorkerId, bytes] = {}
         self._next_token = first_token
-        self._retired = SchedulerStatistics(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        # Counters kept outside the live schedulers: those of services since dropped, and of
+        # requests refused before reaching one.
+        self._outside = SchedulerStatistics(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        self._queued = 0  # requests waiting, in all services
+        # When each service's scheduler next has something to do, in a heap (with stale
+        # entries, skipped), kept up to date for the services touched since it was last read:
+        # a loop turn costs what changed, not what exists.
+        self._wakes: dict[bytes, float] = {}
+        self._heap: list[tuple[float, bytes]] = []
+        self._dirty: set[bytes] = set()
         self.mmi_requests = 0
 
     @property
@@ -80,7 +95,14 @@ class Services:
             return None
         return service, self._schedulers[service]
 
-    def _after(self, service: bytes, scheduler: Scheduler, actions: list[Action]) -> list[Action]:
+    def _run(
+        self, service: bytes, scheduler: Scheduler, call: Callable[[], list[Action]]
+    ) -> list[Action]:
+        """Call one of ``scheduler``'s methods, and keep the books on what it changed."""
+        before = scheduler.queued
+        actions = call()
+        self._queued += scheduler.queued - before
+        self._dirty.add(service)
         for action in actions:
             if isinstance(action, Forget):
                 self._service_of.pop(action.worker, None)
@@ -91,8 +113,8 @@ class Services:
     def _retire(self, service: bytes, scheduler: Scheduler) -> None:
         # Keep its counters: statistics count since the broker started, not per life of a service.
         gone = scheduler.statistics()
-        retired = self._retired
-        self._retired = retired._replace(
+        retired = self._outside
+        self._outside = retired._replace(
             delivered=retired.delivered + gone.delivered,
             refused=retired.refused + gone.refused,
             redelivered=retired.redelivered + gone.redelivered,
@@ -101,6 +123,7 @@ class Services:
             dead_workers=retired.dead_workers + gone.dead_workers,
         )
         del self._schedulers[service]
+        self._wakes.pop(service, None)
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -139,17 +162,26 @@ class Services:
         if found is not None and found[0] != service:
             # It leaves its old service, but it is not forgotten: no Forget reaches the shell
             # (which would tell it DISCONNECT), and none may unregister it from the new one.
-            moved = [action for action in self.gone(worker, now) if action != Forget(worker)]
+            moved = [
+                action
+                for action in self.gone(worker, now)
+                if not (isinstance(action, Forget) and action.worker == worker)
+            ]
         scheduler = self._scheduler(service)
         self._service_of[worker] = service
-        actions = scheduler.ready(worker, credits, now, heartbeats=heartbeats, patient=patient)
-        return [*moved, *self._after(service, scheduler, actions)]
+        actions = self._run(
+            service,
+            scheduler,
+            lambda: scheduler.ready(worker, credits, now, heartbeats=heartbeats, patient=patient),
+        )
+        return [*moved, *actions]
 
     def heard_from(self, worker: WorkerId, now: float) -> None:
         """Any message from ``worker`` proves it alive."""
         found = self._of(worker)
         if found is not None:
             found[1].heard_from(worker, now)
+            self._dirty.add(found[0])
 
     def holds(self, worker: WorkerId, token: int) -> bool:
         """Whether ``worker`` is still to be sent, or to answer, request ``token``."""
@@ -169,15 +201,17 @@ class Services:
         """``worker`` answered request ``token`` (a ``partial`` answer: one part of it)."""
         found = self._of(worker)
         if found is None:
-            self._retired = self._retired._replace(
-                unknown_replies=self._retired.unknown_replies + 1
+            self._outside = self._outside._replace(
+                unknown_replies=self._outside.unknown_replies + 1
             )
             return []
         service, scheduler = found
         if partial:
-            return scheduler.partial(worker, token, body, now)
-        return self._after(
-            service, scheduler, scheduler.reply(worker, token, body, now, status=status)
+            return self._run(
+                service, scheduler, lambda: scheduler.partial(worker, token, body, now)
+            )
+        return self._run(
+            service, scheduler, lambda: scheduler.reply(worker, token, body, now, status=status)
         )
 
     def leave(self, worker: WorkerId, now: float) -> list[Action]:
@@ -185,34 +219,39 @@ class Services:
         found = self._of(worker)
         if found is None:
             return []
-        return self._after(found[0], found[1], found[1].leave(worker, now))
+        service, scheduler = found
+        return self._run(service, scheduler, lambda: scheduler.leave(worker, now))
 
     def gone(self, worker: WorkerId, now: float) -> list[Action]:
         """``worker`` is gone: its requests end or go to another worker of its service."""
         found = self._of(worker)
         if found is None:
             return []
-        return self._after(found[0], found[1], found[1].gone(worker, now))
+        service, scheduler = found
+        return self._run(service, scheduler, lambda: scheduler.gone(worker, now))
 
     def full(self, worker: WorkerId, token: int, now: float) -> list[Action]:
         """``worker``'s queue could not take request ``token``."""
         found = self._of(worker)
         if found is None:
             return []
-        return self._after(found[0], found[1], found[1].full(worker, token, now))
+        service, scheduler = found
+        return self._run(service, scheduler, lambda: scheduler.full(worker, token, now))
 
     def unsent(self, worker: WorkerId, token: int, now: float) -> list[Action]:
         """Request ``token`` could not be sent to ``worker``, which is gone."""
         found = self._of(worker)
         if found is None:
             return []
-        return self._after(found[0], found[1], found[1].unsent(worker, token, now))
+        service, scheduler = found
+        return self._run(service, scheduler, lambda: scheduler.unsent(worker, token, now))
 
     def sent_to(self, worker: WorkerId, now: float) -> None:
         """Something was sent to ``worker`` (counts as a heartbeat)."""
         found = self._of(worker)
         if found is not None:
             found[1].sent_to(worker, now)
+            self._dirty.add(found[0])
 
     # -- requests --------------------------------------------------------------------------
 
@@ -238,35 +277,78 @@ class Services:
             asked = body[0] if body else b""
             request = Request(envelope, body, now, service=service, dialect=dialect, ended=True)
             return [Deliver(request, mdp.mmi_reply(service, self.offers(asked)))]
+        if self._queued >= self._template.queue_limit and not self.offers_free(service):
+            # The queue limit holds for all services together, so that requests naming ever
+            # new services cannot pile up without bound.
+            request = Request(envelope, body, now, service=service, dialect=dialect, ended=True)
+            self._outside = self._outside._replace(refused=self._outside.refused + 1)
+            return [Refuse(request, Refusal.BUSY)]
         scheduler = self._scheduler(service)
-        actions = scheduler.request(
-            envelope,
-            body,
-            now,
-            deadline=deadline,
-            retries=retries,
-            service=service,
-            dialect=dialect,
+        return self._run(
+            service,
+            scheduler,
+            lambda: scheduler.request(
+                envelope,
+                body,
+                now,
+                deadline=deadline,
+                retries=retries,
+                service=service,
+                dialect=dialect,
+            ),
         )
-        return self._after(service, scheduler, actions)
+
+    def offers_free(self, service: bytes) -> bool:
+        """Whether a worker of ``service`` could take a request at once."""
+        scheduler = self._schedulers.get(service)
+        return scheduler is not None and scheduler.has_free_worker()
 
     # -- time ------------------------------------------------------------------------------
 
     def tick(self, now: float) -> list[Action]:
-        """Let time pass in every service."""
+        """Let time pass in the services that have something to do by ``now``."""
+        self._settle()
+        heap, wakes = self._heap, self._wakes
+        due: list[bytes] = []
+        while heap and heap[0][0] <= now:
+            when, service = heapq.heappop(heap)
+            if wakes.get(service) == when:
+                del wakes[service]
+                due.append(service)
         actions: list[Action] = []
-        for service, scheduler in list(self._schedulers.items()):
-            actions.extend(self._after(service, scheduler, scheduler.tick(now)))
+        for service in due:
+            scheduler = self._schedulers.get(service)
+            if scheduler is not None:
+                actions.extend(self._run(service, scheduler, partial(scheduler.tick, now)))
         return actions
 
     def next_wakeup(self) -> float | None:
         """When :meth:`tick` has something to do next, if ever."""
-        times = (scheduler.next_wakeup() for scheduler in self._schedulers.values())
-        return min((when for when in times if when is not None), default=None)
+        self._settle()
+        heap, wakes = self._heap, self._wakes
+        while heap and wakes.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # stale: that service's time changed since
+        return heap[0][0] if heap else None
+
+    def _settle(self) -> None:
+        """Bring the wake-up times of the services touched since up to date."""
+        heap, wakes = self._heap, self._wakes
+        for service in self._dirty:
+            scheduler = self._schedulers.get(service)
+            when = None if scheduler is None else scheduler.next_wakeup()
+            if when is None:
+                wakes.pop(service, None)
+            elif wakes.get(service) != when:
+                wakes[service] = when
+                heapq.heappush(heap, (when, service))
+        self._dirty.clear()
+        if len(heap) > 2 * len(wakes) + 1024:  # mostly stale entries: start afresh
+            heap[:] = [(when, service) for service, when in wakes.items()]
+            heapq.heapify(heap)
 
     def statistics(self) -> SchedulerStatistics:
         """The sum over services (counters include services since dropped)."""
-        total = self._retired._replace(services=len(self._schedulers))
+        total = self._outside._replace(services=len(self._schedulers))
         for scheduler in self._schedulers.values():
             one = scheduler.statistics()
             summed = (a + b for a, b in zip(total[:-1], one[:-1], strict=True))
