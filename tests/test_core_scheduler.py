@@ -313,3 +313,16 @@ def test_a_patient_worker_that_never_answers_dies_after_its_grace() -> None:
     scheduler.tick(now=4)
     assert forgotten(scheduler.tick(now=7)) == [b"mdp"]
     assert scheduler.next_wakeup() is None
+
+
+def test_a_patient_worker_that_heartbeats_while_busy_is_judged_as_any_other() -> None:
+    scheduler = Scheduler(heartbeat_interval=1, liveness=3)
+    scheduler.ready(b"mdp", 1, now=0, patient=True)
+    (sent,) = dispatches(scheduler.request([b"c"], [b"x"], now=0, deadline=60, retries=1))
+    scheduler.heartbeat(b"mdp", now=1)  # it can heartbeat while it works: then it must
+    scheduler.ready(b"other", 1, now=3.5)
+    actions = scheduler.tick(now=4)
+    # Silent since 1, dead at 4, long before the request's deadline: it goes to another.
+    assert forgotten(actions) == [b"mdp"]
+    (again,) = dispatches(actions)
+    assert (again.worker, again.request) == (b"other", sent.request)

@@ -168,7 +168,7 @@ class Balancer:
                 if event.dialect == "zmqrelay":  # acknowledges the registration at once
                     actions = [Heartbeat(worker), *actions]
             elif isinstance(event, lbwire.Heartbeat):
-                scheduler.heard_from(worker, now)
+                scheduler.heartbeat(worker, now)
                 continue
             elif isinstance(event, lbwire.Leaving):
                 scheduler.heard_from(worker, now)

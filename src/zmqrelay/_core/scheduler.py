@@ -236,6 +236,17 @@ class Scheduler:
                 known.full = False
                 self._update_free(worker)
 
+    def heartbeat(self, worker: WorkerId, now: float) -> None:
+        """``worker`` sent a heartbeat, so it is alive.
+
+        A patient worker that heartbeats while it holds a request is not patient after all:
+        from then on its silence counts, busy or not.
+        """
+        self.heard_from(worker, now)
+        known = self._workers.get(worker)
+        if known is not None and known.patient and not self._judged(known):
+            known.patient = False
+
     def holds(self, worker: WorkerId, token: int) -> bool:
         """Whether ``worker`` is still to be sent, or to answer, request ``token``."""
         entry = self._in_flight.get(token)

@@ -183,6 +183,13 @@ class Services:
             found[1].heard_from(worker, now)
             self._dirty.add(found[0])
 
+    def heartbeat(self, worker: WorkerId, now: float) -> None:
+        """``worker`` sent a heartbeat (see :meth:`Scheduler.heartbeat`)."""
+        found = self._of(worker)
+        if found is not None:
+            found[1].heartbeat(worker, now)
+            self._dirty.add(found[0])
+
     def holds(self, worker: WorkerId, token: int) -> bool:
         """Whether ``worker`` is still to be sent, or to answer, request ``token``."""
         found = self._of(worker)
