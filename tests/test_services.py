@@ -782,3 +782,45 @@ async def test_closing_a_client_fails_its_waiting_requests_and_streams_with_clos
         "request: the client closed before the reply came",
         "stream: the client closed before the reply came",
     ]
+
+
+async def test_a_majordomo_client_keeps_at_most_max_sockets_requests_in_flight(
+    context: LeakCheckingContext,
+) -> None:
+    in_hand = 0
+    most = 0
+
+    async def count_in_hand(request: bytes) -> bytes:
+        nonlocal in_hand, most
+        in_hand += 1
+        most = max(most, in_hand)
+        await anyio.sleep(0.01)
+        in_hand -= 1
+        return request
+
+    workers = [
+        AsyncWorker(
+            "inproc://b", count_in_hand, service="svc", protocol="mdp-0.2", context=context
+        )
+        for _ in range(6)
+    ]
+    client = AsyncClient("inproc://f", context=context, protocol="mdp-0.2", max_sockets=2)
+    async with contextlib.AsyncExitStack() as stack:
+        broker = await stack.enter_async_context(running(balancing(context)))
+        for worker in workers:
+            await stack.enter_async_context(running(worker))
+        await registered(broker, 6)
+        await stack.enter_async_context(running(client))
+        replies: list[bytes] = []
+
+        async def ask(n: int) -> None:
+            replies.append(await client.request("svc", b"%d" % n))
+            assert client.statistics().in_flight <= 2
+
+        async with anyio.create_task_group() as tg:
+            for n in range(12):
+                tg.start_soon(ask, n)
+    # Six workers were free, but two sockets carried all twelve requests, two at a time.
+    assert sorted(replies) == sorted(b"%d" % n for n in range(12))
+    assert most == 2
+    assert len(dealers(context)) == 6 + 2

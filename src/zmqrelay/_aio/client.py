@@ -157,6 +157,8 @@ class AsyncClient(Service):
             ``"majortomo"`` speak Majordomo to any Majordomo broker; requests must name a
             service, and each request in flight uses a socket of its own (Majordomo replies
             carry no request id).
+        max_sockets: with a Majordomo ``protocol``, the most requests in flight at once (so
+            sockets open); more wait their turn, within their timeout.
 
     Requests name a service with ``request(service, body)``; ``request(body)`` asks the
     broker's default service (the only one a relay-mode broker has).
@@ -175,10 +177,14 @@ class AsyncClient(Service):
         linger: float = 0.0,
         retry: RetryPolicy | None = None,
         protocol: Protocol = "zmqrelay",
+        max_sockets: int = 64,
     ) -> None:
         variant = mdp.as_variant(protocol)
         if variant is None and protocol != "zmqrelay":
             raise ValueError(f"unknown protocol {protocol!r}")
+        if max_sockets < 1:
+            raise ValueError("max_sockets must be at least 1")
+        self._max_sockets = max_sockets
         super().__init__()
         self._variant = variant
         self._sessions: Sessions | None = None
@@ -565,6 +571,7 @@ class AsyncClient(Service):
                     variant,
                     self._linger,
                     self._correlator,  # keeps the counters
+                    self._max_sockets,
                 )
                 try:
                     sessions.prepare()  # connects one socket: a bad endpoint fails here

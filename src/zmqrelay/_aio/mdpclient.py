@@ -48,8 +48,10 @@ class Sessions:
         variant: mdp.Variant,
         linger: float,
         counts: Counts,
+        max_sockets: int,
     ) -> None:
         self._counts = counts
+        self._limiter = anyio.CapacityLimiter(max_sockets)
         self._context = context
         self._endpoint = endpoint
         self._variant = variant
@@ -99,10 +101,16 @@ class Sessions:
                 documented plain error frame).
             RemoteProtocolError: the broker answered in another protocol.
         """
-        sock = self._borrow()
         counts = self._counts
         clean = False
         deadline = None if limit is None else anyio.current_time() + limit
+        with self._waiting(deadline, limit):  # a turn, when max_sockets are in use
+            await self._limiter.acquire()
+        try:
+            sock = self._borrow()
+        except BaseException:
+            self._limiter.release()
+            raise
         try:
             # Each wait has its own scope, up to the one deadline: no scope spans a yield.
             with self._waiting(deadline, limit):
@@ -127,6 +135,7 @@ class Sessions:
                     return
         finally:
             self._give_back(sock, clean=clean)
+            self._limiter.release()
 
     @contextlib.contextmanager
     def _waiting(self, deadline: float | None, limit: float | None) -> Iterator[None]:
