@@ -824,3 +824,12 @@ async def test_a_majordomo_client_keeps_at_most_max_sockets_requests_in_flight(
     assert sorted(replies) == sorted(b"%d" % n for n in range(12))
     assert most == 2
     assert len(dealers(context)) == 6 + 2
+
+
+@pytest.mark.parametrize("protocol", MDP_PROTOCOLS)
+def test_a_majordomo_worker_names_its_service(protocol: Protocol) -> None:
+    async def echo(request: bytes) -> bytes:
+        return request
+
+    with pytest.raises(ValueError, match="service="):
+        AsyncWorker("inproc://b", echo, protocol=protocol)

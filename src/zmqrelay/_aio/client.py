@@ -371,6 +371,27 @@ class AsyncClient(Service):
         reply: list[bytes] = await attempts(self._exchange, service, frames, limit, redeliveries)
         return reply
 
+    @overload
+    def stream(
+        self,
+        body: bytes,
+        /,
+        *,
+        timeout: float | EllipsisType | None = ...,
+        redeliveries: int = 0,
+    ) -> AsyncGenerator[bytes, None]: ...
+
+    @overload
+    def stream(
+        self,
+        service: str | bytes,
+        body: bytes,
+        /,
+        *,
+        timeout: float | EllipsisType | None = ...,
+        redeliveries: int = 0,
+    ) -> AsyncGenerator[bytes, None]: ...
+
     async def stream(
         self,
         service_or_body: str | bytes,
@@ -403,6 +424,27 @@ class AsyncClient(Service):
                         f"expected single-frame parts, got {len(part)} frames; use stream_frames()"
                     )
                 yield part[0]
+
+    @overload
+    def stream_frames(
+        self,
+        frames: Sequence[bytes],
+        /,
+        *,
+        timeout: float | EllipsisType | None = ...,
+        redeliveries: int = 0,
+    ) -> AsyncGenerator[list[bytes], None]: ...
+
+    @overload
+    def stream_frames(
+        self,
+        service: str | bytes,
+        frames: Sequence[bytes],
+        /,
+        *,
+        timeout: float | EllipsisType | None = ...,
+        redeliveries: int = 0,
+    ) -> AsyncGenerator[list[bytes], None]: ...
 
     async def stream_frames(
         self,
