@@ -827,7 +827,7 @@ async def test_a_majordomo_client_keeps_at_most_max_sockets_requests_in_flight(
 
 
 @pytest.mark.parametrize("protocol", MDP_PROTOCOLS)
-def test_a_majordomo_worker_names_its_service(protocol: Protocol) -> None:
+async def test_a_majordomo_worker_names_its_service(protocol: Protocol) -> None:
     async def echo(request: bytes) -> bytes:
         return request
 
