@@ -833,3 +833,39 @@ async def test_a_majordomo_worker_names_its_service(protocol: Protocol) -> None:
 
     with pytest.raises(ValueError, match="service="):
         AsyncWorker("inproc://b", echo, protocol=protocol)
+
+
+@pytest.mark.parametrize("protocol", MDP_PROTOCOLS)
+async def test_a_majordomo_worker_that_stops_gracefully_loses_no_request_another_can_serve(
+    context: LeakCheckingContext, protocol: Protocol
+) -> None:
+    async def work(request: bytes) -> bytes:
+        await anyio.sleep(0.01)
+        return request
+
+    def worker() -> AsyncWorker:
+        return AsyncWorker("inproc://b", work, service="s", protocol=protocol, context=context)
+
+    leaving, staying = worker(), worker()
+    # Majordomo has no LEAVING: a request the broker sends the leaving worker between its
+    # last reply and its DISCONNECT may go to the other one (the broker allows one retry).
+    async with (
+        running(balancing(context, redeliveries=1)) as broker,
+        running(staying),
+        running(leaving),
+        running(client_for(context, "zmqrelay")) as client,
+        anyio.create_task_group() as tg,
+    ):
+        await registered(broker, 2)
+        replies: list[bytes] = []
+
+        async def ask(n: int) -> None:
+            replies.append(await client.request("s", b"%d" % n))
+
+        for n in range(40):
+            tg.start_soon(ask, n)
+        await eventually(lambda: leaving.statistics().replies_sent >= 3)
+        await leaving.aclose()
+        await eventually(lambda: len(replies) == 40)
+    assert sorted(replies) == sorted(b"%d" % n for n in range(40))
+    assert leaving.statistics().refused_requests == 0  # it answered nothing with an error

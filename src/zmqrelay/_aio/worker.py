@@ -233,6 +233,7 @@ class AsyncWorker(Service):
         self._service = service_name
         self._variant = variant
         self._pump: sockets.Pump | None = None
+        self._said_goodbye = False
 
     def __repr__(self) -> str:
         return (
@@ -295,6 +296,8 @@ class AsyncWorker(Service):
                     # disconnects, which it cannot do while replies are still to be sent:
                     # answer them at once rather than let their clients time out.
                     task_group.start_soon(self._refuse_arriving, pump)
+                    if not self._in_flight:
+                        self._goodbye(pump)
                     self._idle = anyio.Event()
                     if self._in_flight:
                         with anyio.move_on_after(self._drain_timeout):
@@ -305,7 +308,9 @@ class AsyncWorker(Service):
                     self._refuse(pump, self._queue.popleft())
                     self._in_flight -= 1
                 self._refuse_waiting(pump)
-                if self._mode == "load-balancing" and not self._aborted:
+                if self._variant is not None:
+                    self._goodbye(pump)
+                elif self._mode == "load-balancing" and not self._aborted:
                     with contextlib.suppress(ClosedError):
                         pump.try_send(self._command("disconnect"))
 
@@ -456,6 +461,8 @@ class AsyncWorker(Service):
                 self._slot_freed.set()
             if not self._in_flight:
                 self._idle.set()
+                if self._state == "draining":
+                    self._goodbye(pump)
 
     async def _answer(self, request: Answerable) -> list[bytes]:
         """The reply to ``request``: the handler's, or an error, within the client's timeout."""
@@ -540,9 +547,23 @@ class AsyncWorker(Service):
         logger.error("handler raised while serving a request", exc_info=exc)
         return request.error(type(exc).__name__, str(exc))
 
+    def _goodbye(self, pump: sockets.Pump) -> None:
+        """A stopping Majordomo worker says DISCONNECT once its last reply has gone.
+
+        Majordomo has no LEAVING: the broker hands a worker that answered the next request at
+        once. Saying DISCONNECT right after the last reply leaves it the least time to; a
+        request it still sends is not answered (nothing may follow DISCONNECT): the broker
+        ends it, or sends it to another worker.
+        """
+        if self._variant is None or self._said_goodbye or self._aborted:
+            return
+        self._said_goodbye = True
+        with contextlib.suppress(ClosedError):
+            pump.try_send(self._command("disconnect"))
+
     def _refuse(self, pump: sockets.Pump, request: Answerable) -> None:
         """Answer ``request`` with a ``WorkerStopped`` error, without waiting."""
-        if self._aborted:
+        if self._aborted or self._said_goodbye:
             return
         with contextlib.suppress(ClosedError):
             if pump.try_send(request.error("WorkerStopped", "the worker stopped")):
