@@ -406,8 +406,9 @@ class AsyncClient(Service):
         ``async for part in client.stream("search", b"query")``: a worker whose handler is an
         async generator sends each part as it is ready (Majordomo 0.2's PARTIAL, then FINAL);
         any other reply is one part. ``timeout`` bounds the whole stream. Leaving the loop
-        early drops the parts still to come; wrap the call in ``contextlib.aclosing()`` to
-        end the request at once rather than when the event loop finalizes the generator.
+        early drops the parts still to come (``contextlib.aclosing()`` forgets the request
+        on leaving, rather than when the event loop finalizes the generator); the worker is
+        not told, and produces its parts to the end.
 
         Raises:
             RequestTimeout, RequestRefused, RemoteError, ClosedError: as :meth:`request`,
