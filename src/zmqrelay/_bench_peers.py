@@ -248,36 +248,50 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class _Window:
+    """A load client's measured window: the latency of each reply in it, and the CPU used."""
+
+    def __init__(self, warmup: float, duration: float) -> None:
+        self.opens = time.perf_counter_ns() + int(warmup * 1e9)
+        self.closes = self.opens + int(duration * 1e9)
+        self.latencies: array.array[int] = array.array("q")
+        self._cpu_start: float | None = None
+
+    def record(self, now: int, stamp: bytes) -> None:
+        """A reply came at ``now`` for the request sent at the time packed in ``stamp``."""
+        if now >= self.opens:
+            if self._cpu_start is None:
+                self._cpu_start = _cpu()
+            self.latencies.append(now - _STAMP.unpack_from(stamp)[0])
+
+    def result(self) -> tuple[int, array.array[int], float]:
+        """Replies counted, their latencies, and the CPU seconds used meanwhile."""
+        cpu = _cpu() - (self._cpu_start if self._cpu_start is not None else _cpu())
+        return len(self.latencies), self.latencies, cpu
+
+
 def _sync_load(
     endpoint: str, window: int, padding: bytes, warmup: float, duration: float
 ) -> tuple[int, array.array[int], float]:
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     sock.connect(endpoint)
-    clock, pack, unpack = time.perf_counter_ns, _STAMP.pack, _STAMP.unpack_from
+    clock, pack = time.perf_counter_ns, _STAMP.pack
     recv, send = sock.recv_multipart, sock.send_multipart
     for _ in range(window):
         send([b"", pack(clock()) + padding])
-    start = clock()
-    measure_from = start + int(warmup * 1e9)
-    measure_until = measure_from + int(duration * 1e9)
-    latencies: array.array[int] = array.array("q")
-    record = latencies.append
-    cpu_start = None
+    measured = _Window(warmup, duration)
     while True:
         reply = recv()
         now = clock()
-        if now >= measure_until:
+        if now >= measured.closes:
             break
-        if now >= measure_from:
-            if cpu_start is None:
-                cpu_start = _cpu()
-            record(now - unpack(reply[-1])[0])
+        measured.record(now, reply[-1])
         send([b"", pack(now) + padding])
-    cpu = _cpu() - (cpu_start if cpu_start is not None else _cpu())
+    result = measured.result()
     sock.close(linger=0)
     context.term()
-    return len(latencies), latencies, cpu
+    return result
 
 
 def _mdp_load(
@@ -292,32 +306,24 @@ def _mdp_load(
         sock.connect(endpoint)
         poller.register(sock, zmq.POLLIN)
         socks.append(sock)
-    clock, pack, unpack = time.perf_counter_ns, _STAMP.pack, _STAMP.unpack_from
+    clock, pack = time.perf_counter_ns, _STAMP.pack
     for sock in socks:
         sock.send_multipart([*_MDP_CLIENT, pack(clock()) + padding])
-    start = clock()
-    measure_from = start + int(warmup * 1e9)
-    measure_until = measure_from + int(duration * 1e9)
-    latencies: array.array[int] = array.array("q")
-    record = latencies.append
-    cpu_start = None
+    measured = _Window(warmup, duration)
     while True:
-        ready = poller.poll(max(1, (measure_until - clock()) // 1_000_000))
+        ready = poller.poll(max(1, (measured.closes - clock()) // 1_000_000))
         now = clock()
-        if now >= measure_until:
+        if now >= measured.closes:
             break
         for sock, _ in ready:
             reply = sock.recv_multipart()  # [b"", MDPC02, FINAL, body]
-            if now >= measure_from:
-                if cpu_start is None:
-                    cpu_start = _cpu()
-                record(now - unpack(reply[-1])[0])
+            measured.record(now, reply[-1])
             sock.send_multipart([*_MDP_CLIENT, pack(clock()) + padding])
-    cpu = _cpu() - (cpu_start if cpu_start is not None else _cpu())
+    result = measured.result()
     for sock in socks:
         sock.close(linger=0)
     context.term()
-    return len(latencies), latencies, cpu
+    return result
 
 
 async def _async_load(
@@ -325,32 +331,22 @@ async def _async_load(
 ) -> tuple[int, array.array[int], float]:
     from zmqrelay import AsyncClient
 
-    clock, pack, unpack = time.perf_counter_ns, _STAMP.pack, _STAMP.unpack_from
-    start = clock()
-    measure_from = start + int(warmup * 1e9)
-    measure_until = measure_from + int(duration * 1e9)
-    latencies: array.array[int] = array.array("q")
-    record = latencies.append
-    cpu_marks: list[float] = []
+    clock, pack = time.perf_counter_ns, _STAMP.pack
+    measured = _Window(warmup, duration)
 
     async def keep_one_in_flight(client: AsyncClient) -> None:
         request = client.request
         while True:
-            sent = clock()
-            reply = await request(pack(sent) + padding)
+            reply = await request(pack(clock()) + padding)
             now = clock()
-            if now >= measure_until:
+            if now >= measured.closes:
                 return
-            if now >= measure_from:
-                if not cpu_marks:
-                    cpu_marks.append(_cpu())
-                record(now - unpack(reply)[0])
+            measured.record(now, reply)
 
     async with AsyncClient(endpoint, timeout=30) as client, anyio.create_task_group() as tg:
         for _ in range(window):
             tg.start_soon(keep_one_in_flight, client)
-    cpu = _cpu() - (cpu_marks[0] if cpu_marks else _cpu())
-    return len(latencies), latencies, cpu
+    return measured.result()
 
 
 def read_latencies(paths: Sequence[str]) -> list[int]:
