@@ -10,6 +10,8 @@ import anyio
 import zmq
 import zmq.asyncio
 
+from zmqrelay import Broker
+
 
 async def rep_worker(
     context: zmq.asyncio.Context,
@@ -87,3 +89,21 @@ def raw_socket(
     else:
         sock.connect(endpoint)
     return sock
+
+
+def lb_broker(
+    context: zmq.asyncio.Context,
+    *,
+    frontend: str = "inproc://f",
+    backend: str = "inproc://b",
+    **options: object,
+) -> Broker:
+    """A load-balancing broker that stops at once (no drain), on inproc unless told."""
+    return Broker(
+        frontend=frontend,
+        backend=backend,
+        context=context,
+        mode="load-balancing",
+        drain_timeout=0,
+        **options,  # type: ignore[arg-type]
+    )

@@ -12,7 +12,7 @@ import pytest_asyncio
 import zmq
 import zmq.asyncio
 
-from peers import eventually, raw_socket, req_client
+from peers import eventually, lb_broker, raw_socket, req_client
 from zmqrelay import (
     AsyncClient,
     AsyncWorker,
@@ -30,17 +30,6 @@ from zmqrelay._core.tag import Status
 from zmqrelay.testing import LeakCheckingContext, relay_harness, running
 
 pytestmark = pytest.mark.asyncio
-
-
-def balanced(context: LeakCheckingContext, **options: object) -> Broker:
-    return Broker(
-        frontend="inproc://f",
-        backend="inproc://b",
-        context=context,
-        mode="load-balancing",
-        drain_timeout=0,
-        **options,  # type: ignore[arg-type]
-    )
 
 
 async def guide_worker(
@@ -77,7 +66,7 @@ async def test_guide_workers_serve_and_a_busy_one_gets_no_more(
 ) -> None:
     served: list[bytes] = []
     hold = anyio.Event()
-    async with running(balanced(context)) as broker, anyio.create_task_group() as tg:
+    async with running(lb_broker(context)) as broker, anyio.create_task_group() as tg:
         await tg.start(guide_worker, context, b"slow", served, hold)
         await eventually(lambda: broker.statistics().scheduler.workers == 1)  # type: ignore[union-attr]
         first: list[bytes] = []
@@ -100,7 +89,7 @@ async def test_guide_workers_serve_and_a_busy_one_gets_no_more(
 async def test_a_full_queue_refuses_at_once(
     context: LeakCheckingContext, client: AsyncClient
 ) -> None:
-    async with running(balanced(context, queue_limit=0)) as broker:
+    async with running(lb_broker(context, queue_limit=0)) as broker:
         with pytest.raises(BrokerBusy):
             await client.request(b"no room")
         async with req_client(context, "inproc://f") as plain:
@@ -111,7 +100,7 @@ async def test_a_full_queue_refuses_at_once(
 async def test_no_worker_in_time_is_a_typed_error(
     context: LeakCheckingContext, client: AsyncClient
 ) -> None:
-    async with running(balanced(context, queue_timeout=0.05)):
+    async with running(lb_broker(context, queue_timeout=0.05)):
         with anyio.fail_after(5), pytest.raises(NoWorkers):
             await client.request(b"anyone?")
 
@@ -129,8 +118,8 @@ async def zrw1_worker(
 async def test_zrw1_workers_get_heartbeats_and_a_silent_one_dies(
     context: LeakCheckingContext, client: AsyncClient
 ) -> None:
-    options = {"heartbeat_interval": 0.05, "liveness": 3, "redeliveries": 1}
-    async with running(balanced(context, **options)) as broker, anyio.create_task_group() as tg:
+    broker = lb_broker(context, heartbeat_interval=0.05, liveness=3, redeliveries=1)
+    async with running(broker), anyio.create_task_group() as tg:
         silent = await zrw1_worker(context, b"silent", credits=1)
         try:
             await eventually(lambda: broker.statistics().scheduler.workers == 1)  # type: ignore[union-attr]
@@ -170,7 +159,7 @@ async def test_zrw1_workers_get_heartbeats_and_a_silent_one_dies(
 async def test_without_redeliveries_a_dead_workers_request_ends_in_worker_died(
     context: LeakCheckingContext, client: AsyncClient
 ) -> None:
-    async with running(balanced(context, heartbeat_interval=0.05, liveness=2)):
+    async with running(lb_broker(context, heartbeat_interval=0.05, liveness=2)):
         silent = await zrw1_worker(context, b"silent", credits=1)
         try:
             with anyio.fail_after(5), pytest.raises(WorkerDied):
@@ -182,7 +171,7 @@ async def test_without_redeliveries_a_dead_workers_request_ends_in_worker_died(
 async def test_error_replies_and_protocol_violations(
     context: LeakCheckingContext, client: AsyncClient
 ) -> None:
-    async with running(balanced(context)) as broker, anyio.create_task_group() as tg:
+    async with running(lb_broker(context)) as broker, anyio.create_task_group() as tg:
         worker = await zrw1_worker(context, b"w", credits=2)
         try:
             failures: list[RemoteError] = []
@@ -231,7 +220,7 @@ async def test_async_workers_register_their_concurrency_as_credits(
     worker = AsyncWorker(
         "inproc://b", careful, context=context, concurrency=3, mode="load-balancing"
     )
-    async with running(balanced(context)) as broker, running(worker):
+    async with running(lb_broker(context)) as broker, running(worker):
         await eventually(lambda: broker.statistics().scheduler.workers == 1)  # type: ignore[union-attr]
         replies: list[bytes] = []
         async with anyio.create_task_group() as tg:
@@ -255,7 +244,7 @@ async def test_a_leaving_worker_gets_no_new_requests(
         return request
 
     worker = AsyncWorker("inproc://b", echo, context=context, mode="load-balancing")
-    async with running(balanced(context, queue_timeout=0.05)) as broker:
+    async with running(lb_broker(context, queue_timeout=0.05)) as broker:
         async with running(worker):
             await eventually(lambda: broker.statistics().scheduler.workers == 1)  # type: ignore[union-attr]
             assert await client.request(b"hi") == b"hi"
@@ -296,7 +285,7 @@ async def test_the_clients_timeout_reaches_the_worker_and_bounds_its_handler(
         raise AssertionError("unreachable")
 
     worker = AsyncWorker("inproc://b", stubborn, context=context, mode="load-balancing")
-    async with running(balanced(context)) as broker, running(worker):
+    async with running(lb_broker(context)) as broker, running(worker):
         await eventually(lambda: broker.statistics().scheduler.workers == 1)  # type: ignore[union-attr]
         with pytest.raises(RequestTimeout):
             await client.request(b"slow", timeout=0.2)
@@ -310,7 +299,7 @@ async def test_the_clients_timeout_reaches_the_worker_and_bounds_its_handler(
 async def test_a_queued_request_past_its_deadline_is_refused_by_the_broker(
     context: LeakCheckingContext, client: AsyncClient
 ) -> None:
-    async with running(balanced(context, queue_timeout=60)) as broker:
+    async with running(lb_broker(context, queue_timeout=60)) as broker:
         with pytest.raises(RequestTimeout):  # DeadlineExceeded is a RequestTimeout too
             await client.request(b"nobody", timeout=0.1)
         await eventually(lambda: broker.statistics().scheduler.refused == 1)  # type: ignore[union-attr]
@@ -319,7 +308,7 @@ async def test_a_queued_request_past_its_deadline_is_refused_by_the_broker(
 async def test_a_request_may_ask_to_be_sent_again_if_its_worker_dies(
     context: LeakCheckingContext, client: AsyncClient
 ) -> None:
-    async with running(balanced(context, heartbeat_interval=0.05, liveness=2)) as broker:
+    async with running(lb_broker(context, heartbeat_interval=0.05, liveness=2)) as broker:
         silent = await zrw1_worker(context, b"silent", credits=1)
         try:
             async with anyio.create_task_group() as tg:
@@ -418,7 +407,7 @@ async def test_a_plain_clients_request_ends_even_if_its_guide_worker_dies_unseen
 ) -> None:
     """Guide workers send no heartbeats: a broker-wide request timeout still ends the wait."""
     served: list[bytes] = []
-    async with running(balanced(context, request_timeout=0.2)), anyio.create_task_group() as tg:
+    async with running(lb_broker(context, request_timeout=0.2)), anyio.create_task_group() as tg:
         hold = anyio.Event()
         await tg.start(guide_worker, context, b"doomed", served, hold)
         async with req_client(context, "inproc://f") as plain:
@@ -477,7 +466,7 @@ async def test_a_handler_can_tell_a_redelivered_request(
     first = AsyncWorker("inproc://b", holds, context=context, **options)  # type: ignore[call-overload]
     second = AsyncWorker("inproc://b", answers, context=context, **options)  # type: ignore[call-overload]
     async with (
-        running(balanced(context, heartbeat_interval=0.05, redeliveries=1)) as broker,
+        running(lb_broker(context, heartbeat_interval=0.05, redeliveries=1)) as broker,
         anyio.create_task_group() as tg,
     ):
         await tg.start(first.run)

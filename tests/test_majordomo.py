@@ -20,6 +20,7 @@ import zmq
 import zmq.asyncio
 from majortomo import Client, Worker, WorkerRequestsIterator
 
+import peers
 from peers import eventually, raw_socket
 from zmqrelay import AsyncWorker, Broker
 from zmqrelay._core import lbwire
@@ -35,14 +36,9 @@ NO_WORKERS = b"zmqrelay-error: NoWorkers: the broker refused the request: no wor
 WORKER_DIED = b"zmqrelay-error: WorkerDied: the broker refused the request: worker died"
 
 
-def lb_broker(context: LeakCheckingContext, **options: float) -> Broker:
-    return Broker(
-        frontend="tcp://127.0.0.1:0",
-        backend="tcp://127.0.0.1:0",
-        context=context,
-        mode="load-balancing",
-        drain_timeout=0,
-        **options,  # type: ignore[arg-type]
+def lb_broker(context: LeakCheckingContext, **options: object) -> Broker:
+    return peers.lb_broker(
+        context, frontend="tcp://127.0.0.1:0", backend="tcp://127.0.0.1:0", **options
     )
 
 

@@ -18,7 +18,7 @@ import zmq
 import zmq.asyncio
 from majortomo.broker import Broker as MajortomoBroker
 
-from peers import eventually, raw_socket
+from peers import eventually, lb_broker, raw_socket
 from zmqrelay import (
     AsyncClient,
     AsyncWorker,
@@ -38,18 +38,6 @@ CLIENT_PROTOCOLS: list[Protocol] = ["zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo
 MDP_PROTOCOLS: list[Protocol] = ["mdp-0.1", "mdp-0.2", "majortomo"]
 
 T = TypeVar("T")
-
-
-def balancing(context: LeakCheckingContext, **options: object) -> Broker:
-    """A load-balancing broker on ``inproc://f`` and ``inproc://b``."""
-    return Broker(
-        frontend="inproc://f",
-        backend="inproc://b",
-        context=context,
-        mode="load-balancing",
-        drain_timeout=0,
-        **options,  # type: ignore[arg-type]
-    )
 
 
 def client_for(
@@ -88,7 +76,7 @@ async def test_two_services_side_by_side_never_mix(context: LeakCheckingContext)
     first = AsyncWorker("inproc://b", alpha, service="alpha", context=context, concurrency=4)
     second = AsyncWorker("inproc://b", beta, service=b"beta", context=context, concurrency=4)
     async with (
-        running(balancing(context)) as broker,
+        running(lb_broker(context)) as broker,
         running(first),
         running(second),
         running(client_for(context)) as client,
@@ -119,7 +107,7 @@ async def test_a_service_is_named_by_str_or_bytes(context: LeakCheckingContext) 
 
     worker = AsyncWorker("inproc://b", upper, service="upper", context=context)
     async with (
-        running(balancing(context)),
+        running(lb_broker(context)),
         running(worker),
         running(client_for(context)) as client,
     ):
@@ -136,7 +124,7 @@ async def test_multipart_bodies_with_empty_and_binary_frames(context: LeakChecki
     worker = AsyncWorker("inproc://b", backwards, frames=True, service="rev", context=context)
     body = [b"", bytes(range(256)), b"\x00", b"", b"x" * 100_000]
     async with (
-        running(balancing(context)),
+        running(lb_broker(context)),
         running(worker),
         running(client_for(context)) as client,
     ):
@@ -156,7 +144,7 @@ async def test_many_requests_in_flight_to_one_service(context: LeakCheckingConte
 
     worker = AsyncWorker("inproc://b", echo, service="echo", context=context, concurrency=8)
     async with (
-        running(balancing(context)) as broker,
+        running(lb_broker(context)) as broker,
         running(worker),
         running(client_for(context)) as client,
     ):
@@ -179,7 +167,7 @@ async def test_many_requests_in_flight_to_one_service(context: LeakCheckingConte
 async def test_an_unknown_service_ends_in_no_workers(
     context: LeakCheckingContext, protocol: Protocol
 ) -> None:
-    async with running(balancing(context, queue_timeout=0.3)) as broker:
+    async with running(lb_broker(context, queue_timeout=0.3)) as broker:
         async with running(client_for(context, protocol)) as client:
             started = anyio.current_time()
             with pytest.raises(NoWorkers, match="nobody"):
@@ -197,7 +185,7 @@ async def test_service_discovery_through_mmi(
 
     worker = AsyncWorker("inproc://b", echo, service="echo", context=context)
     async with (
-        running(balancing(context)) as broker,
+        running(lb_broker(context)) as broker,
         running(worker),
         running(client_for(context, protocol)) as client,
     ):
@@ -228,7 +216,7 @@ async def test_a_handler_error_is_a_remote_error(context: LeakCheckingContext) -
 
     worker = AsyncWorker("inproc://b", picky, service="picky", context=context)
     async with (
-        running(balancing(context)),
+        running(lb_broker(context)),
         running(worker),
         running(client_for(context)) as client,
     ):
@@ -247,7 +235,7 @@ async def test_a_stream_yields_every_part_in_order_and_other_calls_get_them_join
 ) -> None:
     worker = AsyncWorker("inproc://b", counting, service="count", context=context, concurrency=4)
     async with (
-        running(balancing(context)),
+        running(lb_broker(context)),
         running(worker),
         running(client_for(context)) as client,
     ):
@@ -276,7 +264,7 @@ async def test_a_stream_of_multipart_parts(context: LeakCheckingContext) -> None
 
     worker = AsyncWorker("inproc://b", pairs, frames=True, service="pairs", context=context)
     async with (
-        running(balancing(context)),
+        running(lb_broker(context)),
         running(worker),
         running(client_for(context)) as client,
     ):
@@ -289,7 +277,7 @@ async def test_a_stream_of_multipart_parts(context: LeakCheckingContext) -> None
 async def test_a_stream_with_no_parts_is_a_remote_error(context: LeakCheckingContext) -> None:
     worker = AsyncWorker("inproc://b", counting, service="count", context=context)
     async with (
-        running(balancing(context)),
+        running(lb_broker(context)),
         running(worker),
         running(client_for(context)) as client,
     ):
@@ -312,7 +300,7 @@ async def test_a_handler_that_fails_midway_sends_its_parts_then_the_error(
 
     worker = AsyncWorker("inproc://b", failing, service="dry", context=context)
     async with (
-        running(balancing(context)),
+        running(lb_broker(context)),
         running(worker),
         running(client_for(context)) as client,
     ):
@@ -343,7 +331,7 @@ async def test_leaving_a_stream_early_leaves_the_client_usable(
 
     worker = AsyncWorker("inproc://b", held, service="held", context=context, concurrency=2)
     async with (
-        running(balancing(context)),
+        running(lb_broker(context)),
         running(worker),
         running(client_for(context)) as client,
     ):
@@ -386,7 +374,7 @@ async def test_the_timeout_bounds_the_whole_stream(
         "inproc://b", endless, service="endless", context=context, drain_timeout=0
     )
     async with (
-        running(balancing(context)),
+        running(lb_broker(context)),
         running(worker),
         running(client_for(context, protocol)) as client,
     ):
@@ -408,7 +396,7 @@ async def test_a_plain_req_client_gets_a_stream_as_one_reply(
 ) -> None:
     # No service: the broker's default one, where plain requests go.
     worker = AsyncWorker("inproc://b", counting, mode="load-balancing", context=context)
-    async with running(balancing(context)) as broker, running(worker):
+    async with running(lb_broker(context)) as broker, running(worker):
         await registered(broker, 1)
         req = raw_socket(context, zmq.REQ, "inproc://f")
         try:
@@ -450,7 +438,7 @@ async def test_every_worker_protocol_serves_every_client_protocol(
         protocol=worker_protocol, context=context,
     )  # fmt: skip
     async with (
-        running(balancing(context)) as broker,
+        running(lb_broker(context)) as broker,
         running(worker),
         running(client_for(context, client_protocol)) as client,
     ):
@@ -483,7 +471,7 @@ async def test_a_majordomo_timeout_never_hands_its_late_reply_to_the_next_reques
 
     worker = AsyncWorker("inproc://b", slow_first, service="svc", context=context)
     async with (
-        running(balancing(context)) as broker,
+        running(lb_broker(context)) as broker,
         running(worker),
         running(client_for(context, protocol)) as client,
         anyio.create_task_group() as tg,
@@ -523,7 +511,7 @@ async def test_leaving_a_majordomo_stream_early_never_misleads_the_next_request(
 
     worker = AsyncWorker("inproc://b", held, service="held", context=context)
     async with (
-        running(balancing(context)) as broker,
+        running(lb_broker(context)) as broker,
         running(worker),
         running(client_for(context, protocol)) as client,
         anyio.create_task_group() as tg,
@@ -547,7 +535,7 @@ async def test_leaving_a_majordomo_stream_early_never_misleads_the_next_request(
 async def test_a_majordomo_request_names_a_service(
     context: LeakCheckingContext, protocol: Protocol
 ) -> None:
-    async with running(balancing(context)), running(client_for(context, protocol)) as client:
+    async with running(lb_broker(context)), running(client_for(context, protocol)) as client:
         with pytest.raises(ValueError, match="names a service"):
             await client.request(b"body only")
         with pytest.raises(ValueError, match="names a service"):
@@ -755,7 +743,7 @@ async def test_closing_a_client_fails_its_waiting_requests_and_streams_with_clos
         for _ in range(2)
     ]
     outcomes: list[str] = []
-    async with running(balancing(context)) as broker, running(workers[0]), running(workers[1]):
+    async with running(lb_broker(context)) as broker, running(workers[0]), running(workers[1]):
         await registered(broker, 2)
         client = client_for(context, protocol)
         async with anyio.create_task_group() as tg:
@@ -806,7 +794,7 @@ async def test_a_majordomo_client_keeps_at_most_max_sockets_requests_in_flight(
     ]
     client = AsyncClient("inproc://f", context=context, protocol="mdp-0.2", max_sockets=2)
     async with contextlib.AsyncExitStack() as stack:
-        broker = await stack.enter_async_context(running(balancing(context)))
+        broker = await stack.enter_async_context(running(lb_broker(context)))
         for worker in workers:
             await stack.enter_async_context(running(worker))
         await registered(broker, 6)
@@ -850,7 +838,7 @@ async def test_a_majordomo_worker_that_stops_gracefully_loses_no_request_another
     # Majordomo has no LEAVING: a request the broker sends the leaving worker between its
     # last reply and its DISCONNECT may go to the other one (the broker allows one retry).
     async with (
-        running(balancing(context, redeliveries=1)) as broker,
+        running(lb_broker(context, redeliveries=1)) as broker,
         running(staying),
         running(leaving),
         running(client_for(context, "zmqrelay")) as client,
