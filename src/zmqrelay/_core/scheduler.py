@@ -133,6 +133,8 @@ class SchedulerStatistics(NamedTuple):
     dead_workers: int
     services: int = 1
     """Services with a worker or a request (load-balancing mode routes by service)."""
+    mmi_requests: int = 0
+    """Requests the broker answered itself (service discovery, ``mmi.*``)."""
 
 
 @dataclass(slots=True)

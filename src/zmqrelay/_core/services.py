@@ -59,7 +59,7 @@ class Services:
         self._next_token = first_token
         # Counters kept outside the live schedulers: those of services since dropped, and of
         # requests refused before reaching one.
-        self._outside = SchedulerStatistics(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        self._outside = SchedulerStatistics(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, services=0)
         self._queued = 0  # requests waiting, in all services
         # When each service's scheduler next has something to do, in a heap (with stale
         # entries, skipped), kept up to date for the services touched since it was last read:
@@ -358,9 +358,8 @@ class Services:
 
     def statistics(self) -> SchedulerStatistics:
         """The sum over services (counters include services since dropped)."""
-        total = self._outside._replace(services=len(self._schedulers))
+        total = self._outside
         for scheduler in self._schedulers.values():
             one = scheduler.statistics()
-            summed = (a + b for a, b in zip(total[:-1], one[:-1], strict=True))
-            total = SchedulerStatistics._make([*summed, total.services])
-        return total
+            total = SchedulerStatistics._make(a + b for a, b in zip(total, one, strict=True))
+        return total._replace(services=len(self._schedulers), mmi_requests=self.mmi_requests)
