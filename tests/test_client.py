@@ -300,3 +300,17 @@ async def test_a_retry_policy_rides_out_a_broker_restart() -> None:
 
 async def _echo(request: bytes) -> bytes:
     return request
+
+
+async def test_a_frame_that_is_not_bytes_is_refused_before_anything_is_sent(
+    relay_worker: WorkerFactory, relay_client: AsyncClient
+) -> None:
+    async def frames_echo(frames: list[bytes]) -> list[bytes]:
+        return frames
+
+    await relay_worker(frames_echo, frames=True)
+    with pytest.raises(LocalProtocolError, match="must be bytes, not str"):
+        await relay_client.request_frames([b"first", "second"])  # type: ignore[list-item]
+    # Nothing of it went out: the next request is whole, not glued to a half message.
+    assert await relay_client.request_frames([b"next", b""]) == [b"next", b""]
+    assert relay_client.statistics().requests_sent == 1

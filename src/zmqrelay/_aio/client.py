@@ -25,10 +25,10 @@ from zmqrelay._aio.mdpclient import Sessions
 from zmqrelay._aio.service import Service, boundary_errors
 from zmqrelay._core import mdp, tag
 from zmqrelay._core.client import ClientStatistics, Correlator, Reply
+from zmqrelay._core.worker import check_body
 from zmqrelay.errors import (
     BrokerBusy,
     ClosedError,
-    LocalProtocolError,
     NoWorkers,
     RemoteProtocolError,
     RequestTimeout,
@@ -339,7 +339,7 @@ class AsyncClient(Service):
             RequestTimeout: no reply in time (also a :class:`TimeoutError`).
             RequestRefused: the broker ended the request (a subclass says why).
             RemoteError: the worker's handler raised.
-            LocalProtocolError: ``frames`` is empty.
+            LocalProtocolError: ``frames`` is empty, or holds something other than bytes.
             ClosedError: the client is not running.
         """
         service, body = _split_frames(service_or_frames, frames)
@@ -518,8 +518,7 @@ class AsyncClient(Service):
             raise ValueError("a Majordomo request names a service: request(service, body)")
         if redeliveries:
             raise ValueError("Majordomo carries no redelivery budget: redeliveries=0")
-        if not frames:
-            raise LocalProtocolError("a request needs at least one body frame")
+        check_body(frames, "request")
         return sessions.exchange(service, frames, limit)
 
     def _running_pump(self) -> sockets.Pump:

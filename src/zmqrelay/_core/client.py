@@ -15,11 +15,10 @@ from typing import Generic, NamedTuple, TypeVar
 
 from zmqrelay._core import mdp, tag
 from zmqrelay._core.envelope import DELIMITER
-from zmqrelay._core.worker import PLAIN_ERROR_PREFIX, decode_error, encode_error
+from zmqrelay._core.worker import PLAIN_ERROR_PREFIX, check_body, decode_error, encode_error
 from zmqrelay.errors import (
     BrokerBusy,
     DeadlineExceeded,
-    LocalProtocolError,
     NoWorkers,
     RemoteError,
     RemoteProtocolError,
@@ -174,10 +173,9 @@ class Correlator(Generic[T]):
         handed over as it comes (status ``PARTIAL``); else the parts are joined into the reply.
 
         Raises:
-            LocalProtocolError: ``body`` has no frames.
+            LocalProtocolError: ``body`` has no frames, or a frame that is not bytes.
         """
-        if not body:
-            raise LocalProtocolError("a request needs at least one body frame")
+        check_body(body, "request")
         request_id = self._next_id
         self._next_id = (request_id + 1) % _ID_SPACE
         self._issued += 1

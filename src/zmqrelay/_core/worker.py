@@ -37,17 +37,24 @@ class WorkerStatistics(NamedTuple):
     """The most requests handled at once."""
 
 
-def check_reply(body: Sequence[bytes]) -> None:
-    """Refuse a reply body the wire cannot carry.
+def check_body(body: Sequence[bytes], what: str = "reply") -> None:
+    """Refuse a body the wire cannot carry, before any of its frames is sent.
+
+    (A frame that fails to send after others went out would leave half a message queued.)
 
     Raises:
         LocalProtocolError: ``body`` is empty or holds something other than bytes.
     """
     if not body:
-        raise LocalProtocolError("a reply needs at least one body frame")
+        raise LocalProtocolError(f"a {what} needs at least one body frame")
     for frame in body:
         if not isinstance(frame, bytes):
-            raise LocalProtocolError(f"reply frames must be bytes, not {type(frame).__name__}")
+            raise LocalProtocolError(f"{what} frames must be bytes, not {type(frame).__name__}")
+
+
+def check_reply(body: Sequence[bytes]) -> None:
+    """:func:`check_body` for a reply."""
+    check_body(body, "reply")
 
 
 class Answerable(Protocol):
