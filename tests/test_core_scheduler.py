@@ -326,3 +326,13 @@ def test_a_patient_worker_that_heartbeats_while_busy_is_judged_as_any_other() ->
     assert forgotten(actions) == [b"mdp"]
     (again,) = dispatches(actions)
     assert (again.worker, again.request) == (b"other", sent.request)
+
+
+def test_a_heartbeat_crossing_a_dispatch_keeps_a_patient_worker_patient() -> None:
+    scheduler = Scheduler(heartbeat_interval=1, liveness=3)
+    scheduler.ready(b"mdp", 1, now=0, patient=True)
+    dispatches(scheduler.request([b"c"], [b"a long job"], now=2.5))
+    # Sent just before the worker saw the request (the guide's worker heartbeats right after
+    # each reply): it says nothing about heartbeats while working.
+    scheduler.heartbeat(b"mdp", now=2.5005)
+    assert all(forgotten(scheduler.tick(now=now / 2)) == [] for now in range(6, 24))

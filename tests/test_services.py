@@ -821,6 +821,8 @@ async def test_a_majordomo_worker_names_its_service(protocol: Protocol) -> None:
 
     with pytest.raises(ValueError, match="service="):
         AsyncWorker("inproc://b", echo, protocol=protocol)
+    with pytest.raises(ValueError, match="service="):
+        AsyncWorker("inproc://b", echo, service="", protocol=protocol)
 
 
 @pytest.mark.parametrize("protocol", MDP_PROTOCOLS)
@@ -857,3 +859,45 @@ async def test_a_majordomo_worker_that_stops_gracefully_loses_no_request_another
         await eventually(lambda: len(replies) == 40)
     assert sorted(replies) == sorted(b"%d" % n for n in range(40))
     assert leaving.statistics().refused_requests == 0  # it answered nothing with an error
+
+
+async def _three_parts(request: bytes) -> AsyncIterator[bytes]:
+    for n in range(3):
+        yield request + b" %d" % n
+
+
+@pytest.mark.parametrize("max_sockets", [1, 64])
+async def test_majordomo_streams_share_the_socket_budget_across_tasks_and_early_exits(
+    context: LeakCheckingContext, max_sockets: int
+) -> None:
+    workers = [
+        AsyncWorker(
+            "inproc://b", _three_parts, service="parts", protocol="mdp-0.2", context=context
+        ),
+        AsyncWorker("inproc://b", _echo, service="echo", protocol="mdp-0.2", context=context),
+    ]
+    client = AsyncClient(
+        "inproc://f", context=context, protocol="mdp-0.2", timeout=5, max_sockets=max_sockets
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        broker = await stack.enter_async_context(running(lb_broker(context)))
+        for worker in workers:
+            await stack.enter_async_context(running(worker))
+        await registered(broker, 2)
+        await stack.enter_async_context(running(client))
+        if max_sockets > 1:  # a request from inside a stream's loop, in the same task
+            async with contextlib.aclosing(client.stream("parts", b"x")) as parts:
+                async for part in parts:
+                    assert await client.request("echo", part) == part
+        stream = client.stream("parts", b"y")
+        async for _ in stream:
+            break  # left early, without aclosing: the generator is finished elsewhere
+        del stream
+        replies: list[bytes] = []
+
+        async def ask() -> None:  # from another task: the slot was given back
+            replies.append(await client.request("echo", b"hi"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask)
+        assert replies == [b"hi"]

@@ -197,3 +197,18 @@ async def test_fixtures_serve_named_services_and_streams_and_inject_faults_into_
     with pytest.raises(RequestTimeout):
         await relay_client.request_frames("count", [b"2"], timeout=0.05)
     assert worker.statistics().requests_received == 2
+
+
+class Counter:
+    """A streaming handler that is an object, not an async-generator function."""
+
+    def __call__(self, request: bytes) -> AsyncIterator[bytes]:
+        return count(request)
+
+
+@pytest.mark.zmqrelay(mode="load-balancing")
+async def test_any_callable_that_returns_an_async_generator_streams_through_the_fixtures(
+    relay_worker: WorkerFactory, relay_client: AsyncClient
+) -> None:
+    await relay_worker(Counter(), service="count")
+    assert [part async for part in relay_client.stream("count", b"2")] == [b"0", b"1"]

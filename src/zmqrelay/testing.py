@@ -28,7 +28,7 @@ import tempfile
 import threading
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar, cast
 
@@ -379,19 +379,32 @@ class BrokerHarness:
         """
         handle: WorkerHandle
 
-        async def wrapped(request: Any) -> Any:
-            await handle._before_handling()
-            return await cast(Callable[[Any], Awaitable[Any]], handler)(request)
+        async def gated(result: Awaitable[Any]) -> Any:
+            try:
+                await handle._before_handling()
+            except BaseException:
+                if isinstance(result, Coroutine):
+                    result.close()  # never started: not "never awaited" either
+                raise
+            return await result
 
-        async def streamed(request: Any) -> AsyncIterator[Any]:
+        async def gated_stream(parts: AsyncIterator[Any]) -> AsyncIterator[Any]:
             await handle._before_handling()
-            parts = cast(Callable[[Any], AsyncIterator[Any]], handler)(request)
             async for part in parts:
                 yield part
 
+        def wrapped(request: Any) -> Any:
+            # Calling the handler runs none of it: a coroutine or an async generator comes
+            # back, and the faults apply before either starts. (The worker itself tells a
+            # streaming handler by what a call returns; so does this.)
+            result = handler(request)
+            if inspect.isasyncgen(result):
+                return gated_stream(result)
+            return gated(cast(Awaitable[Any], result))
+
         worker = AsyncWorker(
             self.endpoints.backend,
-            streamed if inspect.isasyncgenfunction(handler) else wrapped,
+            wrapped,
             frames=frames,  # type: ignore[call-overload]
             concurrency=concurrency, context=self.context, **options,
         )  # fmt: skip

@@ -51,7 +51,9 @@ class Sessions:
         max_sockets: int,
     ) -> None:
         self._counts = counts
-        self._limiter = anyio.CapacityLimiter(max_sockets)
+        # Not a CapacityLimiter: its tokens belong to a task, and an exchange (an async
+        # generator) may be finished in another (a stream left early is closed by the loop).
+        self._limiter = anyio.Semaphore(max_sockets)
         self._context = context
         self._endpoint = endpoint
         self._variant = variant

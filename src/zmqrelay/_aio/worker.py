@@ -197,7 +197,7 @@ class AsyncWorker(Service):
         service_name = service.encode() if isinstance(service, str) else service or b""
         if mdp.is_mmi(service_name):
             raise ValueError("service names starting with 'mmi.' belong to the broker")
-        if variant is not None and service is None:
+        if variant is not None and not service_name:
             raise ValueError("a Majordomo worker offers a named service: pass service=")
         if variant is not None and concurrency != 1:
             raise ValueError("a Majordomo worker takes one request at a time: concurrency=1")

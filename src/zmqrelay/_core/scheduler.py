@@ -154,6 +154,7 @@ class _Worker:
 class _InFlight:
     worker: WorkerId
     request: Request
+    sent_at: float
     ended: bool = False  # refused (deadline) while the worker still holds it
 
 
@@ -241,13 +242,21 @@ class Scheduler:
     def heartbeat(self, worker: WorkerId, now: float) -> None:
         """``worker`` sent a heartbeat, so it is alive.
 
-        A patient worker that heartbeats while it holds a request is not patient after all:
-        from then on its silence counts, busy or not.
+        A patient worker that heartbeats while it works on a request is not patient after
+        all: from then on its silence counts, busy or not. "While it works" means at least an
+        interval after the request was sent: a heartbeat sent just before the worker saw the
+        request (the guide's worker sends one right after a reply) proves nothing.
         """
         self.heard_from(worker, now)
         known = self._workers.get(worker)
-        if known is not None and known.patient and not self._judged(known):
-            known.patient = False
+        if known is None or not known.patient:
+            return
+        in_flight, interval = self._in_flight, self.heartbeat_interval
+        for token in known.held:
+            entry = in_flight[token]
+            if not entry.ended and now - entry.sent_at >= interval:
+                known.patient = False
+                return
 
     def holds(self, worker: WorkerId, token: int) -> bool:
         """Whether ``worker`` is still to be sent, or to answer, request ``token``."""
@@ -513,7 +522,7 @@ class Scheduler:
         self._next_token = (token + 1) % (1 << 64)
         known.held.add(token)
         known.last_sent = now
-        self._in_flight[token] = _InFlight(worker_id, request)
+        self._in_flight[token] = _InFlight(worker_id, request, now)
         return Dispatch(worker_id, token, request)
 
     def _dispatch_queued(self, now: float) -> Iterator[Action]:
