@@ -90,7 +90,7 @@ async def test_request_names_a_service_and_prints_a_streamed_reply_part_by_part(
         broker,
         AsyncWorker(broker.endpoints.backend, _count, service="count", context=context),
     ):
-        command = [*ZMQRELAY, "request", "--connect", broker.endpoints.frontend]
+        command = [*ZMQRELAY, "request", "--timeout", "30", "--connect", broker.endpoints.frontend]
         result = await anyio.run_process(
             [*command, "--service", "count", "--protocol", protocol, "3"]
         )
@@ -118,7 +118,8 @@ async def test_broker_command_serves_and_stops_on_a_signal(
         served: Counter[str] = Counter()
         async with AsyncWorker(backend.decode(), echo_handler("w", served), context=context):
             result = await anyio.run_process(
-                [*ZMQRELAY, "request", "--connect", frontend.decode(), "Hello"]
+                # A generous timeout: on a loaded machine the process alone starts slowly.
+                [*ZMQRELAY, "request", "--timeout", "30", "--connect", frontend.decode(), "Hello"]
             )
         assert result.stdout == b"World Hello\n"
         assert await _stop(process, signum) == 0
