@@ -192,11 +192,9 @@ class Balancer:
             self._disconnect(worker, violation.dialect, now)
 
     def _disconnect(self, worker: bytes, dialect: lbwire.Dialect, now: float) -> None:
-        variant = mdp.as_variant(dialect)
-        if variant is not None:
-            self._to_worker(worker, mdp.encode_worker_command(worker, variant, "disconnect"), now)
-        elif dialect == "zmqrelay":
-            self._to_worker(worker, lbwire.encode_command(worker, lbwire.DISCONNECT), now)
+        message = mdp.encode_backend_command(worker, dialect, "disconnect")
+        if message is not None:
+            self._to_worker(worker, message, now)
 
     def _perform(self, actions: list[Action], now: float) -> None:
         for action in actions:
@@ -226,11 +224,11 @@ class Balancer:
 
     def _heartbeat(self, worker: bytes, now: float) -> None:
         dialect = self.dialects.get(worker)
-        variant = None if dialect is None else mdp.as_variant(dialect)
-        if variant is not None:
-            self._to_worker(worker, mdp.encode_worker_command(worker, variant, "heartbeat"), now)
-        elif dialect == "zmqrelay":
-            self._to_worker(worker, lbwire.encode_command(worker, lbwire.HEARTBEAT), now)
+        message = (
+            None if dialect is None else mdp.encode_backend_command(worker, dialect, "heartbeat")
+        )
+        if message is not None:
+            self._to_worker(worker, message, now)
 
     def _settle(self) -> None:
         self.settled.set()
@@ -242,19 +240,14 @@ class Balancer:
         if dialect is None or not self.scheduler.holds(worker, action.token):
             return  # an earlier action of the same batch forgot the worker or the request
         timeout = None if request.deadline is None else request.deadline - now
-        variant = mdp.as_variant(dialect)
-        if variant is not None:
-            message = mdp.encode_worker_request(worker, variant, action.token, request.body)
-        else:
-            message = lbwire.encode_request(
-                worker,
-                dialect,
-                action.token,
-                request.body,
-                redelivery=request.redelivery,
-                timeout=timeout,
-            )
-
+        message = mdp.encode_backend_request(
+            worker,
+            dialect,
+            action.token,
+            request.body,
+            redelivery=request.redelivery,
+            timeout=timeout,
+        )
         routed = self._to_worker(worker, message, now)
         if routed == "sent":
             self.counters.requests_forwarded += 1

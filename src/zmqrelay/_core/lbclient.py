@@ -74,16 +74,10 @@ def read_request(
     )
 
 
-_DIALECTS: dict[str, mdp.ClientDialect] = {
-    "plain": "plain",
-    "mdp-0.1": "mdp-0.1",
-    "mdp-0.2": "mdp-0.2",
-    "majortomo": "majortomo",
-}
-
-
 def _dialect(request: Request) -> mdp.ClientDialect:
-    return _DIALECTS[request.dialect]  # the scheduler keeps it as read_request found it
+    # The scheduler keeps the dialect as read_request found it: a variant, or "plain".
+    variant = mdp.as_variant(request.dialect)
+    return "plain" if variant is None else variant
 
 
 MAX_HELD_BYTES = 64 * 1024 * 1024

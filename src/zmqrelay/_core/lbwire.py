@@ -110,11 +110,6 @@ class Disconnect:
 WorkerEvent = Ready | Reply | Heartbeat | Leaving | Disconnect
 
 
-def dialect_of(event: WorkerEvent) -> Dialect:
-    """The dialect a worker's message was in."""
-    return event.dialect
-
-
 def encode_token(token: int) -> bytes:
     """The reply-to frame standing for request ``token``."""
     return _TOKEN.pack(token)

@@ -194,6 +194,40 @@ def encode_worker_command(worker: bytes, variant: Variant, which: str) -> list[b
     return [worker, *_worker_header(variant), command]
 
 
+def encode_backend_request(
+    worker: bytes,
+    dialect: lbwire.Dialect,
+    token: int,
+    body: list[bytes],
+    *,
+    redelivery: bool = False,
+    timeout: float | None = None,
+) -> list[bytes]:
+    """A request for ``worker`` in its dialect, as :func:`decode_backend` reads them.
+
+    Only zmqrelay's dialect carries ``redelivery`` and ``timeout``; Majordomo has no room.
+    """
+    variant = as_variant(dialect)
+    if variant is not None:
+        return encode_worker_request(worker, variant, token, body)
+    return lbwire.encode_request(
+        worker, dialect, token, body, redelivery=redelivery, timeout=timeout
+    )
+
+
+def encode_backend_command(
+    worker: bytes, dialect: lbwire.Dialect, which: Literal["heartbeat", "disconnect"]
+) -> list[bytes] | None:
+    """A HEARTBEAT or DISCONNECT for ``worker`` in its dialect (the guide's workers take none)."""
+    variant = as_variant(dialect)
+    if variant is not None:
+        return encode_worker_command(worker, variant, which)
+    if dialect == "zmqrelay":
+        command = lbwire.HEARTBEAT if which == "heartbeat" else lbwire.DISCONNECT
+        return lbwire.encode_command(worker, command)
+    return None
+
+
 # -- clients, as the broker's frontend ROUTER reads and writes them ----------------------------
 
 ClientDialect = Literal["plain", "mdp-0.1", "mdp-0.2", "majortomo"]

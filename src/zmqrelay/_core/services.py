@@ -69,11 +69,6 @@ class Services:
         self._dirty: set[bytes] = set()
         self.mmi_requests = 0
 
-    @property
-    def heartbeat_interval(self) -> float:
-        """Seconds between heartbeats."""
-        return self._template.heartbeat_interval
-
     def _scheduler(self, service: bytes) -> Scheduler:
         scheduler = self._schedulers.get(service)
         if scheduler is None:
@@ -129,6 +124,16 @@ class Services:
         )
         del self._schedulers[service]
         self._wakes.pop(service, None)
+
+    def _of_worker(
+        self, worker: WorkerId, call: Callable[[Scheduler], list[Action]]
+    ) -> list[Action]:
+        """Call ``worker``'s scheduler (nothing happens for a worker not registered)."""
+        found = self._of(worker)
+        if found is None:
+            return []
+        service, scheduler = found
+        return self._run(service, scheduler, lambda: call(scheduler))
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -228,35 +233,19 @@ class Services:
 
     def leave(self, worker: WorkerId, now: float) -> list[Action]:
         """``worker`` takes no new requests."""
-        found = self._of(worker)
-        if found is None:
-            return []
-        service, scheduler = found
-        return self._run(service, scheduler, lambda: scheduler.leave(worker, now))
+        return self._of_worker(worker, lambda scheduler: scheduler.leave(worker, now))
 
     def gone(self, worker: WorkerId, now: float) -> list[Action]:
         """``worker`` is gone: its requests end or go to another worker of its service."""
-        found = self._of(worker)
-        if found is None:
-            return []
-        service, scheduler = found
-        return self._run(service, scheduler, lambda: scheduler.gone(worker, now))
+        return self._of_worker(worker, lambda scheduler: scheduler.gone(worker, now))
 
     def full(self, worker: WorkerId, token: int, now: float) -> list[Action]:
         """``worker``'s queue could not take request ``token``."""
-        found = self._of(worker)
-        if found is None:
-            return []
-        service, scheduler = found
-        return self._run(service, scheduler, lambda: scheduler.full(worker, token, now))
+        return self._of_worker(worker, lambda scheduler: scheduler.full(worker, token, now))
 
     def unsent(self, worker: WorkerId, token: int, now: float) -> list[Action]:
         """Request ``token`` could not be sent to ``worker``, which is gone."""
-        found = self._of(worker)
-        if found is None:
-            return []
-        service, scheduler = found
-        return self._run(service, scheduler, lambda: scheduler.unsent(worker, token, now))
+        return self._of_worker(worker, lambda scheduler: scheduler.unsent(worker, token, now))
 
     def sent_to(self, worker: WorkerId, now: float) -> None:
         """Something was sent to ``worker`` (counts as a heartbeat)."""
