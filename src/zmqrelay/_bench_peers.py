@@ -14,6 +14,7 @@ import resource
 import socket
 import struct
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ import zmq.asyncio
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 _MORE = int(zmq.RCVMORE)
+_MORE_FLAG = int(zmq.SNDMORE)
 _STAMP = struct.Struct("<q")
 
 
@@ -106,6 +108,54 @@ def serve_python_lb() -> None:
             backend.send_multipart([ready.popleft(), b"", client, empty, *request])
 
 
+def serve_python_lb_lowlevel(batch: int = 512) -> None:
+    """The guide's load-balancing broker as :func:`serve_python_lb`, with low-level calls.
+
+    Frames move one at a time with plain integer flags, and each socket is drained in batches
+    with non-blocking receives after a poll: the fastest plain Python form we know of it.
+    """
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    frontend = context.socket(zmq.ROUTER)
+    backend = context.socket(zmq.ROUTER)
+    frontend.bind("tcp://127.0.0.1:*")
+    backend.bind("tcp://127.0.0.1:*")
+    _announce(frontend, backend)
+    ready: deque[bytes] = deque()
+    poller = zmq.Poller()
+    poller.register(backend, zmq.POLLIN)
+    front_recv, back_recv = frontend.recv, backend.recv
+    front_send, back_send = frontend.send, backend.send
+    while True:
+        poller.register(frontend, zmq.POLLIN if ready else 0)
+        events = dict(poller.poll())
+        if events.get(backend):
+            for _ in range(batch):
+                try:
+                    frame = back_recv(_NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                ready.append(frame.bytes)
+                frames = [back_recv(_NOBLOCK) for _ in range(2)]  # b"", then client or READY
+                if frames[1] != b"READY":  # [worker, b"", client, b"", reply...]
+                    front_send(frames[1], _MORE_FLAG)
+                    frame = back_recv(_NOBLOCK, copy=False)
+                    while frame.more:
+                        front_send(frame, _MORE_FLAG)
+                        frame = back_recv(_NOBLOCK, copy=False)
+                    front_send(frame, 0)
+        while ready:
+            try:
+                frame = front_recv(_NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            back_send(ready.popleft(), _MORE_FLAG)
+            back_send(b"", _MORE_FLAG)
+            while frame.more:
+                back_send(frame, _MORE_FLAG)
+                frame = front_recv(_NOBLOCK, copy=False)
+            back_send(frame, 0)
+
+
 def serve_majortomo() -> None:
     """The majortomo package's Majordomo broker (one ROUTER for clients and workers alike)."""
     try:
@@ -130,38 +180,71 @@ _MDP_REQUEST, _MDP_FINAL = b"\x02", b"\x04"
 _MDP_CLIENT = [b"", b"MDPC02", b"\x02", MDP_SERVICE]
 
 
-def _serve_mdp_echo(endpoint: str, work: float) -> None:
-    """A plain synchronous Majordomo worker: one request at a time, heartbeats when idle."""
-    sock = zmq.Context().socket(zmq.DEALER)
-    sock.connect(endpoint)
-    sock.send_multipart(_MDP_READY)
+def _serve_mdp_echo(endpoint: str, work: float, sockets: int) -> None:
+    """Plain synchronous Majordomo workers, ``sockets`` of them polled in one process.
+
+    Each takes one request at a time, and heartbeats when it has sent nothing for a second.
+    """
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
+    last_sent: dict[zmq.Socket[bytes], float] = {}
+    for _ in range(sockets):
+        sock = context.socket(zmq.DEALER)
+        sock.connect(endpoint)
+        sock.send_multipart(_MDP_READY)
+        poller.register(sock, zmq.POLLIN)
+        last_sent[sock] = time.monotonic()
     interval = 1.0
-    sent = time.monotonic()
     while True:
-        if not poller.poll(int(interval * 1000)) or time.monotonic() - sent >= interval:
-            sock.send_multipart(_MDP_HEARTBEAT)
-            sent = time.monotonic()
-            continue
-        message = sock.recv_multipart()
-        if message[2] != _MDP_REQUEST:
-            continue  # a heartbeat (or DISCONNECT, which a bench broker never sends)
-        if work:
-            time.sleep(work)
-        # [b"", MDPW02, REQUEST, client, b"", body...] -> the same, as FINAL
-        message[2] = _MDP_FINAL
-        sock.send_multipart(message)
-        sent = time.monotonic()
+        ready = poller.poll(int(interval * 1000))
+        for sock, _ in ready:
+            message = sock.recv_multipart()
+            if message[2] != _MDP_REQUEST:
+                continue  # a heartbeat (or DISCONNECT, which a bench broker never sends)
+            if work:
+                time.sleep(work)
+            # [b"", MDPW02, REQUEST, client, b"", body...] -> the same, as FINAL
+            message[2] = _MDP_FINAL
+            sock.send_multipart(message)
+            last_sent[sock] = time.monotonic()
+        now = time.monotonic()
+        for sock, sent in last_sent.items():
+            if now - sent >= interval:
+                sock.send_multipart(_MDP_HEARTBEAT)
+                last_sent[sock] = now
 
 
-def serve_echo(kind: str, endpoint: str, concurrency: int, work: float = 0.0) -> None:
+def _serve_guide_c(endpoint: str, sockets: int) -> None:
+    """``sockets`` workers speaking as the guide's REQ workers do, each echoed by libzmq.
+
+    A REQ socket cannot be echoed by a proxy, but a DEALER that sends ``[b"", READY]`` first
+    and echoes ``[b"", reply-to, b"", body...]`` whole is, on the wire, the same worker: the
+    broker sees ``[worker, b"", READY]`` and then ``[worker, b"", reply-to, b"", body...]``,
+    and gives it one request at a time, as it would a REQ worker.
+    """
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    threads = []
+    for _ in range(sockets):
+        sock = context.socket(zmq.DEALER)
+        sock.connect(endpoint)
+        sock.send_multipart([b"", b"READY"])
+        thread = threading.Thread(target=zmq.proxy, args=(sock, sock), daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:  # until SIGTERM ends the process
+        thread.join()
+
+
+def serve_echo(
+    kind: str, endpoint: str, concurrency: int, work: float = 0.0, sockets: int = 1
+) -> None:
     """An echo worker taking ``work`` seconds per request.
 
     ``c`` (libzmq reflects every message; no work), ``sync`` (a plain DEALER loop), ``guide``
-    (the guide's REQ worker, for load-balancing brokers), ``async`` (an AsyncWorker),
-    ``async-lb`` (an AsyncWorker in load-balancing mode), ``mdp`` (a plain Majordomo worker
-    of the ``echo`` service) and ``async-mdp`` (an AsyncWorker speaking Majordomo).
+    (the guide's REQ worker, for load-balancing brokers), ``guide-c`` (``sockets`` workers on
+    the guide's wire, echoed by libzmq; no work), ``async`` (an AsyncWorker), ``async-lb``
+    (an AsyncWorker in load-balancing mode), ``mdp`` (``sockets`` plain Majordomo workers of
+    the ``echo`` service) and ``async-mdp`` (an AsyncWorker speaking Majordomo).
     """
     if kind == "guide":
         sock = zmq.Context().socket(zmq.REQ)
@@ -185,8 +268,10 @@ def serve_echo(kind: str, endpoint: str, concurrency: int, work: float = 0.0) ->
             if work:
                 time.sleep(work)
             send(message)
+    elif kind == "guide-c":
+        _serve_guide_c(endpoint, sockets)
     elif kind == "mdp":
-        _serve_mdp_echo(endpoint, work)
+        _serve_mdp_echo(endpoint, work, sockets)
     elif kind in ("async", "async-lb", "async-mdp"):
         anyio.run(_async_echo, endpoint, concurrency, work, kind)
     else:

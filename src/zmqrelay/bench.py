@@ -46,6 +46,7 @@ BROKERS = (
     "proxy",
     "python-loop",
     "python-lb",
+    "python-lb-lowlevel",
     "majortomo",
 )
 """Brokers the bench knows how to start (an external one is given by a command)."""
@@ -70,6 +71,8 @@ class BenchConfig:
     slow_factor: float = 1.0
     """The first worker takes this many times longer per request (fairness)."""
     worker_concurrency: int = 100
+    sockets_per_worker: int = 1
+    """Workers each worker process runs (``guide-c`` and ``mdp``), each on a socket of its own."""
     clients: int = 1
     client_kind: str = "sync"
     """``sync`` (a plain pipelined pyzmq DEALER), ``async`` (AsyncClient), or ``mdp`` (plain
@@ -80,6 +83,8 @@ class BenchConfig:
     """Payload bytes (at least 8: the send time travels in the payload)."""
     warmup: float = 1.0
     duration: float = 3.0
+    pin: bool = False
+    """Linux: the broker runs on the first CPU, every other party on the others."""
 
 
 @dataclass(frozen=True)
@@ -176,7 +181,12 @@ def _start_broker(
         frontend = f"tcp://127.0.0.1:{_free_port()}"
         backend = f"tcp://127.0.0.1:{_free_port()}"
         command = shlex.split(config.broker_command.format(frontend=frontend, backend=backend))
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_pinned(config, broker=True),
+        )
         started.append(process)  # type: ignore[arg-type]
         _wait_listening(frontend, deadline)
         _wait_listening(backend, deadline)
@@ -189,12 +199,16 @@ def _start_broker(
             "--drain-timeout", "0",
             "--frontend", "tcp://127.0.0.1:0", "--backend", "tcp://127.0.0.1:0",
         )  # fmt: skip
-    elif config.broker in ("proxy", "python-loop", "python-lb", "majortomo"):
+    elif config.broker in ("proxy", "python-loop", "python-lb", "python-lb-lowlevel", "majortomo"):
         command = _zmqrelay("bench-peer", config.broker)
     else:
         raise ValueError(f"broker must be one of {BROKERS} or come with a command")
     broker = subprocess.Popen(
-        command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+        command,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=_pinned(config, broker=True),
     )
     started.append(broker)
     assert broker.stderr is not None
@@ -205,6 +219,15 @@ def _start_broker(
         if time.monotonic() > deadline:
             break
     raise RuntimeError(f"the {config.broker} broker did not report its endpoints")
+
+
+def _pinned(config: BenchConfig, *, broker: bool) -> Callable[[], None] | None:
+    """What pins a party to its CPUs as it starts (see :attr:`BenchConfig.pin`)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not config.pin or len(cpus) < 2:
+        return None
+    mine = set(cpus[:1]) if broker else set(cpus[1:])
+    return lambda: os.sched_setaffinity(0, mine)
 
 
 def _percentile(ordered: Sequence[int], fraction: float) -> float:
@@ -230,8 +253,10 @@ def run_bench(
                     backend,
                     str(config.worker_concurrency),
                     str(config.work * (config.slow_factor if number == 0 else 1)),
+                    str(config.sockets_per_worker),
                 ),
                 text=True,
+                preexec_fn=_pinned(config, broker=False),
             )
             for number in range(config.workers)
         ]
@@ -252,6 +277,7 @@ def run_bench(
                 ),
                 stdout=subprocess.PIPE,
                 text=True,
+                preexec_fn=_pinned(config, broker=False),
             )
             for path in paths
         ]

@@ -25,6 +25,7 @@ from zmqrelay._bench_peers import (
     serve_majortomo,
     serve_proxy,
     serve_python_lb,
+    serve_python_lb_lowlevel,
     serve_python_loop,
 )
 from zmqrelay._demo import run_demo
@@ -300,11 +301,18 @@ async def _request(
 @click.option("--workers", type=click.IntRange(1, 64), default=2, help="Echo worker processes.")
 @click.option(
     "--worker-kind",
-    type=click.Choice(["c", "sync", "async", "guide", "async-lb", "mdp", "async-mdp"]),
+    type=click.Choice(["c", "sync", "async", "guide", "guide-c", "async-lb", "mdp", "async-mdp"]),
     default="c",
     help="c: libzmq echoes; sync: a plain pyzmq loop; async: AsyncWorker; for "
-    "load-balancing brokers, guide: the guide's REQ worker; async-lb: AsyncWorker; for "
-    "Majordomo brokers, mdp: a plain Majordomo worker; async-mdp: AsyncWorker.",
+    "load-balancing brokers, guide: the guide's REQ worker; guide-c: workers on the guide's "
+    "wire echoed by libzmq; async-lb: AsyncWorker; for Majordomo brokers, mdp: plain "
+    "Majordomo workers; async-mdp: AsyncWorker.",
+)
+@click.option(
+    "--sockets-per-worker",
+    type=click.IntRange(1, 1024),
+    default=1,
+    help="Workers in each worker process, a socket each (guide-c and mdp workers).",
 )
 @click.option(
     "--work-ms", type=click.FloatRange(0, 10_000), default=0.0, help="Work per request, ms."
@@ -333,6 +341,11 @@ async def _request(
     "--warmup", type=click.FloatRange(0, 60), default=1.0, help="Seconds before measuring."
 )
 @click.option("--duration", type=click.FloatRange(0.1, 600), default=3.0, help="Seconds measured.")
+@click.option(
+    "--pin",
+    is_flag=True,
+    help="Linux: the broker on the first CPU, the other parties on the rest.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench(
     brokers: Sequence[str],
@@ -340,6 +353,7 @@ def bench(
     compare: str | None,
     workers: int,
     worker_kind: str,
+    sockets_per_worker: int,
     work_ms: float,
     slow_factor: float,
     clients: int,
@@ -348,6 +362,7 @@ def bench(
     size: int,
     warmup: float,
     duration: float,
+    pin: bool,
     as_json: bool,
 ) -> None:
     """Measure throughput, latency and CPU per request; every party is a process of its own."""
@@ -355,6 +370,7 @@ def bench(
         workers=workers,
         worker_kind=worker_kind,
         worker_concurrency=max(window, 1),
+        sockets_per_worker=sockets_per_worker,
         work=work_ms / 1000,
         slow_factor=slow_factor,
         clients=clients,
@@ -363,6 +379,7 @@ def bench(
         size=size,
         warmup=warmup,
         duration=duration,
+        pin=pin,
     )
     configs = [replace(load, broker=broker) for broker in brokers]
     if broker_command:
@@ -403,6 +420,12 @@ def bench_python_lb() -> None:
     serve_python_lb()
 
 
+@bench_peer.command("python-lb-lowlevel")
+def bench_python_lb_lowlevel() -> None:
+    """The guide's load-balancing broker in plain pyzmq, with low-level frame calls."""
+    serve_python_lb_lowlevel()
+
+
 @bench_peer.command("majortomo")
 def bench_majortomo() -> None:
     """The majortomo package's Majordomo broker on a free loopback port."""
@@ -414,9 +437,10 @@ def bench_majortomo() -> None:
 @click.argument("endpoint")
 @click.argument("concurrency", type=int)
 @click.argument("work", type=float)
-def bench_worker(kind: str, endpoint: str, concurrency: int, work: float) -> None:
+@click.argument("sockets", type=int, default=1)
+def bench_worker(kind: str, endpoint: str, concurrency: int, work: float, sockets: int) -> None:
     """An echo worker."""
-    serve_echo(kind, endpoint, concurrency, work)
+    serve_echo(kind, endpoint, concurrency, work, sockets)
 
 
 @bench_peer.command("client")
