@@ -174,8 +174,15 @@ def test_bench_measures_an_external_broker_command() -> None:
 
 def test_bench_load_balancing_brokers_with_guide_and_async_workers() -> None:
     common = ["--warmup", "0.2", "--duration", "0.4", "--json", "--work-ms", "0.5"]
-    for broker, worker in (("python-lb", "guide"), ("zmqrelay-lb", "async-lb")):
-        command = [*ZMQRELAY, "bench", "--broker", broker, "--worker-kind", worker, *common]
+    runs: tuple[tuple[str, str, list[str]], ...] = (
+        ("python-lb", "guide", []),
+        ("python-lb-lowlevel", "guide-c", ["--sockets-per-worker", "4", "--pin"]),
+        ("zmqrelay-lb", "async-lb", []),
+    )
+    for broker, worker, more in runs:
+        command = [
+            *ZMQRELAY, "bench", "--broker", broker, "--worker-kind", worker, *common, *more
+        ]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         (run,) = json.loads(result.stdout)
@@ -188,8 +195,18 @@ def test_bench_majordomo_brokers_with_plain_and_async_majordomo_peers() -> None:
     runs = (("majortomo", "mdp"), ("zmqrelay-lb", "mdp"), ("zmqrelay-lb", "async-mdp"))
     for broker, worker in runs:
         command = [*ZMQRELAY, "bench", "--broker", broker, "--worker-kind", worker, *common]
+        command += ["--sockets-per-worker", "3"] if worker == "mdp" else []
         result = subprocess.run(command, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         (run,) = json.loads(result.stdout)
         assert run["broker"] == broker
         assert run["requests"] > 0
+
+
+def test_bench_core_feeds_the_balancer_with_every_kind_of_peer() -> None:
+    command = [*ZMQRELAY, "bench-core", "--requests", "2000"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert [row[0] for row in rows] == ["guide", "zmqrelay", "majortomo"]
+    assert all(float(row[2]) > 0 for row in rows)

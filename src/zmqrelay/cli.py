@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import TypeVar, TypeVarTuple
+from typing import TypeVar, TypeVarTuple, cast
 
 import anyio
 import click
@@ -19,6 +19,7 @@ import click
 from zmqrelay import __version__
 from zmqrelay._aio.broker import Broker, Engine, Mode
 from zmqrelay._aio.client import AsyncClient, Protocol
+from zmqrelay._bench_core import Peers, run_core_bench
 from zmqrelay._bench_peers import (
     generate_load,
     serve_echo,
@@ -391,6 +392,28 @@ def bench(
     show = _progress_line if sys.stderr.isatty() and not as_json else lambda _: None
     results = [run_bench(config, progress=show) for config in configs]
     click.echo(report(results, as_json=as_json))
+
+
+@cli.command("bench-core")
+@click.option(
+    "--peers",
+    type=click.Choice(["guide", "zmqrelay", "majortomo"]),
+    multiple=True,
+    help="Whose messages to feed; repeat for several [default: all three].",
+)
+@click.option("--workers", type=click.IntRange(1, 100_000), default=64, help="Workers.")
+@click.option("--window", type=click.IntRange(1, 100_000), default=256, help="Requests in flight.")
+@click.option(
+    "--requests", type=click.IntRange(1, 10**9), default=200_000, help="Requests to feed."
+)
+def bench_core(peers: Sequence[str], workers: int, window: int, requests: int) -> None:
+    """Measure the load-balancing core alone: no sockets, no event loop, one process."""
+    click.echo(f"{'peers':<12}{'req/s':>12}{'µs/request':>12}")
+    for kind in peers or ("guide", "zmqrelay", "majortomo"):
+        result = run_core_bench(
+            cast("Peers", kind), workers=workers, window=window, requests=requests
+        )
+        click.echo(f"{kind:<12}{result.requests_per_second:>12,.0f}{result.us_per_request:>12.2f}")
 
 
 def _progress_line(text: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from functools import partial
 from typing import Literal, NamedTuple
 
 import anyio
@@ -11,14 +12,13 @@ import anyio.abc
 import zmq
 import zmq.asyncio
 
-from zmqrelay._aio import sockets
-from zmqrelay._aio.balancer import Balancer, BalancerCounters
+from zmqrelay._aio import balancing, sockets
 from zmqrelay._aio.proxy import ProxyEngine
 from zmqrelay._aio.relay import PythonRelay
 from zmqrelay._aio.service import Service, boundary_errors
+from zmqrelay._core.balancer import Balancer
 from zmqrelay._core.endpoints import connectable
 from zmqrelay._core.relay import BrokerStatistics, ProxyTraffic, RelayCounters
-from zmqrelay._core.services import Services
 from zmqrelay.errors import ClosedError
 
 Engine = Literal["libzmq", "python"]
@@ -131,19 +131,16 @@ class Broker(Service):
             raise ValueError(f"engine must be 'libzmq' or 'python', not {engine!r}")
         if mode not in ("relay", "load-balancing"):
             raise ValueError(f"mode must be 'relay' or 'load-balancing', not {mode!r}")
-        if redeliveries < 0:
-            raise ValueError("redeliveries cannot be negative")
         self._mode: Mode = mode
-        self._scheduler = Services(
+        self._balancer = Balancer(
             heartbeat_interval=heartbeat_interval,
             liveness=liveness,
             queue_limit=queue_limit,
             queue_timeout=queue_timeout,
+            redeliveries=redeliveries,
+            request_timeout=request_timeout,
             first_token=secrets.randbits(64),
         )
-        self._redeliveries = redeliveries
-        self._request_timeout = request_timeout
-        self._balancer: Balancer | None = None
         super().__init__()
         self._frontend = frontend
         self._backend = backend
@@ -183,7 +180,7 @@ class Broker(Service):
     def statistics(self) -> BrokerStatistics:
         """A snapshot of the broker's counters."""
         if self._mode == "load-balancing":
-            return self._balanced_statistics()
+            return self._balancer.statistics()
         if self._engine == "python":
             return self._counters.snapshot("relay")
         traffic = self._proxy.traffic() if self._proxy else ProxyTraffic(0, 0, 0, 0)
@@ -193,27 +190,6 @@ class Broker(Service):
                 reply_bytes=traffic.reply_bytes + self._drain.drained_bytes,
             )
         return self._counters.snapshot("relay", traffic)
-
-    def _balanced_statistics(self) -> BrokerStatistics:
-        scheduler = self._scheduler.statistics()
-        counted = self._balancer.counters if self._balancer else BalancerCounters()
-        return BrokerStatistics(
-            mode="load-balancing",
-            engine="python",
-            requests_forwarded=counted.requests_forwarded,
-            replies_forwarded=counted.replies_forwarded,
-            malformed_requests=counted.malformed_requests,
-            malformed_replies=counted.protocol_violations + scheduler.unknown_replies,
-            unroutable_replies=counted.unroutable_replies,
-            congested_replies=counted.congested_replies,
-            undelivered_requests=self._counters.undelivered_requests,
-            requests_held=scheduler.queued,
-            request_frames=None,
-            request_bytes=None,
-            reply_frames=None,
-            reply_bytes=None,
-            scheduler=scheduler,
-        )
 
     async def wait_ready(self) -> Endpoints:  # type: ignore[override]
         """Wait until the broker has bound both sockets and forwards messages.
@@ -310,32 +286,23 @@ class Broker(Service):
         backend: sockets.AsyncSocket,
         task_status: anyio.abc.TaskStatus[Endpoints],
     ) -> None:
-        self._balancer = balancer = Balancer(
-            frontend,
-            backend,
-            self._scheduler,
-            batch_size=self._batch_size,
-            redeliveries=self._redeliveries,
-            request_timeout=self._request_timeout,
-        )
-        scheduler = self._scheduler
+        balancer, batch_size = self._balancer, self._batch_size
         try:
             async with anyio.create_task_group() as phase:
-                phase.start_soon(balancer.run, True)
+                phase.start_soon(
+                    partial(balancing.serve, balancer, frontend, backend, batch_size=batch_size)
+                )
                 assert self._endpoints is not None
                 self._report_ready(task_status, self._endpoints)
                 await self._close_requested.wait()
                 phase.cancel_scope.cancel()
             self._state = "draining"
             with anyio.move_on_after(self._drain_timeout):
-                async with anyio.create_task_group() as phase:
-                    phase.start_soon(balancer.run, False)
-                    while scheduler.statistics().in_flight or scheduler.statistics().queued:
-                        await balancer.settled.wait()
-                    phase.cancel_scope.cancel()
+                await balancing.serve(
+                    balancer, frontend, backend, batch_size=batch_size, intake=False
+                )
         finally:
-            left = scheduler.statistics()
-            self._counters.undelivered_requests += left.queued + left.in_flight
+            balancer.abandon()
 
     async def _serve_with_proxy(
         self,

@@ -1,0 +1,176 @@
+"""The load-balancing core as one object: frames and the time in, frames to send out."""
+
+from __future__ import annotations
+
+from zmqrelay._core import lbwire, tag
+from zmqrelay._core.balancer import Balancer
+
+GUIDE_READY = [b"", b"READY"]
+MAJORTOMO = [b"", b"MDPW02"]
+
+
+def take(balancer: Balancer) -> tuple[list[list[bytes]], list[list[bytes]]]:
+    """Empty both outboxes: (to clients, to workers)."""
+    clients = [message for message, _ in balancer.to_clients]
+    workers = [message for message, _ in balancer.to_workers]
+    balancer.to_clients.clear()
+    balancer.to_workers.clear()
+    return clients, workers
+
+
+def test_a_plain_request_goes_to_a_guide_worker_and_its_reply_back() -> None:
+    balancer = Balancer(first_token=7)
+    balancer.from_worker([b"W", *GUIDE_READY], 0.0)
+    assert take(balancer) == ([], [])
+    balancer.from_client([b"C", b"", b"hello"], 0.0)
+    clients, (request,) = take(balancer)
+    assert clients == []
+    assert request == [b"W", b"", lbwire.encode_token(7), b"", b"hello"]
+    balancer.from_worker([*request[:-1], b"HELLO"], 0.1)
+    assert take(balancer) == ([[b"C", b"", b"HELLO"]], [])
+    stats = balancer.statistics()
+    assert (stats.requests_forwarded, stats.replies_forwarded) == (1, 1)
+    assert balancer.pending == 0
+
+
+def test_requests_go_to_the_least_recently_used_worker() -> None:
+    balancer = Balancer()
+    for worker in (b"A", b"B"):
+        balancer.from_worker([worker, *GUIDE_READY], 0.0)
+    balancer.from_client([b"C", b"", b"1"], 0.0)
+    balancer.from_client([b"C", b"", b"2"], 0.0)
+    balancer.from_client([b"C", b"", b"3"], 0.0)  # queued: both workers are busy
+    _, sent = take(balancer)
+    assert [message[0] for message in sent] == [b"A", b"B"]
+    assert balancer.pending == 3
+    balancer.from_worker(sent[1], 0.1)  # B answers first, so it gets the next
+    clients, (third,) = take(balancer)
+    assert clients == [[b"C", b"", b"2"]]
+    assert third[0] == b"B"
+    assert third[-1] == b"3"
+
+
+def test_a_worker_the_broker_does_not_know_is_told_to_register_again() -> None:
+    balancer = Balancer()
+    balancer.from_worker([b"W", *MAJORTOMO, b"\x05"], 0.0)  # a heartbeat
+    balancer.from_worker([b"Z", b"", lbwire.PROTOCOL, lbwire.HEARTBEAT], 0.0)
+    assert take(balancer) == (
+        [],
+        [[b"W", *MAJORTOMO, b"\x06"], [b"Z", b"", lbwire.PROTOCOL, lbwire.DISCONNECT]],
+    )
+    # A reply from it is counted as unknown, and it too gets DISCONNECT.
+    balancer.from_worker([b"W", *MAJORTOMO, b"\x04", bytes(8), b"", b"late"], 0.0)
+    assert take(balancer) == ([], [[b"W", *MAJORTOMO, b"\x06"]])
+    assert balancer.statistics().malformed_replies == 1
+
+
+def test_a_worker_that_breaks_its_protocol_is_disconnected_and_the_rest_are_served() -> None:
+    balancer = Balancer()
+    balancer.from_worker([b"bad", *MAJORTOMO, b"\x01", b"echo"], 0.0)
+    balancer.from_worker([b"good", *MAJORTOMO, b"\x01", b"echo"], 0.0)
+    take(balancer)
+    balancer.from_worker([b"bad", *MAJORTOMO, b"\x01", b"echo"], 0.0)  # READY twice
+    assert take(balancer) == ([], [[b"bad", *MAJORTOMO, b"\x06"]])
+    balancer.from_client([b"C", b"", b"MDPC02", b"\x02", b"echo", b"hi"], 0.0)
+    _, (request,) = take(balancer)
+    assert request[0] == b"good"
+    assert balancer.statistics().malformed_replies == 1
+    assert balancer.services.statistics().workers == 1
+
+
+def test_nothing_is_sent_to_a_worker_after_it_said_disconnect() -> None:
+    balancer = Balancer(redeliveries=1)
+    balancer.from_worker([b"W", *MAJORTOMO, b"\x01", b"echo"], 0.0)
+    balancer.from_client([b"C", b"", b"MDPC02", b"\x02", b"echo", b"hi"], 0.0)
+    take(balancer)
+    balancer.from_worker([b"W", *MAJORTOMO, b"\x06"], 0.1)
+    clients, workers = take(balancer)
+    assert workers == []
+    assert clients == []  # the request waits for another worker (one redelivery allowed)
+    balancer.from_worker([b"V", *MAJORTOMO, b"\x01", b"echo"], 0.2)
+    _, (request,) = take(balancer)
+    assert request[0] == b"V"
+
+
+def test_a_request_that_meets_a_full_worker_goes_to_another() -> None:
+    balancer = Balancer()
+    balancer.from_worker([b"A", *GUIDE_READY], 0.0)
+    balancer.from_worker([b"B", *GUIDE_READY], 0.0)
+    balancer.from_client([b"C", b"", b"x"], 0.0)
+    ((to_a, token),) = balancer.to_workers
+    balancer.to_workers.clear()
+    assert to_a[0] == b"A"
+    balancer.worker_unreachable(b"A", "full", token, 0.0)
+    _, (to_b,) = take(balancer)
+    assert to_b[0] == b"B"
+    assert to_b[-1] == to_a[-1]  # the same request
+    assert balancer.statistics().requests_forwarded == 1
+
+
+def test_a_request_for_a_worker_gone_unseen_waits_for_another() -> None:
+    balancer = Balancer()
+    balancer.from_worker([b"A", *GUIDE_READY], 0.0)
+    balancer.from_client([b"C", b"", b"x"], 0.0)
+    ((_, token),) = balancer.to_workers
+    balancer.to_workers.clear()
+    balancer.worker_unreachable(b"A", "gone", token, 0.0)
+    assert take(balancer) == ([], [])
+    assert balancer.pending == 1
+    balancer.from_worker([b"B", *GUIDE_READY], 0.1)
+    _, (request,) = take(balancer)
+    assert request[0] == b"B"
+
+
+def test_a_stream_that_meets_a_full_client_ends_in_a_refusal_never_with_a_gap() -> None:
+    balancer = Balancer()
+    worker = [b"W", b"", lbwire.PROTOCOL]
+    balancer.from_worker([*worker, lbwire.READY, b"1"], 0.0)
+    balancer.from_client([b"C", tag.encode(1), b"", b"go"], 0.0)
+    take(balancer)
+    token = lbwire.encode_token(1)
+
+    def part(status: tag.Status, body: bytes) -> list[bytes]:
+        return [*worker, lbwire.REPLY, token, bytes([status]), body]
+
+    balancer.from_worker(part(tag.Status.PARTIAL, b"1"), 0.1)
+    ((message, stream),) = balancer.to_clients
+    balancer.to_clients.clear()
+    assert message[-1] == b"1"
+    assert stream is not None
+    balancer.client_unreachable("full", stream)
+    balancer.from_worker(part(tag.Status.PARTIAL, b"2"), 0.1)  # dropped: a gap otherwise
+    assert take(balancer) == ([], [])
+    balancer.from_worker(part(tag.Status.OK, b"3"), 0.1)
+    (refusal,), _ = take(balancer)
+    ended = tag.decode(refusal[1])
+    assert ended is not None
+    assert ended.status is tag.Status.BUSY
+    assert b"lost" in refusal[-1]
+    assert balancer.statistics().congested_replies == 1
+
+
+def test_service_discovery_is_answered_by_the_broker() -> None:
+    balancer = Balancer()
+    balancer.from_worker([b"W", *MAJORTOMO, b"\x01", b"echo"], 0.0)
+    take(balancer)
+    for asked, answer in ((b"echo", b"200"), (b"nothing", b"404")):
+        balancer.from_client([b"C", b"", b"MDPC02", b"\x02", b"mmi.service", asked], 0.0)
+        ((reply,), workers) = take(balancer)
+        assert workers == []
+        assert reply[-1] == answer
+    assert balancer.services.statistics().mmi_requests == 2
+
+
+def test_time_passing_ends_requests_and_abandon_counts_what_is_left() -> None:
+    balancer = Balancer(queue_timeout=1.0)
+    balancer.from_client([b"C", b"", b"a"], 0.0)
+    balancer.from_client([b"C", tag.encode(2, timeout=0.5), b"", b"b"], 0.0)
+    assert balancer.next_wakeup() == 0.5
+    balancer.tick(0.5)
+    (deadline,), _ = take(balancer)
+    refused = tag.decode(deadline[1])
+    assert refused is not None
+    assert refused.status is tag.Status.DEADLINE
+    assert balancer.pending == 1
+    balancer.abandon()
+    assert balancer.statistics().undelivered_requests == 1
