@@ -25,7 +25,7 @@ def test_a_plain_request_goes_to_a_guide_worker_and_its_reply_back() -> None:
     balancer.from_client([b"C", b"", b"hello"], 0.0)
     clients, (request,) = take(balancer)
     assert clients == []
-    assert request == [b"W", b"", lbwire.encode_token(7), b"", b"hello"]
+    assert request == [b"W", b"", (7).to_bytes(8, "big"), b"", b"hello"]
     balancer.from_worker([*request[:-1], b"HELLO"], 0.1)
     assert take(balancer) == ([[b"C", b"", b"HELLO"]], [])
     stats = balancer.statistics()
@@ -75,7 +75,7 @@ def test_a_worker_that_breaks_its_protocol_is_disconnected_and_the_rest_are_serv
     _, (request,) = take(balancer)
     assert request[0] == b"good"
     assert balancer.statistics().malformed_replies == 1
-    assert balancer.services.statistics().workers == 1
+    assert balancer.scheduler.statistics().workers == 1
 
 
 def test_nothing_is_sent_to_a_worker_after_it_said_disconnect() -> None:
@@ -127,7 +127,7 @@ def test_a_stream_that_meets_a_full_client_ends_in_a_refusal_never_with_a_gap() 
     balancer.from_worker([*worker, lbwire.READY, b"1"], 0.0)
     balancer.from_client([b"C", tag.encode(1), b"", b"go"], 0.0)
     take(balancer)
-    token = lbwire.encode_token(1)
+    token = (1).to_bytes(8, "big")
 
     def part(status: tag.Status, body: bytes) -> list[bytes]:
         return [*worker, lbwire.REPLY, token, bytes([status]), body]
@@ -158,7 +158,9 @@ def test_service_discovery_is_answered_by_the_broker() -> None:
         ((reply,), workers) = take(balancer)
         assert workers == []
         assert reply[-1] == answer
-    assert balancer.services.statistics().mmi_requests == 2
+    counts = balancer.statistics().scheduler
+    assert counts is not None
+    assert counts.mmi_requests == 2
 
 
 def test_time_passing_ends_requests_and_abandon_counts_what_is_left() -> None:

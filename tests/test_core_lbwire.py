@@ -1,4 +1,5 @@
-"""Load-balancing mode's wire codecs: encoded messages decode to themselves, garbage is refused."""
+"""zmqrelay's worker protocol (ZRW1) and the guide's: what a worker sends, the broker reads as
+sent; what the broker sends, the worker reads as sent; garbage is refused by name."""
 
 from __future__ import annotations
 
@@ -9,45 +10,53 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from strategies import body, messages
-from zmqrelay._core import lbwire
+from zmqrelay._core import dialects, lbwire
+from zmqrelay._core.dialects import Ready, Reply, Violation
+from zmqrelay._core.request import Request
 from zmqrelay._core.tag import Status
 from zmqrelay.errors import RemoteProtocolError
 
-tokens = st.integers(0, 2**64 - 1)
+tokens = st.integers(0, 2**64 - 1).map(lambda token: token.to_bytes(8, "big"))
 workers = st.binary(min_size=1, max_size=8)
 
 
-def as_read_by_router(worker: bytes, sent: list[bytes]) -> list[bytes]:
-    """A DEALER's message as the broker's ROUTER reads it: the worker's id in front."""
-    return [worker, *sent]
+def read(frames: list[bytes], *, known: bool) -> tuple[str | None, object]:
+    """What the broker's backend reads: the dialect's name and the event (or Violation)."""
+    dialect, event = dialects.read(frames, known=known)
+    return (None if dialect is None else dialect.name), event
 
 
-@given(workers, st.integers(1, 1000))
-def test_zmqrelay_ready(worker: bytes, credits: int) -> None:
-    event = lbwire.decode_backend(
-        as_read_by_router(worker, lbwire.encode_ready(credits)), known=False
-    )
-    assert event == lbwire.Ready(worker, credits, "zmqrelay")
+def request(token: bytes, payload: list[bytes], deadline: float | None = None) -> Request:
+    sent = Request([b"c"], payload, b"", "plain", False, deadline, 0, 0.0)
+    sent.token = token
+    return sent
 
 
-@given(workers, tokens, st.sampled_from([Status.OK, Status.ERROR]), body)
-def test_zmqrelay_reply(worker: bytes, token: int, status: Status, payload: list[bytes]) -> None:
-    sent = lbwire.encode_reply(lbwire.encode_token(token), status, payload)
-    event = lbwire.decode_backend(as_read_by_router(worker, sent), known=True)
-    assert event == lbwire.Reply(worker, token, status, payload, "zmqrelay")
+@given(workers, st.integers(1, 1000), st.binary(max_size=8).filter(lambda s: b"mmi." not in s))
+def test_zmqrelay_ready(worker: bytes, credits: int, service: bytes) -> None:
+    sent = [worker, *lbwire.encode_ready(credits, service)]
+    assert read(sent, known=False) == ("zmqrelay", Ready(credits, service))
+
+
+@given(workers, tokens, st.sampled_from([Status.OK, Status.ERROR, Status.PARTIAL]), body)
+def test_zmqrelay_reply(worker: bytes, token: bytes, status: Status, payload: list[bytes]) -> None:
+    sent = [worker, *lbwire.encode_reply(token, status, payload)]
+    partial = status is Status.PARTIAL
+    expected = Reply(token, Status.OK if partial else status, payload, partial)
+    assert read(sent, known=True) == ("zmqrelay", expected)
 
 
 @given(workers, tokens, body, st.booleans(), st.none() | st.floats(0, 1e6))
 def test_zmqrelay_request_reaches_the_worker_intact(
-    worker: bytes, token: int, payload: list[bytes], redelivery: bool, timeout: float | None
+    worker: bytes, token: bytes, payload: list[bytes], redelivery: bool, timeout: float | None
 ) -> None:
-    routed = lbwire.encode_request(
-        worker, "zmqrelay", token, payload, redelivery=redelivery, timeout=timeout
-    )
+    sent = request(token, payload, None if timeout is None else 5.0 + timeout)
+    sent.redelivery = redelivery
+    routed = dialects.ZMQRELAY.request(worker, sent, 5.0)
     assert routed[0] == worker
     assignment = lbwire.decode_from_broker(routed[1:])
     assert isinstance(assignment, lbwire.Assignment)
-    assert lbwire.decode_token(assignment.reply_to) == token
+    assert assignment.reply_to == token
     assert (assignment.redelivery, assignment.body) == (redelivery, payload)
     if timeout is None:
         assert assignment.timeout is None
@@ -56,65 +65,69 @@ def test_zmqrelay_request_reaches_the_worker_intact(
 
 
 @given(workers, tokens, body)
-def test_guide_worker_round_trip(worker: bytes, token: int, payload: list[bytes]) -> None:
+def test_guide_worker_round_trip(worker: bytes, token: bytes, payload: list[bytes]) -> None:
     # A REQ worker's first message, as the ROUTER reads it.
-    assert lbwire.decode_backend([worker, b"", b"READY"], known=False) == lbwire.Ready(
-        worker, 1, "guide"
-    )
-    routed = lbwire.encode_request(worker, "guide", token, payload)
+    assert read([worker, b"", b"READY"], known=False) == ("guide", Ready(1, b""))
+    routed = dialects.GUIDE.request(worker, request(token, payload), 0.0)
     # The REQ socket strips [worker, b""]; the application answers [reply-to, b"", reply].
-    request = routed[2:]
-    reply = [request[0], b"", b"answer"]
-    event = lbwire.decode_backend([worker, b"", *reply], known=True)
-    assert event == lbwire.Reply(worker, token, Status.OK, [b"answer"], "guide")
+    sent = routed[2:]
+    reply = [sent[0], b"", b"answer"]
+    assert read([worker, b"", *reply], known=True) == (
+        "guide",
+        Reply(token, Status.OK, [b"answer"], False),
+    )
 
 
 @pytest.mark.parametrize(
     ("command", "event"),
-    [(lbwire.HEARTBEAT, lbwire.Heartbeat), (lbwire.LEAVING, lbwire.Leaving),
-     (lbwire.DISCONNECT, lbwire.Disconnect)],
+    [(lbwire.HEARTBEAT, "heartbeat"), (lbwire.LEAVING, "leaving"),
+     (lbwire.DISCONNECT, "disconnect")],
 )  # fmt: skip
-def test_zmqrelay_commands(command: bytes, event: type) -> None:
-    assert lbwire.decode_backend([b"w", b"", b"ZRW1", command], known=True) == event(b"w")
+def test_zmqrelay_commands(command: bytes, event: str) -> None:
+    assert read([b"w", b"", b"ZRW1", command], known=True) == ("zmqrelay", event)
 
 
 def test_broker_commands() -> None:
-    assert (
-        lbwire.decode_from_broker(lbwire.encode_command(b"w", lbwire.HEARTBEAT)[1:]) == "heartbeat"
-    )
-    assert (
-        lbwire.decode_from_broker(lbwire.encode_command(b"w", lbwire.DISCONNECT)[1:])
-        == "disconnect"
-    )
+    for which in ("heartbeat", "disconnect"):
+        sent = dialects.ZMQRELAY.command(b"w", which)
+        assert sent is not None
+        assert lbwire.decode_from_broker(sent[1:]) == which
+    assert dialects.GUIDE.command(b"w", "heartbeat") is None  # a REQ worker takes none
 
 
 @pytest.mark.parametrize(
-    "frames",
+    ("frames", "dialect"),
     [
-        [b"w", b"READY"],  # no delimiter
-        [b"w", b"", b"ZRW1"],  # no command
-        [b"w", b"", b"ZRW1", b"\x01", b"0"],  # no credits
-        [b"w", b"", b"ZRW1", b"\x01", b"many"],
-        [b"w", b"", b"ZRW1", b"\x03", b"short", b"\x00", b"x"],  # bad reply-to
-        [b"w", b"", b"ZRW1", b"\x03", bytes(8), b"\x09", b"x"],  # unknown status
-        [b"w", b"", b"ZRW1", b"\x04", b"extra"],
-        [b"w", b"", b"ZRW1", b"\x7f"],
+        ([b"w", b"READY"], None),  # no delimiter
+        ([b"w", b"", b"ZRW1"], "zmqrelay"),  # no command
+        ([b"w", b"", b"ZRW1", b"\x01", b"0"], "zmqrelay"),  # no credits
+        ([b"w", b"", b"ZRW1", b"\x01", b"many"], "zmqrelay"),
+        ([b"w", b"", b"ZRW1", b"\x03", b"short", b"\x00", b"x"], "zmqrelay"),  # bad reply-to
+        ([b"w", b"", b"ZRW1", b"\x03", bytes(8), b"\x09", b"x"], "zmqrelay"),  # unknown status
+        ([b"w", b"", b"ZRW1", b"\x04", b"extra"], "zmqrelay"),
+        ([b"w", b"", b"ZRW1", b"\x7f"], "zmqrelay"),
+        ([b"w", b"", b"short", b"", b"x"], "guide"),  # a guide reply's reply-to is no token
+        ([b"w", b"", bytes(8), b"x", b"r"], "guide"),  # no delimiter after it
     ],
 )
-def test_protocol_violations_are_refused_by_name(frames: list[bytes]) -> None:
-    with pytest.raises(RemoteProtocolError):
-        lbwire.decode_backend(frames, known=True)
+def test_protocol_violations_are_refused_by_name(frames: list[bytes], dialect: str | None) -> None:
+    named, event = read(frames, known=True)
+    assert isinstance(event, Violation)
+    assert event.reason
+    assert named == dialect
 
 
 def test_a_new_guide_worker_must_say_ready_in_one_frame() -> None:
-    with pytest.raises(RemoteProtocolError, match="READY"):
-        lbwire.decode_backend([b"w", b"", b"READY", b"extra"], known=False)
+    named, event = read([b"w", b"", b"READY", b"extra"], known=False)
+    assert named == "guide"
+    assert isinstance(event, Violation)
+    assert "READY" in event.reason
 
 
 @given(messages, st.booleans())
-def test_any_backend_message_decodes_or_is_refused(frames: list[bytes], known: bool) -> None:
-    with contextlib.suppress(RemoteProtocolError):
-        lbwire.decode_backend(frames, known=known)
+def test_any_backend_message_decodes_or_is_a_violation(frames: list[bytes], known: bool) -> None:
+    dialect, event = dialects.read(frames, known=known)  # never raises
+    assert dialect is not None or isinstance(event, Violation)
 
 
 @given(messages)

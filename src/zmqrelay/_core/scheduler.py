@@ -1,125 +1,59 @@
-"""Load-balancing mode's decisions, as pure code: who gets which request, and what time does.
+"""Load-balancing mode's decisions: which worker gets which request, and what time does.
 
-The rules, in one place (the I/O shell only moves frames and calls these methods with ``now``):
+The rules, in one place; they hold per service (each worker offers one service, ``b""`` by
+default, and each request names one):
 
 1. A worker announces itself *ready* with some credits: how many requests it takes at once. A
    request dispatched to it uses one credit; its reply gives the credit back.
-2. A request goes to the least-recently-used live worker with a free credit.
-3. With no free credit anywhere, a request waits in a FIFO queue. Past ``queue_limit`` queued
-   requests, a new one is refused at once as ``BUSY``; one that waited ``queue_timeout`` seconds
-   is refused as ``NO_WORKERS`` if no worker is live, else as ``BUSY``.
+2. A request goes to the least-recently-used live worker of its service with a free credit.
+3. With no free credit, a request waits in its service's FIFO queue. Past ``queue_limit``
+   requests queued in all services together, a new one is refused at once as ``BUSY``; one
+   that waited ``queue_timeout`` seconds is refused as ``NO_WORKERS`` if its service has no
+   live worker, else as ``BUSY``.
 4. A request may carry a deadline. Expired while queued, or while in flight, it is refused as
    ``DEADLINE``; a reply that comes after that is dropped and counted (it still returns the
    worker's credit).
 5. Any traffic from a worker proves it alive. One silent for ``liveness`` heartbeat intervals is
    dead (a *patient* worker, one that cannot heartbeat while it works, only when it holds no
-   request still waiting for its reply): it is forgotten, and each request it held is either
-   refused as ``WORKER_DIED`` (at most once, the default) or, for requests that allow it,
-   queued again at the front, marked as a redelivery, while its retry budget lasts (at least
-   once).
+   request still waiting for its reply; after a deadline ended one it holds, its silence counts
+   from then): it is forgotten, and each request it held is either refused as ``WORKER_DIED``
+   (at most once, the default) or, for requests that allow it, queued again ahead of new ones,
+   marked as a redelivery, while its retry budget lasts (at least once). A request a part of
+   whose streamed reply reached the client is never sent again.
 6. The broker sends a worker a heartbeat when it has sent it nothing for one interval.
 7. A worker that leaves gracefully takes no new requests; those it holds are treated as in
    rule 5 only if it goes before answering them.
 
 Every request ends exactly once: in one reply, or in one refusal.
+
+The scheduler writes what is to be sent straight into its two outboxes, encoded by the
+client's codec (:mod:`zmqrelay._core.frontend`) and the worker's
+(:mod:`zmqrelay._core.dialects`); :class:`~zmqrelay._core.balancer.Balancer` reads the sockets'
+messages into it and hands the outboxes to the socket loop.
 """
 
 from __future__ import annotations
 
-import enum
 import heapq
-from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-WorkerId = bytes
+from zmqrelay._core import frontend
+from zmqrelay._core.dialects import Dialect
+from zmqrelay._core.refusal import Refusal
+from zmqrelay._core.request import Request
+from zmqrelay._core.tag import Status
 
-
-class Refusal(enum.Enum):
-    """Why a request ended without a reply."""
-
-    BUSY = "busy"
-    """The queue was full, or the request waited too long for a free worker."""
-    NO_WORKERS = "no workers"
-    """No live worker could take the request in time."""
-    DEADLINE = "deadline"
-    """The request's deadline passed."""
-    WORKER_DIED = "worker died"
-    """The worker holding the request died, and the request may not be sent again."""
-
-
-@dataclass(slots=True)
-class Request:
-    """A request as the scheduler tracks it; ``envelope`` and ``body`` are opaque to it."""
-
-    envelope: list[bytes]
-    body: list[bytes]
-    received_at: float
-    deadline: float | None = None
-    retries_left: int = 0
-    redelivery: bool = False
-    ended: bool = False
-    enqueued_at: float = -1.0
-    """When it last joined the queue (the queue timeout counts from then)."""
-    service: bytes = b""
-    dialect: str = "plain"
-    """How the client spoke (kept for the shell, which answers in kind)."""
-    parts: list[bytes] | None = None
-    """Parts of a streamed reply held back for a client that takes one reply (the shell's)."""
-    held_bytes: int = 0
-    broken: str = ""
-    """Why the rest of a streamed reply cannot reach the client whole (the shell's)."""
-
-    def __post_init__(self) -> None:
-        if self.enqueued_at < 0:
-            self.enqueued_at = self.received_at
-
-
-class Dispatch(NamedTuple):
-    """Send ``request`` to ``worker``; its reply will name ``token``."""
-
-    worker: WorkerId
-    token: int
-    request: Request
-
-
-class Deliver(NamedTuple):
-    """Send ``body`` to the client that sent ``request``, with the worker's ``status``.
-
-    A ``partial`` delivery is one part of a streamed reply: the request goes on.
-    """
-
-    request: Request
-    body: list[bytes]
-    status: int = 0
-    partial: bool = False
-
-
-class Refuse(NamedTuple):
-    """Tell the client that sent ``request`` why it ended without a reply."""
-
-    request: Request
-    reason: Refusal
-
-
-class Heartbeat(NamedTuple):
-    """Send ``worker`` a heartbeat."""
-
-    worker: WorkerId
-
-
-class Forget(NamedTuple):
-    """``worker`` is dead or gone: the shell may tell it so (DISCONNECT) and forget it."""
-
-    worker: WorkerId
-
-
-Action = Dispatch | Deliver | Refuse | Heartbeat | Forget
+ToClient = tuple[list[bytes], Request | None]
+"""A message for the frontend ROUTER, and the request when it is one part of a stream."""
+ToWorker = tuple[list[bytes], bytes | None]
+"""A message for the backend ROUTER (its first frame names the worker), and the token of the
+request it dispatches, if it does."""
 
 
 class SchedulerStatistics(NamedTuple):
-    """A snapshot of the scheduler's state and counters."""
+    """A snapshot of the load balancer's state and counters."""
 
     workers: int
     free_credits: int
@@ -137,29 +71,49 @@ class SchedulerStatistics(NamedTuple):
     """Requests the broker answered itself (service discovery, ``mmi.*``)."""
 
 
-@dataclass(slots=True)
-class _Worker:
+@dataclass(slots=True, eq=False)
+class Worker:
+    """A registered worker."""
+
+    id: bytes
+    dialect: Dialect
+    service: Service
     credits: int
     last_heard: float
     last_sent: float
-    heartbeats: bool = True
-    patient: bool = False  # silent while it works (Majordomo workers): judged only when idle
-    grace_from: float = 0.0  # for a patient worker: when the last request it holds ended
-    held: set[int] = field(default_factory=set)
+    patient: bool
+    held: dict[bytes, Request] = field(default_factory=dict)
+    """Requests sent to it and not answered, by token (some perhaps ended by a deadline)."""
+    grace_from: float = 0.0
+    """For a patient worker: when a deadline last ended a request it holds."""
     leaving: bool = False
-    full: bool = False  # its socket queue took no more: no requests until it is heard from
+    full: bool = False
+    """Its socket queue took no more: it gets no request until it is heard from."""
+    check_at: float = 0.0
+    """When its liveness and heartbeat are next looked at."""
 
 
-@dataclass(slots=True)
-class _InFlight:
-    worker: WorkerId
-    request: Request
-    sent_at: float
-    ended: bool = False  # refused (deadline) while the worker still holds it
+@dataclass(slots=True, eq=False)
+class Service:
+    """The workers of one service and the requests waiting for them."""
+
+    name: bytes
+    workers: dict[bytes, Worker] = field(default_factory=dict)
+    free: dict[bytes, Worker] = field(default_factory=dict)
+    """Workers with a free credit, least recently used first."""
+    queue: deque[Request] = field(default_factory=deque)
+    again: deque[Request] = field(default_factory=deque)
+    """Requests going again (their worker died, or could not take them): before new ones."""
+    queued: int = 0
+    """Requests in the two queues still waiting (the queues may hold some that ended)."""
+
+
+# Kinds of timer, in the heap as (when, sequence, kind, what).
+_CHECK, _DEADLINE, _QUEUED = 0, 1, 2
 
 
 class Scheduler:
-    """The load balancer's state; every method takes the current time and returns actions."""
+    """Workers, services, requests in flight and timers; every method takes the time."""
 
     def __init__(
         self,
@@ -175,24 +129,20 @@ class Scheduler:
         if queue_limit < 0 or queue_timeout < 0:
             raise ValueError("queue_limit and queue_timeout cannot be negative")
         self.heartbeat_interval = heartbeat_interval
-        self.liveness = liveness
+        self.silence = heartbeat_interval * liveness
         self.queue_limit = queue_limit
         self.queue_timeout = queue_timeout
-        self._workers: dict[WorkerId, _Worker] = {}
-        # Workers with a free credit, least recently used first.
-        self._free: OrderedDict[WorkerId, None] = OrderedDict()
-        self._queue: deque[Request] = deque()
-        # Requests that go again (their worker died, or they could not be sent) wait here, and
-        # are dispatched before new ones. Each deque is in the order requests joined it, so its
-        # first request is the next to time out.
-        self._again: deque[Request] = deque()
-        self._in_flight: dict[int, _InFlight] = {}
-        # Pass a random first token: a reply a worker sends late, for a request of the
-        # broker's previous life, then names no request of this one.
-        self._next_token = first_token
-        # (deadline, sequence, request) of requests with a deadline, ended ones skipped lazily.
-        self._deadlines: list[tuple[float, int, Request]] = []
+        self.to_clients: list[ToClient] = []
+        self.to_workers: list[ToWorker] = []
+        self.workers: dict[bytes, Worker] = {}
+        self.services: dict[bytes, Service] = {}
+        self.in_flight: dict[bytes, Request] = {}
+        self.queued = 0
+        self._next_token = first_token % (1 << 64)
+        self._timers: list[tuple[float, int, int, Worker | Request]] = []
         self._sequence = 0
+        self.requests_forwarded = 0
+        self.replies_forwarded = 0
         self._delivered = 0
         self._refused = 0
         self._redelivered = 0
@@ -203,376 +153,424 @@ class Scheduler:
     # -- workers ---------------------------------------------------------------------------
 
     def ready(
-        self,
-        worker: WorkerId,
-        credits: int,
-        now: float,
-        *,
-        heartbeats: bool = True,
-        patient: bool = False,
-    ) -> list[Action]:
-        """``worker`` announces itself with ``credits`` (again: its credits are reset).
+        self, worker_id: bytes, dialect: Dialect, service_name: bytes, credits: int, now: float
+    ) -> None:
+        """A worker offers a service with ``credits``; saying so again resets its credits.
 
-        A worker without ``heartbeats`` (the guide's REQ workers) is never declared dead for
-        its silence, and is sent no heartbeats. A ``patient`` one is judged by its silence
-        only while it holds no request still waiting for a reply (Majordomo workers send
-        nothing while their handler runs).
+        A worker that registers for another service leaves its old one first (what it held
+        there ends, or goes again, as when a worker dies), without being told DISCONNECT.
         """
-        if credits < 1:
-            raise ValueError("a ready worker needs at least one credit")
-        known = self._workers.get(worker)
-        if known is None:
-            self._workers[worker] = _Worker(credits, now, now, heartbeats, patient)
+        worker = self.workers.get(worker_id)
+        if worker is not None and worker.service.name != service_name:
+            self._forget(worker, now, tell=False)
+            worker = None
+        if worker is None:
+            service = self._service(service_name)
+            worker = Worker(worker_id, dialect, service, credits, now, now, dialect.patient)
+            self.workers[worker_id] = worker
+            service.workers[worker_id] = worker
+            self._schedule(worker)
         else:
-            known.credits = max(0, credits - len(known.held))
-            known.last_heard = now
-            known.leaving = False
+            service = worker.service
+            worker.credits = max(0, credits - len(worker.held))
+            worker.last_heard = now
+            worker.leaving = worker.full = False
         self._update_free(worker)
-        return list(self._dispatch_queued(now))
+        self._dispatch_queued(service, now)
 
-    def heard_from(self, worker: WorkerId, now: float) -> None:
+    def heard_from(self, worker: Worker, now: float) -> None:
         """Any message from ``worker`` proves it alive (and able to take requests again)."""
-        known = self._workers.get(worker)
-        if known is not None:
-            known.last_heard = now
-            if known.full:
-                known.full = False
-                self._update_free(worker)
+        worker.last_heard = now
+        if worker.full:
+            worker.full = False
+            self._update_free(worker)
 
-    def heartbeat(self, worker: WorkerId, now: float) -> None:
+    def heartbeat(self, worker: Worker, now: float) -> None:
         """``worker`` sent a heartbeat, so it is alive.
 
         A patient worker that heartbeats while it works on a request is not patient after
         all: from then on its silence counts, busy or not. "While it works" means at least an
         interval after the request was sent: a heartbeat sent just before the worker saw the
-        request (the guide's worker sends one right after a reply) proves nothing.
+        request (the guide's Majordomo worker sends one right after a reply) proves nothing.
         """
         self.heard_from(worker, now)
-        known = self._workers.get(worker)
-        if known is None or not known.patient:
-            return
-        in_flight, interval = self._in_flight, self.heartbeat_interval
-        for token in known.held:
-            entry = in_flight[token]
-            if not entry.ended and now - entry.sent_at >= interval:
-                known.patient = False
-                return
+        if worker.patient:
+            interval = self.heartbeat_interval
+            for request in worker.held.values():
+                if not request.ended and now - request.sent_at >= interval:
+                    worker.patient = False
+                    return
 
-    def holds(self, worker: WorkerId, token: int) -> bool:
-        """Whether ``worker`` is still to be sent, or to answer, request ``token``."""
-        entry = self._in_flight.get(token)
-        return entry is not None and entry.worker == worker and not entry.ended
+    def leave(self, worker: Worker, now: float) -> None:
+        """``worker`` takes no new requests; it keeps those it holds until it answers them."""
+        worker.leaving = True
+        worker.credits = 0
+        worker.service.free.pop(worker.id, None)
+        if not worker.held:
+            self._forget(worker, now)
 
-    def full(self, worker: WorkerId, token: int, now: float) -> list[Action]:
-        """``worker``'s queue could not take request ``token``: it goes to another worker.
+    def gone(self, worker: Worker, now: float, *, tell: bool = True) -> None:
+        """``worker`` is gone: its requests end or go to another worker of its service.
+
+        With ``tell``, it is sent DISCONNECT, in a dialect that has it.
+        """
+        self._forget(worker, now, tell=tell)
+
+    def full(self, worker_id: bytes, token: bytes, now: float) -> None:
+        """A worker's queue could not take request ``token``: it goes to another worker.
 
         The worker keeps its place and its credit, but gets no request until it is heard from.
         """
-        entry = self._in_flight.pop(token, None)
-        known = self._workers.get(worker)
-        if known is not None:
-            known.held.discard(token)
-            known.credits += 1
-            known.full = True
-            self._free.pop(worker, None)
-        if entry is not None and not entry.ended:
-            entry.request.enqueued_at = now
-            self._again.append(entry.request)
-        return list(self._dispatch_queued(now))
+        request = self.in_flight.pop(token, None)
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.held.pop(token, None)
+            worker.credits += 1
+            worker.full = True
+            worker.service.free.pop(worker_id, None)
+        if request is not None and not request.ended:
+            self._requeue(request, now)
+            self._dispatch_queued(self.services[request.service], now)
 
-    def is_known(self, worker: WorkerId) -> bool:
-        """Whether ``worker`` is a live worker the scheduler counts on."""
-        return worker in self._workers
+    def unsent(self, worker_id: bytes, token: bytes, now: float) -> None:
+        """Request ``token`` could not be sent to a worker gone unseen.
 
-    def reply(
-        self, worker: WorkerId, token: int, body: list[bytes], now: float, *, status: int = 0
-    ) -> list[Action]:
-        """``worker`` answered the request it got as ``token`` (``status`` passes through)."""
-        self.heard_from(worker, now)
-        entry = self._in_flight.get(token)
-        if entry is None or entry.worker != worker:
-            self._unknown += 1
-            return []
-        del self._in_flight[token]
-        actions: list[Action] = []
-        if entry.ended:
-            self._late += 1
-        else:
-            self._delivered += 1
-            entry.request.ended = True
-            actions.append(Deliver(entry.request, body, status))
-        known = self._workers.get(worker)
-        if known is not None:
-            known.held.discard(token)
-            if not known.leaving:
-                known.credits += 1
-                self._update_free(worker)
-            elif not known.held:  # it was leaving, and this was its last request
-                actions.extend(self._forget(worker, now))
-        actions.extend(self._dispatch_queued(now))
-        return actions
-
-    def partial(self, worker: WorkerId, token: int, body: list[bytes], now: float) -> list[Action]:
-        """``worker`` sent one part of a streamed reply to the request it got as ``token``.
-
-        The request stays with the worker. Once a part came, sending the request again could
-        repeat parts: if its worker dies now, the request ends as ``WORKER_DIED`` (even for a
-        client whose parts the broker still holds back, to join them into one reply).
+        The request never left the broker: it goes back to its queue as it was (no
+        redelivery is used), and the worker is forgotten.
         """
-        self.heard_from(worker, now)
-        entry = self._in_flight.get(token)
-        if entry is None or entry.worker != worker:
-            self._unknown += 1
-            return []
-        if entry.ended:
-            self._late += 1
-            return []
-        entry.request.retries_left = 0
-        return [Deliver(entry.request, body, 0, partial=True)]
-
-    @property
-    def queued(self) -> int:
-        """Requests waiting for a worker."""
-        return len(self._queue) + len(self._again)
-
-    def has_free_worker(self) -> bool:
-        """Whether a request would be dispatched at once."""
-        return bool(self._free)
-
-    def offers(self) -> bool:
-        """Whether a live worker that is not leaving serves here (what ``mmi.service`` says)."""
-        return any(not known.leaving for known in self._workers.values())
-
-    def idle(self) -> bool:
-        """Whether this scheduler holds nothing: no worker, no request."""
-        return not (self._workers or self._queue or self._again or self._in_flight)
-
-    def leave(self, worker: WorkerId, now: float) -> list[Action]:
-        """``worker`` takes no new requests; it keeps those it holds until it answers them."""
-        known = self._workers.get(worker)
-        if known is None:
-            return []
-        known.leaving = True
-        known.credits = 0
-        self._free.pop(worker, None)
-        if not known.held:
-            return self._forget(worker, now)
-        return []
-
-    def unsent(self, worker: WorkerId, token: int, now: float) -> list[Action]:
-        """The request dispatched as ``token`` could not be sent to ``worker``, which is gone.
-
-        The request never left the broker: it goes back to the front of the queue as it was
-        (no redelivery is used), and the worker is forgotten.
-        """
-        entry = self._in_flight.pop(token, None)
-        known = self._workers.get(worker)
-        if known is not None:
-            known.held.discard(token)
-        if entry is not None and not entry.ended:
-            entry.request.enqueued_at = now
-            self._again.append(entry.request)
-        return self.gone(worker, now)
-
-    def gone(self, worker: WorkerId, now: float) -> list[Action]:
-        """``worker`` is gone (disconnected, or dead): its requests end or are queued again."""
-        if worker not in self._workers:
-            return []
-        return self._forget(worker, now)
+        request = self.in_flight.pop(token, None)
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.held.pop(token, None)
+        if request is not None and not request.ended:
+            self._requeue(request, now)
+        if worker is not None:
+            self._forget(worker, now)
+        elif request is not None:
+            self._dispatch_queued(self.services[request.service], now)
 
     # -- requests --------------------------------------------------------------------------
 
-    def request(
-        self,
-        envelope: list[bytes],
-        body: list[bytes],
-        now: float,
-        *,
-        deadline: float | None = None,
-        retries: int = 0,
-        service: bytes = b"",
-        dialect: str = "plain",
-    ) -> list[Action]:
-        """A client asks; ``retries`` > 0 lets the request be sent again if its worker dies."""
-        request = Request(envelope, body, now, deadline, retries, service=service, dialect=dialect)
+    def request(self, request: Request, now: float) -> None:
+        """A client asks."""
+        deadline = request.deadline
         if deadline is not None:
             if deadline <= now:
-                return [self._refuse(request, Refusal.DEADLINE)]
-            self._sequence += 1
-            deadlines = self._deadlines
-            pending = len(self._in_flight) + len(self._queue) + len(self._again)
-            if len(deadlines) > 2 * pending + 1024:
-                # Answered requests leave their entries behind: drop them now and then, so
-                # the heap (and the bodies it holds) stays the size of what is pending.
-                deadlines[:] = [entry for entry in deadlines if not entry[2].ended]
-                heapq.heapify(deadlines)
-            heapq.heappush(deadlines, (deadline, self._sequence, request))
-        if self._free:
-            return [self._dispatch(request, now)]
-        if len(self._queue) + len(self._again) >= self.queue_limit:
-            return [self._refuse(request, Refusal.BUSY)]
-        self._queue.append(request)
-        return []
+                self._refuse(request, Refusal.DEADLINE)
+                return
+            self._timer(deadline, _DEADLINE, request)
+        service = self.services.get(request.service)
+        if service is not None and service.free:
+            self._dispatch(service, request, now)
+        elif self.queued >= self.queue_limit:
+            self._refuse(request, Refusal.BUSY)
+        else:
+            if service is None:
+                service = self._service(request.service)
+            request.queued = True
+            service.queue.append(request)
+            service.queued += 1
+            self.queued += 1
+            self._timer(now + self.queue_timeout, _QUEUED, request)
+
+    def reply(
+        self,
+        worker: Worker,
+        token: bytes,
+        status: Status,
+        body: list[bytes],
+        partial: bool,
+        now: float,
+    ) -> None:
+        """``worker`` answered the request it got as ``token`` (or sent one ``partial`` part)."""
+        worker.last_heard = now
+        if worker.full:
+            self.heard_from(worker, now)
+        request = self.in_flight.get(token)
+        if request is None or request.worker != worker.id:
+            self._unknown += 1
+            return
+        if partial:
+            if request.ended:
+                self._late += 1
+            else:
+                # Sending it again could repeat parts: if its worker dies now, it ends.
+                request.retries = 0
+                self._deliver(request, status, body, partial=True)
+            return
+        del self.in_flight[token]
+        del worker.held[token]
+        if request.ended:
+            self._late += 1
+        else:
+            self._delivered += 1
+            request.ended = True
+            self._deliver(request, status, body)
+        if not worker.leaving:
+            worker.credits += 1
+            service = worker.service
+            if worker.credits == 1 and not worker.full:
+                service.free[worker.id] = worker  # newly free: the most recently used end
+            if service.queued:
+                self._dispatch_queued(service, now)
+        elif not worker.held:  # it was leaving, and this was its last request
+            self._forget(worker, now)
 
     # -- time ------------------------------------------------------------------------------
 
-    def tick(self, now: float) -> list[Action]:
+    def tick(self, now: float) -> None:
         """Let time pass: dead workers, expired requests, heartbeats due."""
-        actions: list[Action] = []
-        silence = self.heartbeat_interval * self.liveness
-        silent = [
-            worker_id
-            for worker_id, known in self._workers.items()
-            if known.heartbeats
-            and now - self._quiet_since(known) >= silence
-            and self._judged(known)
-        ]
-        for worker_id in silent:  # all of them first: none may get another's requests
-            self._dead += 1
-            actions.extend(self._forget(worker_id, now, dispatch=False))
-        actions.extend(self._dispatch_queued(now))
-        actions.extend(self._expire_queued(now))
-        for entry in self._in_flight.values():
-            deadline = entry.request.deadline
-            if not entry.ended and deadline is not None and deadline <= now:
-                entry.ended = True
-                actions.append(self._refuse(entry.request, Refusal.DEADLINE))
-                known = self._workers.get(entry.worker)
-                if known is not None and known.patient:
-                    # It may still be at work: its silence counts from now, giving its late
-                    # reply time to come before it is judged dead.
-                    known.grace_from = now
-        for worker_id, known in self._workers.items():
-            if known.heartbeats and now - known.last_sent >= self.heartbeat_interval:
-                known.last_sent = now
-                actions.append(Heartbeat(worker_id))
-        return actions
+        timers = self._timers
+        checked: dict[Worker, None] = {}
+        expired: list[tuple[int, Request]] = []
+        while timers and timers[0][0] <= now:
+            when, _, kind, what = heapq.heappop(timers)
+            if not self._live(when, kind, what):
+                continue
+            if isinstance(what, Worker):
+                what.check_at = -1.0  # its timer went off: it has none until rescheduled
+                checked[what] = None
+            else:
+                expired.append((kind, what))
+        silence = self.silence
+        alive: list[Worker] = []
+        touched: set[Service] = set()
+        for worker in checked:
+            if self._judged(worker) and now - self._quiet_since(worker) >= silence:
+                touched.add(worker.service)
+                self._dead += 1
+                self._forget(worker, now, dispatch=False)  # all first: none gets another's
+            else:
+                alive.append(worker)
+        for service in touched:
+            self._dispatch_queued(service, now)
+        for kind, request in expired:
+            self._expire(kind, request, now)
+        for worker in alive:
+            if self.workers.get(worker.id) is worker:
+                if now - worker.last_sent >= self.heartbeat_interval:
+                    message = worker.dialect.command(worker.id, "heartbeat")
+                    if message is not None:
+                        worker.last_sent = now
+                        self.to_workers.append((message, None))
+                self._schedule(worker)
 
     def next_wakeup(self) -> float | None:
         """When :meth:`tick` has something to do next, if ever."""
-        times: list[float] = []
-        silence = self.heartbeat_interval * self.liveness
-        for known in self._workers.values():
-            if known.heartbeats:
-                if self._judged(known):  # else a deadline of what it holds comes first
-                    times.append(self._quiet_since(known) + silence)
-                times.append(known.last_sent + self.heartbeat_interval)
-        times.extend(
-            waiting[0].enqueued_at + self.queue_timeout
-            for waiting in (self._again, self._queue)
-            if waiting
+        timers = self._timers
+        while timers:
+            when, _, kind, what = timers[0]
+            if self._live(when, kind, what):
+                return when
+            heapq.heappop(timers)
+        return None
+
+    # -- what it knows ---------------------------------------------------------------------
+
+    def offers(self, service_name: bytes) -> bool:
+        """Whether a live worker that is not leaving offers ``service_name``."""
+        service = self.services.get(service_name)
+        return service is not None and any(
+            not worker.leaving for worker in service.workers.values()
         )
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][2].ended:
-            heapq.heappop(deadlines)
-        if deadlines:
-            times.append(deadlines[0][0])
-        return min(times, default=None)
 
-    def sent_to(self, worker: WorkerId, now: float) -> None:
-        """Something was sent to ``worker`` (counts as a heartbeat)."""
-        known = self._workers.get(worker)
-        if known is not None:
-            known.last_sent = now
+    @property
+    def pending(self) -> int:
+        """Requests queued or in flight, whose client still waits."""
+        return self.queued + sum(not request.ended for request in self.in_flight.values())
 
-    def statistics(self) -> SchedulerStatistics:
+    def statistics(self, mmi_requests: int = 0) -> SchedulerStatistics:
         """A snapshot."""
         return SchedulerStatistics(
-            workers=len(self._workers),
-            free_credits=sum(known.credits for known in self._workers.values()),
-            queued=len(self._queue) + len(self._again),
-            in_flight=sum(not entry.ended for entry in self._in_flight.values()),
+            workers=len(self.workers),
+            free_credits=sum(worker.credits for worker in self.workers.values()),
+            queued=self.queued,
+            in_flight=sum(not request.ended for request in self.in_flight.values()),
             delivered=self._delivered,
             refused=self._refused,
             redelivered=self._redelivered,
             late_replies=self._late,
             unknown_replies=self._unknown,
             dead_workers=self._dead,
+            services=len(self.services),
+            mmi_requests=mmi_requests,
         )
+
+    def reply_unknown(self) -> None:
+        """A reply came from a worker that is not registered: it is dropped and counted."""
+        self._unknown += 1
 
     # -- internals -------------------------------------------------------------------------
 
-    @staticmethod
-    def _quiet_since(known: _Worker) -> float:
-        return max(known.last_heard, known.grace_from)
+    def _service(self, name: bytes) -> Service:
+        service = self.services.get(name)
+        if service is None:
+            service = self.services[name] = Service(name)
+        return service
 
-    def _judged(self, known: _Worker) -> bool:
-        """Whether ``known``'s silence counts now."""
-        if not known.patient:
-            return True
-        in_flight = self._in_flight
-        return all(in_flight[token].ended for token in known.held)
+    def _retire_if_idle(self, service: Service) -> None:
+        # A service that holds neither workers nor requests is dropped: requests naming ever
+        # new services leave nothing behind once they end.
+        if service.workers or service.queued:
+            return
+        if self.services.get(service.name) is service:
+            del self.services[service.name]
 
-    def _update_free(self, worker: WorkerId) -> None:
-        known = self._workers[worker]
-        if known.credits > 0 and not known.leaving and not known.full:
-            if worker not in self._free:
-                self._free[worker] = None  # newly free: the most recently used end
+    def _update_free(self, worker: Worker) -> None:
+        free = worker.service.free
+        if worker.credits > 0 and not worker.leaving and not worker.full:
+            if worker.id not in free:
+                free[worker.id] = worker
         else:
-            self._free.pop(worker, None)
+            free.pop(worker.id, None)
 
-    def _dispatch(self, request: Request, now: float) -> Dispatch:
-        worker_id = next(iter(self._free))  # the least recently used
-        known = self._workers[worker_id]
-        known.credits -= 1
-        self._free.move_to_end(worker_id)
-        if known.credits == 0:
-            del self._free[worker_id]
-        token = self._next_token
-        self._next_token = (token + 1) % (1 << 64)
-        known.held.add(token)
-        known.last_sent = now
-        self._in_flight[token] = _InFlight(worker_id, request, now)
-        return Dispatch(worker_id, token, request)
+    def _dispatch(self, service: Service, request: Request, now: float) -> None:
+        free = service.free
+        worker = next(iter(free.values()))  # the least recently used
+        worker_id = worker.id
+        del free[worker_id]
+        worker.credits -= 1
+        if worker.credits:
+            free[worker_id] = worker  # the most recently used end
+        token = self._next_token.to_bytes(8, "big")
+        self._next_token = (self._next_token + 1) & 0xFFFF_FFFF_FFFF_FFFF
+        request.worker, request.token, request.sent_at = worker_id, token, now
+        worker.held[token] = request
+        worker.last_sent = now
+        self.in_flight[token] = request
+        self.requests_forwarded += 1
+        self.to_workers.append((worker.dialect.request(worker_id, request, now), token))
 
-    def _dispatch_queued(self, now: float) -> Iterator[Action]:
-        for waiting in (self._again, self._queue):
-            while waiting and self._free:
+    def _dispatch_queued(self, service: Service, now: float) -> None:
+        for waiting in (service.again, service.queue):
+            while waiting and service.free:
                 request = waiting.popleft()
+                if not request.queued:
+                    continue  # it ended while it waited
+                request.queued = False
+                service.queued -= 1
+                self.queued -= 1
                 if request.deadline is not None and request.deadline <= now:
-                    yield self._refuse(request, Refusal.DEADLINE)
+                    self._refuse(request, Refusal.DEADLINE)
                 else:
-                    yield self._dispatch(request, now)
+                    self._dispatch(service, request, now)
+        self._retire_if_idle(service)
 
-    def _expire_queued(self, now: float) -> Iterator[Action]:
-        for waiting in (self._again, self._queue):
-            kept: deque[Request] = deque()
-            for request in waiting:
-                if request.deadline is not None and request.deadline <= now:
-                    yield self._refuse(request, Refusal.DEADLINE)
-                elif now - request.enqueued_at >= self.queue_timeout:
-                    reason = Refusal.BUSY if self._workers else Refusal.NO_WORKERS
-                    yield self._refuse(request, reason)
-                else:
-                    kept.append(request)
-            waiting.clear()
-            waiting.extend(kept)
+    def _requeue(self, request: Request, now: float) -> None:
+        """``request`` goes again, ahead of new ones."""
+        service = self._service(request.service)
+        request.worker = None
+        request.queued = True
+        request.enqueued_at = now
+        service.again.append(request)
+        service.queued += 1
+        self.queued += 1
+        self._timer(now + self.queue_timeout, _QUEUED, request)
 
-    def _forget(self, worker: WorkerId, now: float, *, dispatch: bool = True) -> list[Action]:
-        known = self._workers.pop(worker)
-        self._free.pop(worker, None)
-        actions: list[Action] = [Forget(worker)]
-        again: list[Request] = []
-        for token in sorted(known.held):
-            entry = self._in_flight.pop(token)
-            if entry.ended:
-                continue
-            request = entry.request
-            if request.retries_left > 0:
-                request.retries_left -= 1
-                request.redelivery = True
-                self._redelivered += 1
-                again.append(request)
-            else:
-                actions.append(self._refuse(request, Refusal.WORKER_DIED))
-        for request in again:
-            request.enqueued_at = now
-        self._again.extend(again)
-        if dispatch:
-            actions.extend(self._dispatch_queued(now))
-        return actions
+    def _deliver(
+        self, request: Request, status: Status, body: list[bytes], *, partial: bool = False
+    ) -> None:
+        frames = frontend.reply(request, status, body, partial=partial)
+        if frames is not None:
+            self.replies_forwarded += 1
+            self.to_clients.append((frames, request if partial else None))
 
-    def _refuse(self, request: Request, reason: Refusal) -> Refuse:
+    def _refuse(self, request: Request, reason: Refusal) -> None:
         self._refused += 1
         request.ended = True
-        return Refuse(request, reason)
+        self.to_clients.append((frontend.refusal(request, reason), None))
+
+    def _expire(self, kind: int, request: Request, now: float) -> None:
+        if request.queued:
+            request.queued = False
+            service = self.services[request.service]
+            service.queued -= 1
+            self.queued -= 1
+            if kind == _DEADLINE:
+                self._refuse(request, Refusal.DEADLINE)
+            else:
+                self._refuse(request, Refusal.BUSY if service.workers else Refusal.NO_WORKERS)
+            self._retire_if_idle(service)
+            return
+        # In flight: it ends, but its worker still holds it (and its reply will be late).
+        self._refuse(request, Refusal.DEADLINE)
+        worker = self.workers.get(request.worker or b"")
+        if worker is not None and worker.patient:
+            # It may still be at work: its silence counts from now, giving its late reply
+            # time to come before it is judged dead.
+            worker.grace_from = now
+            self._schedule(worker)
+
+    def _forget(
+        self, worker: Worker, now: float, *, tell: bool = True, dispatch: bool = True
+    ) -> None:
+        worker_id, service = worker.id, worker.service
+        if self.workers.get(worker_id) is not worker:
+            return
+        del self.workers[worker_id]
+        del service.workers[worker_id]
+        service.free.pop(worker_id, None)
+        outbox = self.to_workers
+        if outbox:  # nothing queued for it goes out but its DISCONNECT
+            outbox[:] = [entry for entry in outbox if entry[0][0] != worker_id]
+        for token in sorted(worker.held):
+            request = self.in_flight.pop(token)
+            if request.ended:
+                continue
+            if request.retries > 0:
+                request.retries -= 1
+                request.redelivery = True
+                self._redelivered += 1
+                self._requeue(request, now)
+            else:
+                self._refuse(request, Refusal.WORKER_DIED)
+        worker.held.clear()
+        if tell:
+            message = worker.dialect.command(worker_id, "disconnect")
+            if message is not None:
+                self.to_workers.append((message, None))
+        if dispatch:
+            self._dispatch_queued(service, now)
+        else:
+            self._retire_if_idle(service)
+
+    @staticmethod
+    def _quiet_since(worker: Worker) -> float:
+        return max(worker.last_heard, worker.grace_from)
+
+    @staticmethod
+    def _judged(worker: Worker) -> bool:
+        """Whether ``worker``'s silence counts now."""
+        return not worker.patient or all(request.ended for request in worker.held.values())
+
+    def _schedule(self, worker: Worker) -> None:
+        """Set when ``worker`` is next looked at (never, for one without heartbeats)."""
+        if not worker.dialect.heartbeats:
+            return
+        when = worker.last_sent + self.heartbeat_interval
+        if self._judged(worker):
+            when = min(when, self._quiet_since(worker) + self.silence)
+        if when == worker.check_at:
+            return  # its timer is set for then already
+        worker.check_at = when
+        self._timer(when, _CHECK, worker)
+
+    def _timer(self, when: float, kind: int, what: Worker | Request) -> None:
+        timers = self._timers
+        if len(timers) > 2 * (len(self.in_flight) + self.queued + len(self.workers)) + 1024:
+            # Answered requests leave their deadlines behind: drop them now and then, so the
+            # heap (and the bodies it holds) stays the size of what is pending.
+            timers[:] = [entry for entry in timers if self._live(entry[0], entry[2], entry[3])]
+            heapq.heapify(timers)
+        self._sequence += 1
+        heapq.heappush(timers, (when, self._sequence, kind, what))
+
+    def _live(self, when: float, kind: int, what: Worker | Request) -> bool:
+        """Whether a timer still means something."""
+        if kind == _CHECK:
+            assert isinstance(what, Worker)
+            return what.check_at == when and self.workers.get(what.id) is what
+        assert isinstance(what, Request)
+        if kind == _DEADLINE:
+            return not what.ended
+        return what.queued and what.enqueued_at + self.queue_timeout == when

@@ -1,0 +1,267 @@
+r"""The workers' side of a load-balancing broker: each dialect a worker may speak, one class.
+
+==============  ===================================  =========================================
+dialect         worker → broker (after its id)       broker → worker (after its id)
+==============  ===================================  =========================================
+``guide``       ``"", READY`` (one frame, any        ``"", reply-to, "", body...``
+                text) then ``"", reply-to, "",       (one request at a time; no heartbeats)
+                reply...`` (the guide's REQ worker)
+``zmqrelay``    ``"", ZRW1, command, ...``           ``"", ZRW1, command, ...``
+                (:mod:`zmqrelay._core.lbwire`)
+``mdp-0.1``     ``"", MDPW01, command, ...``         the same header (spec 7/MDP)
+``mdp-0.2``     ``MDPW02, command, ...``             the same header (spec 18/MDP)
+``majortomo``   ``"", MDPW02, command, ...``         the same header (majortomo 0.2.0)
+==============  ===================================  =========================================
+
+Each message carries its dialect in its header, so :func:`read` tells it from the message
+itself. A request goes to a worker as an opaque 8-byte *reply-to* token standing for the
+client's whole envelope; the worker answers with it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+from zmqrelay._core import lbwire, mdp
+from zmqrelay._core.request import Request
+from zmqrelay._core.tag import Status
+from zmqrelay.errors import RemoteProtocolError
+
+DialectName = Literal["guide", "zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
+
+DELIMITER = b""
+TOKEN_SIZE = 8
+_MAX_CREDITS = 1_000_000
+_STATUSES = tuple(Status)
+_WORKER_STATUSES = (bytes([Status.OK]), bytes([Status.ERROR]), bytes([Status.PARTIAL]))
+
+
+class Ready(NamedTuple):
+    """The worker takes ``credits`` requests at once, of ``service``."""
+
+    credits: int
+    service: bytes
+
+
+class Reply(NamedTuple):
+    """The worker answered the request it got as ``token`` (one part of it, if ``partial``)."""
+
+    token: bytes
+    status: Status
+    body: list[bytes]
+    partial: bool
+
+
+Command = Literal["heartbeat", "leaving", "disconnect"]
+Event = Ready | Reply | Command
+"""What a worker's message says."""
+
+
+class Dialect:
+    """How one kind of worker speaks; the broker answers each worker in its own dialect."""
+
+    name: DialectName
+    heartbeats = True
+    """Whether it sends and expects heartbeats (else it is never judged by its silence)."""
+    patient = False
+    """Whether it may say nothing while it works (then its silence counts only while idle)."""
+    acknowledged = False
+    """Whether its READY is answered at once (with a heartbeat)."""
+
+    def decode(self, worker: bytes, rest: list[bytes], *, known: bool) -> Event:
+        """What the frames after the header say; ``known``: the worker has registered.
+
+        Raises:
+            RemoteProtocolError: the message breaks the dialect's rules.
+        """
+        raise NotImplementedError
+
+    def request(self, worker: bytes, request: Request, now: float) -> list[bytes]:
+        """The message giving ``request`` (its :attr:`~Request.token` set) to ``worker``."""
+        raise NotImplementedError
+
+    def command(
+        self, worker: bytes, which: Literal["heartbeat", "disconnect"]
+    ) -> list[bytes] | None:
+        """A HEARTBEAT or DISCONNECT for ``worker``, or ``None`` in a dialect without them."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Dialect {self.name}>"
+
+
+def _token(frame: bytes) -> bytes:
+    if len(frame) != TOKEN_SIZE:
+        raise RemoteProtocolError(f"a reply-to frame has {TOKEN_SIZE} bytes, not {len(frame)}")
+    return frame
+
+
+class _Guide(Dialect):
+    name = "guide"
+    heartbeats = False
+
+    def decode(self, worker: bytes, rest: list[bytes], *, known: bool) -> Event:
+        # rest: the frames after [id, ""]
+        if len(rest) == 1:  # READY (again, if it restarted with the same id)
+            return Ready(1, b"")
+        if not known:
+            raise RemoteProtocolError("a new worker must first say READY, in one frame")
+        if len(rest) < 3 or rest[1] != DELIMITER:
+            raise RemoteProtocolError("a guide worker replies [reply-to, empty frame, reply...]")
+        return Reply(_token(rest[0]), Status.OK, rest[2:], False)
+
+    def request(self, worker: bytes, request: Request, now: float) -> list[bytes]:
+        return [worker, DELIMITER, request.token, DELIMITER, *request.body]
+
+
+class _Zmqrelay(Dialect):
+    name = "zmqrelay"
+    acknowledged = True
+    _header = (DELIMITER, lbwire.PROTOCOL)
+
+    def decode(self, worker: bytes, rest: list[bytes], *, known: bool) -> Event:
+        if not rest:
+            raise RemoteProtocolError("a ZRW1 message needs a command")
+        command, arguments = rest[0], rest[1:]
+        if command == lbwire.REPLY:
+            if len(arguments) < 3 or arguments[1] not in _WORKER_STATUSES:
+                raise RemoteProtocolError(
+                    "REPLY needs a reply-to, a status (OK, ERROR or PARTIAL) and a body"
+                )
+            status = _STATUSES[arguments[1][0]]
+            if status is Status.PARTIAL:
+                return Reply(_token(arguments[0]), Status.OK, arguments[2:], True)
+            return Reply(_token(arguments[0]), status, arguments[2:], False)
+        if command == lbwire.READY:
+            if len(arguments) not in (1, 2) or not arguments[0].isdigit():
+                raise RemoteProtocolError(
+                    "READY carries the credits (an ASCII integer), a service"
+                )
+            credits = int(arguments[0])
+            if not 1 <= credits <= _MAX_CREDITS:
+                raise RemoteProtocolError(
+                    f"READY credits must be 1 to {_MAX_CREDITS}, not {credits}"
+                )
+            service = arguments[1] if len(arguments) == 2 else b""
+            if mdp.is_mmi(service):
+                raise RemoteProtocolError("workers may not offer mmi.* services")
+            return Ready(credits, service)
+        if arguments:
+            raise RemoteProtocolError(f"command {command!r} takes no frames")
+        if command == lbwire.HEARTBEAT:
+            return "heartbeat"
+        if command == lbwire.LEAVING:
+            return "leaving"
+        if command == lbwire.DISCONNECT:
+            return "disconnect"
+        raise RemoteProtocolError(f"unknown ZRW1 command {command!r}")
+
+    def request(self, worker: bytes, request: Request, now: float) -> list[bytes]:
+        deadline = request.deadline
+        milliseconds = b"" if deadline is None else b"%d" % max(0, round((deadline - now) * 1000))
+        flags = b"\x01" if request.redelivery else b"\x00"
+        return [
+            worker, DELIMITER, lbwire.PROTOCOL, lbwire.REQUEST, request.token, flags,
+            milliseconds, *request.body,
+        ]  # fmt: skip
+
+    def command(
+        self, worker: bytes, which: Literal["heartbeat", "disconnect"]
+    ) -> list[bytes] | None:
+        code = lbwire.HEARTBEAT if which == "heartbeat" else lbwire.DISCONNECT
+        return [worker, DELIMITER, lbwire.PROTOCOL, code]
+
+
+class _Majordomo(Dialect):
+    patient = True
+
+    def __init__(self, name: mdp.Variant) -> None:
+        self.name = name
+        self._header = [DELIMITER, mdp.WORKER_01] if name == "mdp-0.1" else [mdp.WORKER_02]
+        if name == "majortomo":
+            self._header = [DELIMITER, mdp.WORKER_02]
+        self._commands = mdp.COMMANDS[name]
+
+    def decode(self, worker: bytes, rest: list[bytes], *, known: bool) -> Event:
+        if not rest:
+            raise RemoteProtocolError(f"an {self.name} worker message needs a command")
+        commands = self._commands
+        command, arguments = rest[0], rest[1:]
+        if command == commands.final or (
+            commands.partial is not None and command == commands.partial
+        ):
+            if not known:
+                raise RemoteProtocolError("a reply from a worker that has not said READY")
+            if len(arguments) < 3 or arguments[1] != DELIMITER:
+                raise RemoteProtocolError("a reply carries [client, empty frame, body...]")
+            return Reply(_token(arguments[0]), Status.OK, arguments[2:], command != commands.final)
+        if command == commands.ready:
+            if known:
+                raise RemoteProtocolError("a worker may say READY only once")
+            if len(arguments) != 1:
+                raise RemoteProtocolError("READY carries one frame: the service name")
+            if mdp.is_mmi(arguments[0]):
+                raise RemoteProtocolError("workers may not offer mmi.* services")
+            return Ready(1, arguments[0])
+        if command in (commands.heartbeat, commands.disconnect):
+            if arguments:
+                raise RemoteProtocolError(f"command {command!r} takes no frames")
+            return "heartbeat" if command == commands.heartbeat else "disconnect"
+        raise RemoteProtocolError(f"unknown or unexpected {self.name} worker command {command!r}")
+
+    def request(self, worker: bytes, request: Request, now: float) -> list[bytes]:
+        # Majordomo has no room for a deadline or a redelivery mark.
+        return [
+            worker, *self._header, self._commands.request, request.token, DELIMITER,
+            *request.body,
+        ]  # fmt: skip
+
+    def command(
+        self, worker: bytes, which: Literal["heartbeat", "disconnect"]
+    ) -> list[bytes] | None:
+        commands = self._commands
+        code = commands.heartbeat if which == "heartbeat" else commands.disconnect
+        return [worker, *self._header, code]
+
+
+GUIDE: Dialect = _Guide()
+ZMQRELAY: Dialect = _Zmqrelay()
+MDP_01: Dialect = _Majordomo("mdp-0.1")
+MDP_02: Dialect = _Majordomo("mdp-0.2")
+MAJORTOMO: Dialect = _Majordomo("majortomo")
+DIALECTS: dict[DialectName, Dialect] = {
+    dialect.name: dialect for dialect in (GUIDE, ZMQRELAY, MDP_01, MDP_02, MAJORTOMO)
+}
+
+
+class Violation(NamedTuple):
+    """A message that breaks its dialect's rules, and why."""
+
+    reason: str
+
+
+def read(frames: list[bytes], *, known: bool) -> tuple[Dialect | None, Event | Violation]:
+    """Decode a message read from the backend ROUTER (its first frame is the worker's id).
+
+    ``known`` says whether the worker has registered. Never raises: the dialect is ``None``
+    when the message is in none; what breaks a dialect's rules is a :class:`Violation`.
+    """
+    count = len(frames)
+    if count >= 3 and frames[1] == DELIMITER:
+        header, rest = frames[2], frames[3:]
+        if header == lbwire.PROTOCOL:
+            dialect = ZMQRELAY
+        elif header == mdp.WORKER_02:
+            dialect = MAJORTOMO
+        elif header == mdp.WORKER_01:
+            dialect = MDP_01
+        else:
+            dialect, rest = GUIDE, frames[2:]
+    elif count >= 2 and frames[1] == mdp.WORKER_02:
+        dialect, rest = MDP_02, frames[2:]
+    else:
+        return None, Violation("a worker's message starts with its id and an empty frame")
+    try:
+        return dialect, dialect.decode(frames[0], rest, known=known)
+    except RemoteProtocolError as exc:
+        return dialect, Violation(str(exc))
