@@ -15,15 +15,11 @@ from typing import Generic, NamedTuple, TypeVar
 
 from zmqrelay._core import mdp, tag
 from zmqrelay._core.envelope import DELIMITER
+from zmqrelay._core.refusal import BY_ERROR_NAME, BY_STATUS
 from zmqrelay._core.worker import PLAIN_ERROR_PREFIX, check_body, decode_error, encode_error
 from zmqrelay.errors import (
-    BrokerBusy,
-    DeadlineExceeded,
-    NoWorkers,
     RemoteError,
     RemoteProtocolError,
-    RequestRefused,
-    WorkerDied,
     ZmqRelayError,
 )
 
@@ -75,23 +71,8 @@ class Reply:
             type_name, message = decode_error(self.body)
             raise RemoteError(type_name, message)
         detail = self.body[0].decode("utf-8", "replace") if self.body else ""
-        raise _REFUSALS[self.status](detail or self.status.name.lower().replace("_", " "))
-
-
-_REFUSALS: dict[tag.Status, type[RequestRefused]] = {
-    tag.Status.BUSY: BrokerBusy,
-    tag.Status.NO_WORKERS: NoWorkers,
-    tag.Status.DEADLINE: DeadlineExceeded,
-    tag.Status.WORKER_DIED: WorkerDied,
-}
-
-
-_PLAIN_REFUSALS: dict[str, type[RequestRefused]] = {
-    "BrokerBusy": BrokerBusy,
-    "NoWorkers": NoWorkers,
-    "DeadlineExceeded": DeadlineExceeded,
-    "WorkerDied": WorkerDied,
-}
+        refusal = BY_STATUS[self.status]
+        raise refusal.error(detail or refusal.text)
 
 
 def error_from_plain(body: list[bytes]) -> ZmqRelayError | None:
@@ -105,11 +86,8 @@ def error_from_plain(body: list[bytes]) -> ZmqRelayError | None:
         return None
     text = body[0][len(PLAIN_ERROR_PREFIX) :].decode("utf-8", "replace")
     type_name, _, message = text.partition(": ")
-    refusal = _PLAIN_REFUSALS.get(type_name)
-    return refusal(message) if refusal is not None else RemoteError(type_name, message)
-
-
-_PLAIN_STATUSES = {refusal.__name__: status for status, refusal in _REFUSALS.items()}
+    refusal = BY_ERROR_NAME.get(type_name)
+    return refusal.error(message) if refusal is not None else RemoteError(type_name, message)
 
 
 def _status_from_plain(body: list[bytes]) -> tuple[tag.Status, list[bytes]] | None:
@@ -118,9 +96,9 @@ def _status_from_plain(body: list[bytes]) -> tuple[tag.Status, list[bytes]] | No
         return None
     text = body[0][len(PLAIN_ERROR_PREFIX) :].decode("utf-8", "replace")
     type_name, _, message = text.partition(": ")
-    status = _PLAIN_STATUSES.get(type_name)
-    if status is not None:
-        return status, [message.encode()]
+    refusal = BY_ERROR_NAME.get(type_name)
+    if refusal is not None:
+        return refusal.status, [message.encode()]
     return tag.Status.ERROR, encode_error(type_name, message)
 
 
