@@ -75,8 +75,9 @@ class BenchConfig:
     """Workers each worker process runs (``guide-c`` and ``mdp``), each on a socket of its own."""
     clients: int = 1
     client_kind: str = "sync"
-    """``sync`` (a plain pipelined pyzmq DEALER), ``async`` (AsyncClient), or ``mdp`` (plain
-    Majordomo clients: one socket per request in flight)."""
+    """``sync`` (a plain pipelined pyzmq DEALER), ``async`` (AsyncClient), ``mdp`` (plain
+    Majordomo clients: one socket per request in flight), or ``c`` (libzmq sends each reply
+    back as the next request: the cheapest client there is; no latency is measured)."""
     window: int = 100
     """Requests each client keeps in flight."""
     size: int = 16

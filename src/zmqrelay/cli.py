@@ -327,10 +327,11 @@ async def _request(
 @click.option("--clients", type=click.IntRange(1, 64), default=1, help="Load client processes.")
 @click.option(
     "--client-kind",
-    type=click.Choice(["sync", "async", "mdp"]),
+    type=click.Choice(["sync", "async", "mdp", "c"]),
     default="sync",
     help="sync: a plain pipelined pyzmq DEALER; async: AsyncClient; mdp: plain Majordomo "
-    "clients, a socket per request in flight.",
+    "clients, a socket per request in flight; c: libzmq sends each reply back as the next "
+    "request (the cheapest client; measures no latency).",
 )
 @click.option(
     "--window", type=click.IntRange(1, 100_000), default=100, help="Requests in flight per client."
