@@ -27,7 +27,7 @@ def read(frames: list[bytes], *, known: bool) -> tuple[str | None, object]:
 
 
 def request(token: bytes, payload: list[bytes], deadline: float | None = None) -> Request:
-    sent = Request([b"c"], payload, b"", "plain", False, deadline, 0, 0.0)
+    sent = Request([b"c"], payload, b"", "plain", False, None, deadline, 0, 0.0)
     sent.token = token
     return sent
 

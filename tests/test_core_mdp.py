@@ -54,7 +54,9 @@ def request_for(
     body: list[bytes] | None = None,
     token: int = 0,
 ) -> Request:
-    request = Request(envelope or [b"c"], body or [b"q"], service, dialect, False, None, 0, 0.0)
+    request = Request(
+        envelope or [b"c"], body or [b"q"], service, dialect, False, None, None, 0, 0.0
+    )
     request.tagged = tag.decode(request.envelope[-1]) is not None and len(request.envelope) > 1
     request.token = token.to_bytes(8, "big")
     return request
@@ -590,3 +592,25 @@ def test_parts_held_for_joining_are_bounded() -> None:
         + frontend.TOO_LARGE.encode()
         + b" (service 'echo')",
     ]
+
+
+@given(
+    st.integers(0, 2**64 - 1),
+    st.none() | st.floats(0.001, 1e6),
+    st.integers(0, 255),
+    st.integers(0, 5),
+    st.binary(min_size=tag.SIZE, max_size=tag.SIZE),
+)
+def test_the_broker_reads_a_tag_as_the_tag_module_does(
+    request_id: int, timeout: float | None, redeliveries: int, floor: int, lookalike: bytes
+) -> None:
+    for hop in (tag.encode(request_id, timeout=timeout, redeliveries=redeliveries), lookalike):
+        read = frontend.read_request(
+            [b"c", hop, b"", b"x"], 0.0, request_timeout=None, redeliveries=floor
+        )
+        assert read is not None
+        decoded = tag.decode(hop)
+        assert read.tagged == (decoded is not None)
+        if decoded is not None:
+            assert read.timeout == decoded.timeout
+            assert read.retries == max(floor, decoded.redeliveries)

@@ -29,6 +29,7 @@ from zmqrelay._core.worker import decode_error, plain_error_reply
 
 DELIMITER = b""
 _TAG_PREFIX = tag.MAGIC + bytes([tag.VERSION])
+_STATUSES = len(tag.Status)
 _CLIENT_01, _CLIENT_02 = mdp.CLIENT_01, mdp.CLIENT_02
 _REQUEST_02, _PARTIAL_02, _FINAL_02 = b"\x01", b"\x02", b"\x03"
 _REQUEST_MAJORTOMO, _PARTIAL_MAJORTOMO, _FINAL_MAJORTOMO = b"\x02", b"\x03", b"\x04"
@@ -73,20 +74,21 @@ def read_request(
     # The last hop may be a tag, but never the client's own id, however much it looks like one.
     if len(envelope) > 1:
         last = envelope[-1]
-        if len(last) == tag.SIZE and last.startswith(_TAG_PREFIX):
-            asked = tag.decode(last)
-            if asked is not None:
-                tagged = True
-                if asked.timeout is not None:
-                    timeout = asked.timeout
-                if asked.redeliveries > retries:
-                    retries = asked.redeliveries
+        # tag.decode's rules, read in place: a request needs no Tag object.
+        if len(last) == tag.SIZE and last.startswith(_TAG_PREFIX) and last[3] < _STATUSES:
+            tagged = True
+            milliseconds = int.from_bytes(last[12:16], "big")
+            if milliseconds:
+                timeout = milliseconds / 1000
+            if last[16] > retries:
+                retries = last[16]
     return Request(
         envelope,
         body,
         service,
         dialect,
         tagged,
+        timeout,
         None if timeout is None else now + timeout,
         retries,
         now,

@@ -24,6 +24,8 @@ class Request:
     dialect: ClientDialect
     tagged: bool
     """Whether the envelope ends with a zmqrelay tag (the client reads statuses)."""
+    timeout: float | None
+    """How long its client waits; its deadline is this long after it came."""
     deadline: float | None
     retries: int
     """Times it may still be sent again if its worker dies."""

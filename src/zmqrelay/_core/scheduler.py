@@ -34,9 +34,6 @@ messages into it and hands the outboxes to the socket loop.
 
 from __future__ import annotations
 
-import heapq
-from collections import deque
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from zmqrelay._core import frontend
@@ -44,6 +41,8 @@ from zmqrelay._core.dialects import Dialect
 from zmqrelay._core.refusal import Refusal
 from zmqrelay._core.request import Request
 from zmqrelay._core.tag import Status
+from zmqrelay._core.timers import Timers
+from zmqrelay._core.workers import Service, Worker
 
 ToClient = tuple[list[bytes], Request | None]
 """A message for the frontend ROUTER, and the request when it is one part of a stream."""
@@ -69,47 +68,6 @@ class SchedulerStatistics(NamedTuple):
     """Services with a worker or a request (load-balancing mode routes by service)."""
     mmi_requests: int = 0
     """Requests the broker answered itself (service discovery, ``mmi.*``)."""
-
-
-@dataclass(slots=True, eq=False)
-class Worker:
-    """A registered worker."""
-
-    id: bytes
-    dialect: Dialect
-    service: Service
-    credits: int
-    last_heard: float
-    last_sent: float
-    patient: bool
-    held: dict[bytes, Request] = field(default_factory=dict)
-    """Requests sent to it and not answered, by token (some perhaps ended by a deadline)."""
-    grace_from: float = 0.0
-    """For a patient worker: when a deadline last ended a request it holds."""
-    leaving: bool = False
-    full: bool = False
-    """Its socket queue took no more: it gets no request until it is heard from."""
-    check_at: float = 0.0
-    """When its liveness and heartbeat are next looked at."""
-
-
-@dataclass(slots=True, eq=False)
-class Service:
-    """The workers of one service and the requests waiting for them."""
-
-    name: bytes
-    workers: dict[bytes, Worker] = field(default_factory=dict)
-    free: dict[bytes, Worker] = field(default_factory=dict)
-    """Workers with a free credit, least recently used first."""
-    queue: deque[Request] = field(default_factory=deque)
-    again: deque[Request] = field(default_factory=deque)
-    """Requests going again (their worker died, or could not take them): before new ones."""
-    queued: int = 0
-    """Requests in the two queues still waiting (the queues may hold some that ended)."""
-
-
-# Kinds of timer, in the heap as (when, sequence, kind, what).
-_CHECK, _DEADLINE, _QUEUED = 0, 1, 2
 
 
 class Scheduler:
@@ -139,8 +97,7 @@ class Scheduler:
         self.in_flight: dict[bytes, Request] = {}
         self.queued = 0
         self._next_token = first_token % (1 << 64)
-        self._timers: list[tuple[float, int, int, Worker | Request]] = []
-        self._sequence = 0
+        self.timers = Timers(queue_timeout=queue_timeout)
         self.requests_forwarded = 0
         self.replies_forwarded = 0
         self._delivered = 0
@@ -258,7 +215,8 @@ class Scheduler:
             if deadline <= now:
                 self._refuse(request, Refusal.DEADLINE)
                 return
-            self._timer(deadline, _DEADLINE, request)
+            self.timers.pending = len(self.in_flight) + self.queued
+            self.timers.deadline(request, deadline, request.timeout or 0.0)
         service = self.services.get(request.service)
         if service is not None and service.free:
             self._dispatch(service, request, now)
@@ -271,7 +229,7 @@ class Scheduler:
             service.queue.append(request)
             service.queued += 1
             self.queued += 1
-            self._timer(now + self.queue_timeout, _QUEUED, request)
+            self.timers.queue_timeout(request)
 
     def reply(
         self,
@@ -320,23 +278,11 @@ class Scheduler:
 
     def tick(self, now: float) -> None:
         """Let time pass: dead workers, expired requests, heartbeats due."""
-        timers = self._timers
-        checked: dict[Worker, None] = {}
-        expired: list[tuple[int, Request]] = []
-        while timers and timers[0][0] <= now:
-            when, _, kind, what = heapq.heappop(timers)
-            if not self._live(when, kind, what):
-                continue
-            if isinstance(what, Worker):
-                what.check_at = -1.0  # its timer went off: it has none until rescheduled
-                checked[what] = None
-            else:
-                expired.append((kind, what))
-        silence = self.silence
+        checked, expired, waited = self.timers.due(now)
         alive: list[Worker] = []
         touched: set[Service] = set()
         for worker in checked:
-            if self._judged(worker) and now - self._quiet_since(worker) >= silence:
+            if self._judged(worker) and now - self._quiet_since(worker) >= self.silence:
                 touched.add(worker.service)
                 self._dead += 1
                 self._forget(worker, now, dispatch=False)  # all first: none gets another's
@@ -344,8 +290,12 @@ class Scheduler:
                 alive.append(worker)
         for service in touched:
             self._dispatch_queued(service, now)
-        for kind, request in expired:
-            self._expire(kind, request, now)
+        for request in expired:
+            self._expire(request, now, Refusal.DEADLINE)
+        for request in waited:
+            if request.queued:
+                service = self.services[request.service]
+                self._expire(request, now, Refusal.BUSY if service.workers else Refusal.NO_WORKERS)
         for worker in alive:
             if self.workers.get(worker.id) is worker:
                 if now - worker.last_sent >= self.heartbeat_interval:
@@ -357,13 +307,7 @@ class Scheduler:
 
     def next_wakeup(self) -> float | None:
         """When :meth:`tick` has something to do next, if ever."""
-        timers = self._timers
-        while timers:
-            when, _, kind, what = timers[0]
-            if self._live(when, kind, what):
-                return when
-            heapq.heappop(timers)
-        return None
+        return self.timers.next_wakeup()
 
     # -- what it knows ---------------------------------------------------------------------
 
@@ -465,7 +409,7 @@ class Scheduler:
         service.again.append(request)
         service.queued += 1
         self.queued += 1
-        self._timer(now + self.queue_timeout, _QUEUED, request)
+        self.timers.queue_timeout(request)
 
     def _deliver(
         self, request: Request, status: Status, body: list[bytes], *, partial: bool = False
@@ -480,20 +424,17 @@ class Scheduler:
         request.ended = True
         self.to_clients.append((frontend.refusal(request, reason), None))
 
-    def _expire(self, kind: int, request: Request, now: float) -> None:
+    def _expire(self, request: Request, now: float, reason: Refusal) -> None:
         if request.queued:
             request.queued = False
             service = self.services[request.service]
             service.queued -= 1
             self.queued -= 1
-            if kind == _DEADLINE:
-                self._refuse(request, Refusal.DEADLINE)
-            else:
-                self._refuse(request, Refusal.BUSY if service.workers else Refusal.NO_WORKERS)
+            self._refuse(request, reason)
             self._retire_if_idle(service)
             return
         # In flight: it ends, but its worker still holds it (and its reply will be late).
-        self._refuse(request, Refusal.DEADLINE)
+        self._refuse(request, reason)
         worker = self.workers.get(request.worker or b"")
         if worker is not None and worker.patient:
             # It may still be at work: its silence counts from now, giving its late reply
@@ -509,6 +450,7 @@ class Scheduler:
             return
         del self.workers[worker_id]
         del service.workers[worker_id]
+        worker.check_at = -1.0  # its timer, if any, goes off for nothing
         service.free.pop(worker_id, None)
         outbox = self.to_workers
         if outbox:  # nothing queued for it goes out but its DISCONNECT
@@ -545,32 +487,8 @@ class Scheduler:
 
     def _schedule(self, worker: Worker) -> None:
         """Set when ``worker`` is next looked at (never, for one without heartbeats)."""
-        if not worker.dialect.heartbeats:
-            return
-        when = worker.last_sent + self.heartbeat_interval
-        if self._judged(worker):
-            when = min(when, self._quiet_since(worker) + self.silence)
-        if when == worker.check_at:
-            return  # its timer is set for then already
-        worker.check_at = when
-        self._timer(when, _CHECK, worker)
-
-    def _timer(self, when: float, kind: int, what: Worker | Request) -> None:
-        timers = self._timers
-        if len(timers) > 2 * (len(self.in_flight) + self.queued + len(self.workers)) + 1024:
-            # Answered requests leave their deadlines behind: drop them now and then, so the
-            # heap (and the bodies it holds) stays the size of what is pending.
-            timers[:] = [entry for entry in timers if self._live(entry[0], entry[2], entry[3])]
-            heapq.heapify(timers)
-        self._sequence += 1
-        heapq.heappush(timers, (when, self._sequence, kind, what))
-
-    def _live(self, when: float, kind: int, what: Worker | Request) -> bool:
-        """Whether a timer still means something."""
-        if kind == _CHECK:
-            assert isinstance(what, Worker)
-            return what.check_at == when and self.workers.get(what.id) is what
-        assert isinstance(what, Request)
-        if kind == _DEADLINE:
-            return not what.ended
-        return what.queued and what.enqueued_at + self.queue_timeout == when
+        if worker.dialect.heartbeats:
+            when = worker.last_sent + self.heartbeat_interval
+            if self._judged(worker):
+                when = min(when, self._quiet_since(worker) + self.silence)
+            self.timers.check(worker, when)
