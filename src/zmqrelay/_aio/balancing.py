@@ -34,23 +34,19 @@ async def serve(
     loop = asyncio.get_running_loop()
     front, back = sockets.shadow(frontend), sockets.shadow(backend)
     front_events, back_events = front.getsockopt, back.getsockopt
-    from_client, from_worker = balancer.from_client, balancer.from_worker
     batch = range(batch_size)
-
-    def send(now: float) -> None:
-        if balancer.to_workers or balancer.to_clients:
-            _send(balancer, front, back, now)
-
     async with sockets.Readiness(front, back) as readiness:
         while True:
             now = loop.time()
-            full = _drain(back, from_worker, send, batch, now)
+            full = _drain(back, balancer.from_worker, balancer, front, back, batch, now)
             if intake:
-                full = _drain(front, from_client, send, batch, now) or full
+                full = (
+                    _drain(front, balancer.from_client, balancer, front, back, batch, now) or full
+                )
             wake = balancer.next_wakeup()
             if wake is not None and wake <= now:
                 balancer.tick(now)
-                send(now)
+                _send(balancer, front, back, now)
                 wake = balancer.next_wakeup()
             if not intake and not balancer.pending:
                 return
@@ -70,7 +66,9 @@ async def serve(
 def _drain(
     sock: sockets.SyncSocket,
     feed: Callable[[list[bytes], float], None],
-    send: Callable[[float], None],
+    balancer: Balancer,
+    front: sockets.SyncSocket,
+    back: sockets.SyncSocket,
     batch: range,
     now: float,
 ) -> bool:
@@ -80,12 +78,15 @@ def _drain(
     fails then changes how the next message is handled (a part of a streamed reply that met
     a full client queue means the later parts are dropped, not sent after a gap).
     """
+    recv = sockets.recv_message
+    to_clients, to_workers = balancer.to_clients, balancer.to_workers
     for _ in batch:
-        frames = sockets.recv_message(sock)
+        frames = recv(sock)
         if frames is None:
             return False
         feed(frames, now)
-        send(now)
+        if to_workers or to_clients:
+            _send(balancer, front, back, now)
     return True
 
 
@@ -93,14 +94,20 @@ def _send(
     balancer: Balancer, front: sockets.SyncSocket, back: sockets.SyncSocket, now: float
 ) -> None:
     """Send both outboxes; a failed send is fed back, and may fill the outboxes again."""
-    while balancer.to_workers or balancer.to_clients:
-        for_workers, balancer.to_workers = balancer.to_workers, []
-        for message, token in for_workers:
-            routed = sockets.route(back, message)
-            if routed != "sent":
-                balancer.worker_unreachable(message[0], routed, token, now)
-        for_clients, balancer.to_clients = balancer.to_clients, []
-        for message, stream in for_clients:
-            routed = sockets.route(front, message)
-            if routed != "sent":
-                balancer.client_unreachable(routed, stream)
+    route = sockets.route
+    to_clients, to_workers = balancer.to_clients, balancer.to_workers
+    while to_workers or to_clients:
+        if to_workers:
+            messages = to_workers.copy()
+            to_workers.clear()
+            for message, token in messages:
+                routed = route(back, message)
+                if routed != "sent":
+                    balancer.worker_unreachable(message[0], routed, token, now)
+        if to_clients:
+            messages_out = to_clients.copy()
+            to_clients.clear()
+            for message, stream in messages_out:
+                routed = route(front, message)
+                if routed != "sent":
+                    balancer.client_unreachable(routed, stream)

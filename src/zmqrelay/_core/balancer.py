@@ -74,6 +74,11 @@ class Balancer:
         self.redeliveries = redeliveries
         self.request_timeout = request_timeout
         self._workers = scheduler.workers
+        self.to_clients: list[ToClient] = scheduler.to_clients
+        """Messages for clients, in order. The socket loop sends and clears them (the list
+        stays the same object)."""
+        self.to_workers: list[ToWorker] = scheduler.to_workers
+        """Messages for workers, in order, as :attr:`to_clients`."""
         self._malformed_requests = 0
         self._protocol_violations = 0
         self._unroutable_replies = 0
@@ -83,24 +88,6 @@ class Balancer:
 
     def __repr__(self) -> str:
         return f"<Balancer workers={len(self._workers)} pending={self.pending}>"
-
-    @property
-    def to_clients(self) -> list[ToClient]:
-        """Messages for clients, in order; the socket loop empties it."""
-        return self.scheduler.to_clients
-
-    @to_clients.setter
-    def to_clients(self, messages: list[ToClient]) -> None:
-        self.scheduler.to_clients = messages
-
-    @property
-    def to_workers(self) -> list[ToWorker]:
-        """Messages for workers, in order; the socket loop empties it."""
-        return self.scheduler.to_workers
-
-    @to_workers.setter
-    def to_workers(self, messages: list[ToWorker]) -> None:
-        self.scheduler.to_workers = messages
 
     # -- inputs ----------------------------------------------------------------------------
 
