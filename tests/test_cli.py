@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -210,3 +212,22 @@ def test_bench_core_feeds_the_balancer_with_every_kind_of_peer() -> None:
     rows = [line.split() for line in result.stdout.splitlines()[1:]]
     assert [row[0] for row in rows] == ["guide", "zmqrelay", "majortomo"]
     assert all(float(row[2]) > 0 for row in rows)
+
+
+def _nats_available() -> bool:
+    return shutil.which("nats-server") is not None and importlib.util.find_spec("nats") is not None
+
+
+@pytest.mark.skipif(not _nats_available(), reason="needs nats-server and nats-py (extra 'bench')")
+def test_bench_measures_nats_with_its_own_python_peers() -> None:
+    command = [
+        *ZMQRELAY, "bench", "--broker", "nats", "--worker-kind", "async-lb",
+        "--client-kind", "async", "--window", "8", "--warmup", "0.3", "--duration", "0.5",
+        "--json",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    (run,) = json.loads(result.stdout)
+    assert run["broker"] == "nats"
+    assert run["requests"] > 0
+    assert run["latency_p50_us"] > 0

@@ -94,13 +94,17 @@ def run_core_bench(
     from_client, from_worker = balancer.from_client, balancer.from_worker
     answered = 0
     started = time.perf_counter()
+    to_workers, to_clients = balancer.to_workers, balancer.to_clients
     while answered < requests:
         for frames in pending:
             from_client(frames, now)
-        for_workers, balancer.to_workers = balancer.to_workers, []
+        # As the socket loop does: send what the outboxes hold, clear them in place.
+        for_workers = to_workers.copy()
+        to_workers.clear()
         for message, _ in for_workers:
             from_worker(answer(message), now)
-        replies, balancer.to_clients = balancer.to_clients, []
+        replies = to_clients.copy()
+        to_clients.clear()
         if not replies:
             raise RuntimeError("the core answered nothing: the bench's peers are wrong")
         answered += len(replies)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import zmq
@@ -157,6 +157,23 @@ def serve_python_lb_lowlevel(batch: int = 512) -> None:
             back_send(frame, 0)
 
 
+def serve_nats() -> None:
+    """NATS (Debian's ``nats-server``) on a free loopback port, replacing this process.
+
+    Clients and workers of a NATS benchmark are nats-py peers (see :func:`serve_echo` and
+    :func:`generate_load`): request-reply on one subject, workers in a queue group.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"nats://127.0.0.1:{port}"
+    print(f"serving: clients connect to {endpoint}, workers to {endpoint}", file=sys.stderr)
+    try:
+        os.execvp("nats-server", ["nats-server", "-a", "127.0.0.1", "-p", str(port)])
+    except FileNotFoundError:
+        sys.exit("the nats broker needs nats-server on the PATH (Debian: apt install nats-server)")
+
+
 def serve_majortomo() -> None:
     """The majortomo package's Majordomo broker (one ROUTER for clients and workers alike)."""
     try:
@@ -275,6 +292,8 @@ def serve_echo(
         _serve_mdp_echo(endpoint, work, sockets)
     elif kind in ("async", "async-lb", "async-mdp"):
         anyio.run(_async_echo, endpoint, concurrency, work, kind)
+    elif kind == "nats":
+        anyio.run(_nats_echo, endpoint, work)
     else:
         raise ValueError(f"unknown worker kind {kind!r}")
 
@@ -297,6 +316,28 @@ async def _async_echo(endpoint: str, concurrency: int, work: float, kind: str) -
         )
         worker = AsyncWorker(endpoint, echo, frames=True, concurrency=concurrency, mode=mode)
     await worker.run()
+
+
+NATS_SUBJECT = "echo"
+
+
+async def _quiet(error: Exception) -> None:
+    """NATS peers of a benchmark see their server stop at the end: nothing to report."""
+
+
+async def _nats_echo(endpoint: str, work: float) -> None:
+    """A nats-py responder in the ``workers`` queue group, echoing each request."""
+    import nats  # type: ignore[import-not-found,unused-ignore]  # optional: the NATS bench only
+
+    connection = await nats.connect(endpoint, error_cb=_quiet, allow_reconnect=False)
+
+    async def echo(message: Any) -> None:
+        if work:
+            await anyio.sleep(work)
+        await message.respond(message.data)
+
+    await connection.subscribe(NATS_SUBJECT, queue="workers", cb=echo)
+    await anyio.sleep_forever()
 
 
 def generate_load(
@@ -324,6 +365,10 @@ def generate_load(
         )
     elif kind == "c":
         counted, latencies, cpu = _c_load(endpoint, window, padding, warmup, duration)
+    elif kind == "nats":
+        counted, latencies, cpu = anyio.run(
+            _nats_load, endpoint, window, padding, warmup, duration
+        )
     else:
         raise ValueError(f"unknown client kind {kind!r}")
     with open(latencies_path, "wb") as out:
@@ -471,6 +516,32 @@ async def _async_load(
     async with AsyncClient(endpoint, timeout=30) as client, anyio.create_task_group() as tg:
         for _ in range(window):
             tg.start_soon(keep_one_in_flight, client)
+    return measured.result()
+
+
+async def _nats_load(
+    endpoint: str, window: int, padding: bytes, warmup: float, duration: float
+) -> tuple[int, array.array[int], float]:
+    """nats-py requests, ``window`` tasks each keeping one in flight (as :func:`_async_load`)."""
+    import nats  # type: ignore[import-not-found,unused-ignore]  # optional: the NATS bench only
+
+    clock, pack = time.perf_counter_ns, _STAMP.pack
+    measured = _Window(warmup, duration)
+    connection = await nats.connect(endpoint, error_cb=_quiet, allow_reconnect=False)
+
+    async def keep_one_in_flight() -> None:
+        request = connection.request
+        while True:
+            reply = await request(NATS_SUBJECT, pack(clock()) + padding, timeout=30)
+            now = clock()
+            if now >= measured.closes:
+                return
+            measured.record(now, reply.data)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(window):
+            tg.start_soon(keep_one_in_flight)
+    await connection.close()
     return measured.result()
 
 

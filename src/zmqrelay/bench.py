@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from zmqrelay._bench_peers import read_latencies
 
@@ -48,6 +48,7 @@ BROKERS = (
     "python-lb",
     "python-lb-lowlevel",
     "majortomo",
+    "nats",
 )
 """Brokers the bench knows how to start (an external one is given by a command)."""
 
@@ -200,7 +201,9 @@ def _start_broker(
             "--drain-timeout", "0",
             "--frontend", "tcp://127.0.0.1:0", "--backend", "tcp://127.0.0.1:0",
         )  # fmt: skip
-    elif config.broker in ("proxy", "python-loop", "python-lb", "python-lb-lowlevel", "majortomo"):
+    elif config.broker in (
+        "proxy", "python-loop", "python-lb", "python-lb-lowlevel", "majortomo", "nats"
+    ):  # fmt: skip
         command = _zmqrelay("bench-peer", config.broker)
     else:
         raise ValueError(f"broker must be one of {BROKERS} or come with a command")
@@ -242,6 +245,8 @@ def run_bench(
 ) -> BenchResult:
     """Start the broker, workers and clients of ``config``, measure, stop them all."""
     label = config.broker if config.broker_command is None else config.broker or "external"
+    if config.broker == "nats":  # NATS talks only to its own peers: nats-py's, in Python
+        config = replace(config, worker_kind="nats", client_kind="nats")
     size = max(config.size, 8)
     with _processes() as started, tempfile.TemporaryDirectory(prefix="zmqrelay-bench-") as tmp:
         pid, frontend, backend = _start_broker(config, started)

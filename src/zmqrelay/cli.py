@@ -24,6 +24,7 @@ from zmqrelay._bench_peers import (
     generate_load,
     serve_echo,
     serve_majortomo,
+    serve_nats,
     serve_proxy,
     serve_python_lb,
     serve_python_lb_lowlevel,
@@ -454,6 +455,12 @@ def bench_python_lb_lowlevel() -> None:
 def bench_majortomo() -> None:
     """The majortomo package's Majordomo broker on a free loopback port."""
     serve_majortomo()
+
+
+@bench_peer.command("nats")
+def bench_nats() -> None:
+    """NATS's server on a free loopback port (for comparison; needs nats-server)."""
+    serve_nats()
 
 
 @bench_peer.command("worker")
