@@ -532,7 +532,11 @@ async def _nats_load(
     async def keep_one_in_flight() -> None:
         request = connection.request
         while True:
-            reply = await request(NATS_SUBJECT, pack(clock()) + padding, timeout=30)
+            try:
+                reply = await request(NATS_SUBJECT, pack(clock()) + padding, timeout=30)
+            except nats.errors.NoRespondersError:  # the workers have not subscribed yet
+                await anyio.sleep(0.01)
+                continue
             now = clock()
             if now >= measured.closes:
                 return
