@@ -132,7 +132,7 @@ class Scheduler:
             worker.credits = max(0, credits - len(worker.held))
             worker.last_heard = now
             worker.leaving = worker.full = False
-        self._update_free(worker)
+        worker.update_free()
         self._dispatch_queued(service, now)
 
     def heard_from(self, worker: Worker, now: float) -> None:
@@ -140,7 +140,7 @@ class Scheduler:
         worker.last_heard = now
         if worker.full:
             worker.full = False
-            self._update_free(worker)
+            worker.update_free()
 
     def heartbeat(self, worker: Worker, now: float) -> None:
         """``worker`` sent a heartbeat, so it is alive.
@@ -282,7 +282,7 @@ class Scheduler:
         alive: list[Worker] = []
         touched: set[Service] = set()
         for worker in checked:
-            if self._judged(worker) and now - self._quiet_since(worker) >= self.silence:
+            if worker.judged() and now - worker.quiet_since() >= self.silence:
                 touched.add(worker.service)
                 self._dead += 1
                 self._forget(worker, now, dispatch=False)  # all first: none gets another's
@@ -359,14 +359,6 @@ class Scheduler:
             return
         if self.services.get(service.name) is service:
             del self.services[service.name]
-
-    def _update_free(self, worker: Worker) -> None:
-        free = worker.service.free
-        if worker.credits > 0 and not worker.leaving and not worker.full:
-            if worker.id not in free:
-                free[worker.id] = worker
-        else:
-            free.pop(worker.id, None)
 
     def _dispatch(self, service: Service, request: Request, now: float) -> None:
         free = service.free
@@ -476,19 +468,7 @@ class Scheduler:
         else:
             self._retire_if_idle(service)
 
-    @staticmethod
-    def _quiet_since(worker: Worker) -> float:
-        return max(worker.last_heard, worker.grace_from)
-
-    @staticmethod
-    def _judged(worker: Worker) -> bool:
-        """Whether ``worker``'s silence counts now."""
-        return not worker.patient or all(request.ended for request in worker.held.values())
-
     def _schedule(self, worker: Worker) -> None:
         """Set when ``worker`` is next looked at (never, for one without heartbeats)."""
         if worker.dialect.heartbeats:
-            when = worker.last_sent + self.heartbeat_interval
-            if self._judged(worker):
-                when = min(when, self._quiet_since(worker) + self.silence)
-            self.timers.check(worker, when)
+            self.timers.check(worker, worker.next_check(self.heartbeat_interval, self.silence))

@@ -30,6 +30,28 @@ class Worker:
     check_at: float = 0.0
     """When its liveness and heartbeat are next looked at."""
 
+    def judged(self) -> bool:
+        """Whether its silence counts now (for a patient worker, only while idle)."""
+        return not self.patient or all(request.ended for request in self.held.values())
+
+    def quiet_since(self) -> float:
+        """Since when its silence counts."""
+        return max(self.last_heard, self.grace_from)
+
+    def next_check(self, heartbeat_interval: float, silence: float) -> float:
+        """When it is next due a heartbeat, or to be judged dead if it stays silent."""
+        when = self.last_sent + heartbeat_interval
+        return min(when, self.quiet_since() + silence) if self.judged() else when
+
+    def update_free(self) -> None:
+        """Put it among its service's free workers, or take it out, by its credits."""
+        free = self.service.free
+        if self.credits > 0 and not self.leaving and not self.full:
+            if self.id not in free:
+                free[self.id] = self  # newly free: the most recently used end
+        else:
+            free.pop(self.id, None)
+
 
 @dataclass(slots=True, eq=False)
 class Service:
