@@ -72,22 +72,27 @@ def _drain(
     batch: range,
     now: float,
 ) -> bool:
-    """Feed up to a batch of messages; true when a whole batch came (there may be more).
+    """Feed up to a batch of messages, then send what they made the balancer say.
 
-    What each message makes the balancer say is sent before the next is fed: a send that
-    fails then changes how the next message is handled (a part of a streamed reply that met
-    a full client queue means the later parts are dropped, not sent after a gap).
+    Returns true when a whole batch came (there may be more). Sending once per batch lets
+    libzmq wake its I/O thread once for many messages. A part of a streamed reply goes out
+    at once, though: whether it could be sent decides what becomes of the next part (one that
+    met a full client queue means the later parts are dropped, not sent after a gap).
     """
     recv = sockets.recv_message
     to_clients, to_workers = balancer.to_clients, balancer.to_workers
+    whole = True
     for _ in batch:
         frames = recv(sock)
         if frames is None:
-            return False
+            whole = False
+            break
         feed(frames, now)
-        if to_workers or to_clients:
+        if to_clients and to_clients[-1][1] is not None:  # a part of a streamed reply
             _send(balancer, front, back, now)
-    return True
+    if to_workers or to_clients:
+        _send(balancer, front, back, now)
+    return whole
 
 
 def _send(
