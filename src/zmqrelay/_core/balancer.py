@@ -141,7 +141,6 @@ class Balancer:
         elif event == "heartbeat":
             scheduler.heartbeat(worker, now)
         elif event == "leaving":
-            scheduler.heard_from(worker, now)
             scheduler.leave(worker, now)
         else:
             # It said DISCONNECT: it is sent nothing more, not even DISCONNECT (spec 7/MDP).

@@ -141,6 +141,8 @@ class Scheduler:
         if worker.full:
             worker.full = False
             worker.update_free()
+            if worker.service.queued:
+                self._dispatch_queued(worker.service, now)
 
     def heartbeat(self, worker: Worker, now: float) -> None:
         """``worker`` sent a heartbeat, so it is alive.
@@ -160,6 +162,8 @@ class Scheduler:
 
     def leave(self, worker: Worker, now: float) -> None:
         """``worker`` takes no new requests; it keeps those it holds until it answers them."""
+        worker.last_heard = now  # saying so proves it alive, but frees no credit
+        worker.full = False
         worker.leaving = True
         worker.credits = 0
         worker.service.free.pop(worker.id, None)
@@ -202,6 +206,14 @@ class Scheduler:
         if request is not None and not request.ended:
             self._requeue(request, now)
         if worker is not None:
+            # What was dispatched to it since the loop last sent (now) did not leave either:
+            # the loop sends what it was given in one go, and the worker was gone for all.
+            for other in sorted(worker.held):
+                unsent = worker.held[other]
+                if unsent.sent_at == now and not unsent.ended:
+                    del worker.held[other]
+                    del self.in_flight[other]
+                    self._requeue(unsent, now)
             self._forget(worker, now)
         elif request is not None:
             self._dispatch_queued(self.services[request.service], now)
@@ -210,12 +222,12 @@ class Scheduler:
 
     def request(self, request: Request, now: float) -> None:
         """A client asks."""
+        self.timers.pending = len(self.in_flight) + self.queued
         deadline = request.deadline
         if deadline is not None:
             if deadline <= now:
                 self._refuse(request, Refusal.DEADLINE)
                 return
-            self.timers.pending = len(self.in_flight) + self.queued
             self.timers.deadline(request, deadline, request.timeout or 0.0)
         service = self.services.get(request.service)
         if service is not None and service.free:
@@ -282,7 +294,9 @@ class Scheduler:
         alive: list[Worker] = []
         touched: set[Service] = set()
         for worker in checked:
-            if worker.judged() and now - worker.quiet_since() >= self.silence:
+            # Compared as the timer was armed (a sum), so that a tick at the announced time
+            # always finds what it was woken for.
+            if worker.judged() and worker.quiet_since() + self.silence <= now:
                 touched.add(worker.service)
                 self._dead += 1
                 self._forget(worker, now, dispatch=False)  # all first: none gets another's
@@ -291,14 +305,15 @@ class Scheduler:
         for service in touched:
             self._dispatch_queued(service, now)
         for request in expired:
-            self._expire(request, now, Refusal.DEADLINE)
+            if not request.ended:  # a dead worker's request may have ended just above
+                self._expire(request, now, Refusal.DEADLINE)
         for request in waited:
             if request.queued:
                 service = self.services[request.service]
                 self._expire(request, now, Refusal.BUSY if service.workers else Refusal.NO_WORKERS)
         for worker in alive:
             if self.workers.get(worker.id) is worker:
-                if now - worker.last_sent >= self.heartbeat_interval:
+                if worker.last_sent + self.heartbeat_interval <= now:
                     message = worker.dialect.command(worker.id, "heartbeat")
                     if message is not None:
                         worker.last_sent = now
@@ -401,6 +416,7 @@ class Scheduler:
         service.again.append(request)
         service.queued += 1
         self.queued += 1
+        self.timers.pending = len(self.in_flight) + self.queued
         self.timers.queue_timeout(request)
 
     def _deliver(

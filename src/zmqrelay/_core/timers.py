@@ -121,8 +121,8 @@ class Timers:
             if not request.ended:
                 expired.append(request)
         waited: list[Request] = []
-        queued, limit = self._queued, now - self.waiting_time
-        while queued and queued[0][0] <= limit:
+        queued, waiting_time = self._queued, self.waiting_time
+        while queued and queued[0][0] + waiting_time <= now:  # as next_wakeup adds it
             enqueued_at, request = queued.popleft()
             if _still_queued(enqueued_at, request):
                 waited.append(request)
