@@ -827,7 +827,30 @@ def machine_balancer() -> Balancer:
     return Balancer(heartbeat_interval=1.0, liveness=3, queue_limit=5, queue_timeout=4)
 
 
-class SchedulerMachine(RuleBasedStateMachine):
+class WireMachine(RuleBasedStateMachine):
+    """What every machine driving a :class:`Wire` does: queues fill, time passes, the model
+    holds."""
+
+    wire: Wire
+
+    @rule()
+    def a_worker_queue_fills(self) -> None:
+        self.wire.full_next = True
+
+    @rule(seconds=st.floats(0, 2.5))
+    def time_passes(self, seconds: float) -> None:
+        self.wire.wait(seconds)
+
+    @rule(seconds=st.floats(0, 2.5))
+    def the_loop_comes_late(self, seconds: float) -> None:
+        self.wire.wait(seconds, late=True)
+
+    @invariant()
+    def the_model_holds(self) -> None:
+        self.wire.check()
+
+
+class SchedulerMachine(WireMachine):
     """Workers of three dialects come, go, vanish and fall silent; clients ask; time passes."""
 
     def __init__(self) -> None:
@@ -865,22 +888,6 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule(worker=ids)
     def worker_vanishes(self, worker: bytes) -> None:
         self.wire.vanished.add(worker)
-
-    @rule()
-    def a_worker_queue_fills(self) -> None:
-        self.wire.full_next = True
-
-    @rule(seconds=st.floats(0, 2.5))
-    def time_passes(self, seconds: float) -> None:
-        self.wire.wait(seconds)
-
-    @rule(seconds=st.floats(0, 2.5))
-    def the_loop_comes_late(self, seconds: float) -> None:
-        self.wire.wait(seconds, late=True)
-
-    @invariant()
-    def the_model_holds(self) -> None:
-        self.wire.check()
 
     def teardown(self) -> None:
         self.wire.finish()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import invariant, precondition, rule
 
 from test_core_scheduler import (
     NOTHING,
@@ -16,6 +16,7 @@ from test_core_scheduler import (
     Outbox,
     Peer,
     Wire,
+    WireMachine,
     ask,
     counts,
     machine_balancer,
@@ -359,7 +360,7 @@ ASKED = (*SERVICES, b"C")  # C: no worker offers it
 ids = st.sampled_from([peer.id for peer in WORKERS])
 
 
-class ServicesMachine(RuleBasedStateMachine):
+class ServicesMachine(WireMachine):
     """Workers of three services come, move, stream, vanish; clients ask four; time passes."""
 
     def __init__(self) -> None:
@@ -436,22 +437,6 @@ class ServicesMachine(RuleBasedStateMachine):
     @rule(worker=ids)
     def worker_vanishes(self, worker: bytes) -> None:
         self.wire.vanished.add(worker)
-
-    @rule()
-    def a_worker_queue_fills(self) -> None:
-        self.wire.full_next = True
-
-    @rule(seconds=st.floats(0, 2.5))
-    def time_passes(self, seconds: float) -> None:
-        self.wire.wait(seconds)
-
-    @rule(seconds=st.floats(0, 2.5))
-    def the_loop_comes_late(self, seconds: float) -> None:
-        self.wire.wait(seconds, late=True)
-
-    @invariant()
-    def the_model_holds(self) -> None:
-        self.wire.check()
 
     @invariant()
     def only_services_holding_something_are_kept(self) -> None:
