@@ -176,3 +176,45 @@ def test_time_passing_ends_requests_and_abandon_counts_what_is_left() -> None:
     assert balancer.pending == 1
     balancer.abandon()
     assert balancer.statistics().undelivered_requests == 1
+
+
+def test_a_request_still_in_the_outbox_when_its_worker_leaves_waits_for_another() -> None:
+    # A stopping Majordomo worker sends its last reply and DISCONNECT: if the broker gave it
+    # a request in the same batch, that request never left the broker, and is not lost.
+    balancer = Balancer()
+    worker = [b"W", *MAJORTOMO]
+    balancer.from_worker([*worker, b"\x01", b"echo"], 0.0)
+    balancer.from_client([b"C1", b"", b"MDPC02", b"\x02", b"echo", b"one"], 0.0)
+    (first,) = take(balancer)[1]
+    balancer.from_client([b"C2", b"", b"MDPC02", b"\x02", b"echo", b"two"], 0.0)  # queued
+    balancer.from_worker([*worker, b"\x04", first[4], b"", b"ONE"], 0.1)  # r2 to W, unsent
+    balancer.from_worker([*worker, b"\x06"], 0.1)  # DISCONNECT, read in the same batch
+    clients, workers = take(balancer)
+    assert [reply[-1] for reply in clients] == [b"ONE"]
+    assert workers == []
+    assert balancer.pending == 1
+    assert balancer.statistics().requests_forwarded == 1
+    balancer.from_worker([b"V", *MAJORTOMO, b"\x01", b"echo"], 0.2)
+    (request,) = take(balancer)[1]
+    assert (request[0], request[-1]) == (b"V", b"two")
+
+
+def test_a_worker_that_registers_again_in_another_dialect_is_spoken_to_in_it() -> None:
+    balancer = Balancer()
+    balancer.from_worker([b"W", *GUIDE_READY], 0.0)
+    balancer.from_worker([b"W", b"", lbwire.PROTOCOL, lbwire.READY, b"1"], 0.1)
+    _, (acknowledged,) = take(balancer)
+    assert acknowledged == [b"W", b"", lbwire.PROTOCOL, lbwire.HEARTBEAT]
+    balancer.from_client([b"C", b"", b"x"], 0.2)
+    _, (request,) = take(balancer)
+    assert request[2:4] == [lbwire.PROTOCOL, lbwire.REQUEST]
+
+
+def test_requests_that_ended_while_queued_leave_the_queue() -> None:
+    balancer = Balancer(queue_timeout=1.0)
+    for number in range(1000):
+        balancer.from_client([b"C", tag.encode(number, timeout=0.5), b"", b"x"], number * 0.01)
+        balancer.tick(number * 0.01)
+    take(balancer)
+    (service,) = balancer.scheduler.services.values()
+    assert len(service.queue) <= 2 * service.queued + 64

@@ -214,7 +214,7 @@ def test_the_broker_reads_any_frontend_message_or_counts_it_malformed(
     read = frontend.read_request(
         frames, now, request_timeout=request_timeout, redeliveries=redeliveries
     )
-    assert read is None or read.retries >= redeliveries
+    assert read is None or read.redeliveries >= redeliveries
 
 
 @given(garbage, st.booleans())
@@ -613,4 +613,4 @@ def test_the_broker_reads_a_tag_as_the_tag_module_does(
         assert read.tagged == (decoded is not None)
         if decoded is not None:
             assert read.timeout == decoded.timeout
-            assert read.retries == max(floor, decoded.redeliveries)
+            assert read.redeliveries == max(floor, decoded.redeliveries)

@@ -309,8 +309,10 @@ def test_every_request_that_could_not_be_sent_goes_back_to_the_queue() -> None:
     balancer.from_client(ask(b"c1"), 0)
     balancer.from_client(ask(b"c2"), 0)
     balancer.from_worker(Peer(b"gone").ready(credits=2), 0)  # it is gone before it hears
-    for message, token in drain(balancer.to_workers):  # the loop reports each failed send
-        balancer.worker_unreachable(message[0], "gone", token, 0)
+    messages = [entry for entry in drain(balancer.to_workers) if entry[1] is not None]
+    (message, token), *rest = messages  # the two requests (its READY's acknowledgement aside)
+    balancer.to_workers[:0] = rest  # as the loop: what it did not try goes back, then it says
+    balancer.worker_unreachable(message[0], "gone", token, 0)
     assert take(balancer).clients == []
     assert counts(balancer).queued == 2
 
@@ -707,12 +709,25 @@ class Wire:
         balancer = self.balancer
         to_workers, to_clients = balancer.to_workers, balancer.to_clients
         while to_workers or to_clients:
-            for message, token in drain(to_workers):
-                self.to_worker(message, token)
-            for message, stream in drain(to_clients):
-                self.to_client(message, stream)
+            # As the socket loop: on a failed send, what was not handed to the socket goes
+            # back to the outbox before the balancer hears of the failure.
+            messages = drain(to_workers)
+            for index, (message, token) in enumerate(messages):
+                failed = self.to_worker(message, token)
+                if failed is not None:
+                    to_workers[:0] = messages[index + 1 :]
+                    balancer.worker_unreachable(message[0], failed, token, self.now)
+                    break
+            replies = drain(to_clients)
+            for index, (message, stream) in enumerate(replies):
+                trouble = self.to_client(message, stream)
+                if trouble is not None:
+                    to_clients[:0] = replies[index + 1 :]
+                    balancer.client_unreachable(trouble, stream)
+                    break
 
-    def to_worker(self, message: list[bytes], token: bytes | None) -> None:
+    def to_worker(self, message: list[bytes], token: bytes | None) -> Unreachable | None:
+        """Check a message for a worker; returns why it cannot be sent, if it cannot."""
         worker = message[0]
         assert worker not in self.hung_up, "a message for a worker that said DISCONNECT"
         sent = read_sent(message, token)
@@ -728,29 +743,28 @@ class Wire:
         if sent == "disconnect" or (isinstance(sent, Sent) and worker in self.vanished):
             self.forget(worker)  # a request that cannot be sent makes the broker forget it
         if worker in self.vanished:
-            self.balancer.worker_unreachable(worker, "gone", token, self.now)
-        elif isinstance(sent, Sent):
+            return "gone"
+        if isinstance(sent, Sent):
             if self.full_next:
                 self.full_next = False
-                self.balancer.worker_unreachable(worker, "full", token, self.now)
-            else:
-                self.sent += 1
-                self.held[sent.token] = (worker, sent.body[0])
+                return "full"
+            self.sent += 1
+            self.held[sent.token] = (worker, sent.body[0])
+        return None
 
-    def to_client(self, message: list[bytes], stream: Request | None) -> None:
+    def to_client(self, message: list[bytes], stream: Request | None) -> Unreachable | None:
+        """Check a message for a client; returns why it cannot be sent, if it cannot."""
         client = message[0]
         asked = self.asked.get(client)
         if asked is None:
             self.answers.append(message)
-            return
+            return None
         trouble, self.client_trouble = self.client_trouble, None
         refusal = refusal_of(message)
         if stream is not None:
             assert (refusal, message[-1]) == (None, b"re:" + client), "a part for another"
-            if trouble is not None:
-                self.balancer.client_unreachable(trouble, stream)
-                asked.broken = asked.broken or trouble == "full"
-            return
+            asked.broken = asked.broken or trouble == "full"
+            return trouble
         asked.finals += 1
         if refusal is None:
             assert message[-1] == b"re:" + client, "a reply reached the wrong client"
@@ -760,8 +774,7 @@ class Wire:
             self.delivered += 1  # the final part came, and told the client what was lost
         else:
             self.refused += 1
-        if trouble is not None:
-            self.balancer.client_unreachable(trouble, None)
+        return trouble
 
     # -- what must always hold -------------------------------------------------------------
 

@@ -74,10 +74,8 @@ def _drain(
 ) -> bool:
     """Feed up to a batch of messages, then send what they made the balancer say.
 
-    Returns true when a whole batch came (there may be more). Sending once per batch lets
-    libzmq wake its I/O thread once for many messages. A part of a streamed reply goes out
-    at once, though: whether it could be sent decides what becomes of the next part (one that
-    met a full client queue means the later parts are dropped, not sent after a gap).
+    Returns true when a whole batch came (there may be more). What the balancer says goes out
+    once per batch, or at once when it says so (:attr:`Balancer.send_now`).
     """
     recv = sockets.recv_message
     to_clients, to_workers = balancer.to_clients, balancer.to_workers
@@ -88,7 +86,7 @@ def _drain(
             whole = False
             break
         feed(frames, now)
-        if to_clients and to_clients[-1][1] is not None:  # a part of a streamed reply
+        if balancer.send_now:
             _send(balancer, front, back, now)
     if to_workers or to_clients:
         _send(balancer, front, back, now)
@@ -98,21 +96,27 @@ def _drain(
 def _send(
     balancer: Balancer, front: sockets.SyncSocket, back: sockets.SyncSocket, now: float
 ) -> None:
-    """Send both outboxes; a failed send is fed back, and may fill the outboxes again."""
+    """Send both outboxes; a failed send is fed back, and may fill the outboxes again.
+
+    On a failure, what was not yet handed to the socket goes back to the outbox before the
+    balancer hears of it: the balancer knows which requests never left.
+    """
     route = sockets.route
     to_clients, to_workers = balancer.to_clients, balancer.to_workers
     while to_workers or to_clients:
-        if to_workers:
-            messages = to_workers.copy()
-            to_workers.clear()
-            for message, token in messages:
-                routed = route(back, message)
-                if routed != "sent":
-                    balancer.worker_unreachable(message[0], routed, token, now)
-        if to_clients:
-            messages_out = to_clients.copy()
-            to_clients.clear()
-            for message, stream in messages_out:
-                routed = route(front, message)
-                if routed != "sent":
-                    balancer.client_unreachable(routed, stream)
+        messages = to_workers.copy()
+        to_workers.clear()
+        for index, (message, token) in enumerate(messages):
+            routed = route(back, message)
+            if routed != "sent":
+                to_workers[:0] = messages[index + 1 :]
+                balancer.worker_unreachable(message[0], routed, token, now)
+                break
+        replies = to_clients.copy()
+        to_clients.clear()
+        for index, (message, stream) in enumerate(replies):
+            routed = route(front, message)
+            if routed != "sent":
+                to_clients[:0] = replies[index + 1 :]
+                balancer.client_unreachable(routed, stream)
+                break

@@ -24,12 +24,15 @@ The balancer owns everything load-balancing mode decides:
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 from zmqrelay._core import dialects, frontend, mdp
 from zmqrelay._core.relay import BrokerStatistics
 from zmqrelay._core.request import Request
 from zmqrelay._core.scheduler import Scheduler, SchedulerStatistics, ToClient, ToWorker
+
+logger = logging.getLogger("zmqrelay.broker")
 
 Unreachable = Literal["full", "gone"]
 """Why a send failed: the peer's queue takes no more now, or no peer has that routing id."""
@@ -98,7 +101,7 @@ class Balancer:
         )
         if request is None:
             self._malformed_requests += 1
-        elif request.service.startswith(mdp.MMI_PREFIX):
+        elif mdp.is_mmi(request.service):
             self._mmi(request)
         else:
             self.scheduler.request(request, now)
@@ -122,13 +125,10 @@ class Balancer:
                 scheduler.gone(worker, now)
             assert dialect is not None
             scheduler.ready(worker_id, dialect, event.service, event.credits, now)
-            if dialect.acknowledged:  # its READY is answered at once
-                message = dialect.command(worker_id, "heartbeat")
-                if message is not None:
-                    scheduler.to_workers.append((message, None))
         elif type(event) is dialects.Violation:
             # It broke its protocol: it is told DISCONNECT (if it can hear) and forgotten.
             self._protocol_violations += 1
+            logger.debug("worker %r broke the protocol: %s", worker_id, event.reason)
             if worker is not None:
                 scheduler.gone(worker, now)
             else:
@@ -179,7 +179,6 @@ class Balancer:
         """
         if token is None:
             return
-        self.scheduler.requests_forwarded -= 1  # counted when it was put in the outbox
         if why == "full":
             self.scheduler.full(worker, token, now)
         else:
@@ -190,6 +189,18 @@ class Balancer:
         self._undelivered += self.pending
 
     # -- what it knows ---------------------------------------------------------------------
+
+    @property
+    def send_now(self) -> bool:
+        """Whether the outboxes must be sent before the next message is fed.
+
+        They must when they end with a part of a streamed reply: whether it could be sent
+        decides what becomes of the next part (after a full client queue, the later parts are
+        dropped and the reply ends in a refusal, never sent on after a gap). Otherwise the
+        loop sends once per batch, which lets libzmq wake its I/O thread once for many.
+        """
+        to_clients = self.to_clients
+        return bool(to_clients) and to_clients[-1][1] is not None
 
     @property
     def pending(self) -> int:
@@ -229,10 +240,10 @@ class Balancer:
         else:
             asked = request.body[0] if request.body else b""
             answer = b"200" if self.scheduler.offers(asked) else b"404"
+        self.scheduler.replies_forwarded += 1
         self.scheduler.to_clients.append((frontend.answer(request, [answer]), None))
 
     def _disconnect(self, worker_id: bytes, dialect: dialects.Dialect | None) -> None:
         """Tell a worker the broker does not know that it should register again."""
-        message = None if dialect is None else dialect.command(worker_id, "disconnect")
-        if message is not None:
-            self.scheduler.to_workers.append((message, None))
+        if dialect is not None:
+            self.scheduler.command(worker_id, dialect, "disconnect")

@@ -23,13 +23,13 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 from zmqrelay._core import lbwire, mdp
+from zmqrelay._core.envelope import DELIMITER
 from zmqrelay._core.request import Request
 from zmqrelay._core.tag import Status
 from zmqrelay.errors import RemoteProtocolError
 
 DialectName = Literal["guide", "zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
 
-DELIMITER = b""
 TOKEN_SIZE = 8
 _MAX_CREDITS = 1_000_000
 _STATUSES = tuple(Status)
@@ -68,7 +68,7 @@ class Dialect:
     acknowledged = False
     """Whether its READY is answered at once (with a heartbeat)."""
 
-    def decode(self, worker: bytes, rest: list[bytes], *, known: bool) -> Event:
+    def decode(self, rest: list[bytes], *, known: bool) -> Event:
         """What the frames after the header say; ``known``: the worker has registered.
 
         Raises:
@@ -100,7 +100,7 @@ class _Guide(Dialect):
     name = "guide"
     heartbeats = False
 
-    def decode(self, worker: bytes, rest: list[bytes], *, known: bool) -> Event:
+    def decode(self, rest: list[bytes], *, known: bool) -> Event:
         # rest: the frames after [id, ""]
         if len(rest) == 1:  # READY (again, if it restarted with the same id)
             return Ready(1, b"")
@@ -119,7 +119,7 @@ class _Zmqrelay(Dialect):
     acknowledged = True
     _header = (DELIMITER, lbwire.PROTOCOL)
 
-    def decode(self, worker: bytes, rest: list[bytes], *, known: bool) -> Event:
+    def decode(self, rest: list[bytes], *, known: bool) -> Event:
         if not rest:
             raise RemoteProtocolError("a ZRW1 message needs a command")
         command, arguments = rest[0], rest[1:]
@@ -182,7 +182,7 @@ class _Majordomo(Dialect):
             self._header = [DELIMITER, mdp.WORKER_02]
         self._commands = mdp.COMMANDS[name]
 
-    def decode(self, worker: bytes, rest: list[bytes], *, known: bool) -> Event:
+    def decode(self, rest: list[bytes], *, known: bool) -> Event:
         if not rest:
             raise RemoteProtocolError(f"an {self.name} worker message needs a command")
         commands = self._commands
@@ -262,6 +262,6 @@ def read(frames: list[bytes], *, known: bool) -> tuple[Dialect | None, Event | V
     else:
         return None, Violation("a worker's message starts with its id and an empty frame")
     try:
-        return dialect, dialect.decode(frames[0], rest, known=known)
+        return dialect, dialect.decode(rest, known=known)
     except RemoteProtocolError as exc:
         return dialect, Violation(str(exc))

@@ -23,16 +23,16 @@ MDP/0.2 and majortomo clients as they come; other clients get them joined into o
 from __future__ import annotations
 
 from zmqrelay._core import mdp, tag
+from zmqrelay._core.envelope import DELIMITER
 from zmqrelay._core.refusal import Refusal
 from zmqrelay._core.request import ClientDialect, Request
 from zmqrelay._core.worker import decode_error, plain_error_reply
 
-DELIMITER = b""
 _TAG_PREFIX = tag.MAGIC + bytes([tag.VERSION])
-_STATUSES = len(tag.Status)
+_STATUS_COUNT = len(tag.Status)
 _CLIENT_01, _CLIENT_02 = mdp.CLIENT_01, mdp.CLIENT_02
-_REQUEST_02, _PARTIAL_02, _FINAL_02 = b"\x01", b"\x02", b"\x03"
-_REQUEST_MAJORTOMO, _PARTIAL_MAJORTOMO, _FINAL_MAJORTOMO = b"\x02", b"\x03", b"\x04"
+_REQUEST_02, _PARTIAL_02, _FINAL_02 = mdp.CLIENT_COMMANDS["mdp-0.2"]
+_REQUEST_MAJORTOMO, _PARTIAL_MAJORTOMO, _FINAL_MAJORTOMO = mdp.CLIENT_COMMANDS["majortomo"]
 
 MAX_HELD_BYTES = 64 * 1024 * 1024
 """The most a streamed reply may hold back for a client that takes one reply."""
@@ -70,18 +70,18 @@ def read_request(
             dialect, service, body = "majortomo", body[2], body[3:]
         else:
             dialect, service = "plain", b""
-    timeout, retries, tagged = request_timeout, redeliveries, False
+    timeout, allowed, tagged = request_timeout, redeliveries, False
     # The last hop may be a tag, but never the client's own id, however much it looks like one.
     if len(envelope) > 1:
         last = envelope[-1]
         # tag.decode's rules, read in place: a request needs no Tag object.
-        if len(last) == tag.SIZE and last.startswith(_TAG_PREFIX) and last[3] < _STATUSES:
+        if len(last) == tag.SIZE and last.startswith(_TAG_PREFIX) and last[3] < _STATUS_COUNT:
             tagged = True
             milliseconds = int.from_bytes(last[12:16], "big")
             if milliseconds:
                 timeout = milliseconds / 1000
-            if last[16] > retries:
-                retries = last[16]
+            if last[16] > allowed:
+                allowed = last[16]
     return Request(
         envelope,
         body,
@@ -90,7 +90,7 @@ def read_request(
         tagged,
         timeout,
         None if timeout is None else now + timeout,
-        retries,
+        allowed,
         now,
     )
 

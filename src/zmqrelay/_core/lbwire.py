@@ -1,14 +1,9 @@
-r"""Load-balancing mode on the wire: what workers say to the broker's ROUTER backend, and back.
+r"""zmqrelay's worker protocol, ZRW1, as a worker speaks it.
 
-Two worker dialects share the backend, told apart by each message:
+The broker's side of it, and of the guide's REQ workers, is :mod:`zmqrelay._core.dialects`.
 
-``guide`` — the ZeroMQ guide's load-balancing worker: a REQ socket whose first message is one
-frame (``READY``, ``\x01``, anything), then replies ``[reply-to, b"", reply...]``. The broker
-sends it ``[reply-to, b"", request...]``. One request at a time (one credit), no heartbeats.
-Through the ROUTER these read ``[worker, b"", ...]``: the REQ socket adds the delimiter.
-
-``zmqrelay`` — zmqrelay's own worker (a DEALER), Majordomo-like with credits and heartbeats.
-Every message starts ``[b"", b"ZRW1", command]``:
+zmqrelay's own worker (a DEALER) is Majordomo-like, with credits and heartbeats. Every message
+starts ``[b"", b"ZRW1", command]``:
 
 ====================  ===========================================================================
 worker → broker       frames after the command

@@ -1,4 +1,7 @@
-r"""Majordomo (MDP) on the wire: clients and workers of the three variants the broker speaks.
+r"""Majordomo (MDP) on the wire, as zmqrelay's own clients and workers speak its three variants.
+
+The broker's side of the same wire is :mod:`zmqrelay._core.frontend` (clients) and
+:mod:`zmqrelay._core.dialects` (workers).
 
 ==============  ====================================  =======================================
 variant         client → broker (after its id)        worker → broker (after its id)
@@ -70,9 +73,21 @@ COMMANDS: dict[Variant, WorkerCommands] = {
     "majortomo": _COMMANDS_02,
 }
 
-# Client commands: (request, partial, final); 0.1 has one REPLY and no command frame at all.
-_CLIENT_02 = (b"\x01", b"\x02", b"\x03")
-_CLIENT_MAJORTOMO = (b"\x02", b"\x03", b"\x04")
+
+class ClientCommands(NamedTuple):
+    """The command bytes of one variant's client protocol (0.1 has no command frame)."""
+
+    request: bytes
+    partial: bytes
+    final: bytes
+
+
+CLIENT_COMMANDS: dict[Variant, ClientCommands] = {
+    "mdp-0.2": ClientCommands(b"\x01", b"\x02", b"\x03"),
+    "majortomo": ClientCommands(b"\x02", b"\x03", b"\x04"),
+}
+_CLIENT_02 = CLIENT_COMMANDS["mdp-0.2"]
+_CLIENT_MAJORTOMO = CLIENT_COMMANDS["majortomo"]
 
 
 def is_mmi(service: bytes) -> bool:

@@ -27,7 +27,7 @@ class Request:
     timeout: float | None
     """How long its client waits; its deadline is this long after it came."""
     deadline: float | None
-    retries: int
+    redeliveries: int
     """Times it may still be sent again if its worker dies."""
     enqueued_at: float
     """When it last joined a queue (the queue timeout counts from then)."""

@@ -34,7 +34,8 @@ messages into it and hands the outboxes to the socket loop.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections import deque
+from typing import Literal, NamedTuple
 
 from zmqrelay._core import frontend
 from zmqrelay._core.dialects import Dialect
@@ -118,7 +119,9 @@ class Scheduler:
         there ends, or goes again, as when a worker dies), without being told DISCONNECT.
         """
         worker = self.workers.get(worker_id)
-        if worker is not None and worker.service.name != service_name:
+        if worker is not None and (
+            worker.service.name != service_name or worker.dialect is not dialect
+        ):
             self._forget(worker, now, tell=False)
             worker = None
         if worker is None:
@@ -132,6 +135,9 @@ class Scheduler:
             worker.credits = max(0, credits - len(worker.held))
             worker.last_heard = now
             worker.leaving = worker.full = False
+        if dialect.acknowledged:  # its READY is answered at once, before any request
+            self.command(worker_id, dialect, "heartbeat")
+            worker.last_sent = now
         worker.update_free()
         self._dispatch_queued(service, now)
 
@@ -182,15 +188,13 @@ class Scheduler:
 
         The worker keeps its place and its credit, but gets no request until it is heard from.
         """
-        request = self.in_flight.pop(token, None)
         worker = self.workers.get(worker_id)
+        request = self._take_back(worker, token, now)
         if worker is not None:
-            worker.held.pop(token, None)
             worker.credits += 1
             worker.full = True
             worker.service.free.pop(worker_id, None)
-        if request is not None and not request.ended:
-            self._requeue(request, now)
+        if request is not None:
             self._dispatch_queued(self.services[request.service], now)
 
     def unsent(self, worker_id: bytes, token: bytes, now: float) -> None:
@@ -199,22 +203,10 @@ class Scheduler:
         The request never left the broker: it goes back to its queue as it was (no
         redelivery is used), and the worker is forgotten.
         """
-        request = self.in_flight.pop(token, None)
         worker = self.workers.get(worker_id)
+        request = self._take_back(worker, token, now)
         if worker is not None:
-            worker.held.pop(token, None)
-        if request is not None and not request.ended:
-            self._requeue(request, now)
-        if worker is not None:
-            # What was dispatched to it since the loop last sent (now) did not leave either:
-            # the loop sends what it was given in one go, and the worker was gone for all.
-            for other in sorted(worker.held):
-                unsent = worker.held[other]
-                if unsent.sent_at == now and not unsent.ended:
-                    del worker.held[other]
-                    del self.in_flight[other]
-                    self._requeue(unsent, now)
-            self._forget(worker, now)
+            self._forget(worker, now)  # what is still in the outbox for it goes back too
         elif request is not None:
             self._dispatch_queued(self.services[request.service], now)
 
@@ -224,16 +216,15 @@ class Scheduler:
         """A client asks."""
         self.timers.pending = len(self.in_flight) + self.queued
         deadline = request.deadline
-        if deadline is not None:
-            if deadline <= now:
-                self._refuse(request, Refusal.DEADLINE)
-                return
-            self.timers.deadline(request, deadline, request.timeout or 0.0)
+        if deadline is not None and deadline <= now:
+            self._refuse(request, Refusal.DEADLINE)
+            return
         service = self.services.get(request.service)
         if service is not None and service.free:
             self._dispatch(service, request, now)
         elif self.queued >= self.queue_limit:
             self._refuse(request, Refusal.BUSY)
+            return
         else:
             if service is None:
                 service = self._service(request.service)
@@ -241,7 +232,9 @@ class Scheduler:
             service.queue.append(request)
             service.queued += 1
             self.queued += 1
-            self.timers.queue_timeout(request)
+            self.timers.queued(request)
+        if deadline is not None:
+            self.timers.deadline(request, deadline, request.timeout or 0.0)
 
     def reply(
         self,
@@ -265,7 +258,7 @@ class Scheduler:
                 self._late += 1
             else:
                 # Sending it again could repeat parts: if its worker dies now, it ends.
-                request.retries = 0
+                request.redeliveries = 0
                 self._deliver(request, status, body, partial=True)
             return
         del self.in_flight[token]
@@ -278,9 +271,8 @@ class Scheduler:
             self._deliver(request, status, body)
         if not worker.leaving:
             worker.credits += 1
+            worker.update_free()
             service = worker.service
-            if worker.credits == 1 and not worker.full:
-                service.free[worker.id] = worker  # newly free: the most recently used end
             if service.queued:
                 self._dispatch_queued(service, now)
         elif not worker.held:  # it was leaving, and this was its last request
@@ -314,10 +306,8 @@ class Scheduler:
         for worker in alive:
             if self.workers.get(worker.id) is worker:
                 if worker.last_sent + self.heartbeat_interval <= now:
-                    message = worker.dialect.command(worker.id, "heartbeat")
-                    if message is not None:
-                        worker.last_sent = now
-                        self.to_workers.append((message, None))
+                    self.command(worker.id, worker.dialect, "heartbeat")
+                    worker.last_sent = now
                 self._schedule(worker)
 
     def next_wakeup(self) -> float | None:
@@ -407,6 +397,31 @@ class Scheduler:
                     self._dispatch(service, request, now)
         self._retire_if_idle(service)
 
+    def command(
+        self, worker_id: bytes, dialect: Dialect, which: Literal["heartbeat", "disconnect"]
+    ) -> None:
+        """Send a worker a HEARTBEAT or DISCONNECT, in a dialect that has them."""
+        message = dialect.command(worker_id, which)
+        if message is not None:
+            self.to_workers.append((message, None))
+
+    def _take_back(self, worker: Worker | None, token: bytes, now: float) -> Request | None:
+        """Request ``token`` never reached its worker: it goes back to its queue.
+
+        It goes as it was (no redelivery is used), and is not counted as forwarded. Returns
+        it, if it waits.
+        """
+        request = self.in_flight.pop(token, None)
+        if worker is not None:
+            worker.held.pop(token, None)
+        if request is None:
+            return None
+        self.requests_forwarded -= 1
+        if request.ended:
+            return None
+        self._requeue(request, now)
+        return request
+
     def _requeue(self, request: Request, now: float) -> None:
         """``request`` goes again, ahead of new ones."""
         service = self._service(request.service)
@@ -417,7 +432,7 @@ class Scheduler:
         service.queued += 1
         self.queued += 1
         self.timers.pending = len(self.in_flight) + self.queued
-        self.timers.queue_timeout(request)
+        self.timers.queued(request)
 
     def _deliver(
         self, request: Request, status: Status, body: list[bytes], *, partial: bool = False
@@ -439,6 +454,11 @@ class Scheduler:
             service.queued -= 1
             self.queued -= 1
             self._refuse(request, reason)
+            if len(service.queue) + len(service.again) > 2 * service.queued + 64:
+                # What ended while it waited leaves the queues now and then, not only when a
+                # worker takes the next request (a service may have none for long).
+                service.queue = deque(waiting for waiting in service.queue if waiting.queued)
+                service.again = deque(waiting for waiting in service.again if waiting.queued)
             self._retire_if_idle(service)
             return
         # In flight: it ends, but its worker still holds it (and its reply will be late).
@@ -458,17 +478,25 @@ class Scheduler:
             return
         del self.workers[worker_id]
         del service.workers[worker_id]
-        worker.check_at = -1.0  # its timer, if any, goes off for nothing
+        worker.check_at = -1.0  # its timer, if any, is skipped when it comes up
         service.free.pop(worker_id, None)
         outbox = self.to_workers
-        if outbox:  # nothing queued for it goes out but its DISCONNECT
-            outbox[:] = [entry for entry in outbox if entry[0][0] != worker_id]
+        if outbox:
+            # Nothing still in the outbox for it goes out (but its DISCONNECT): the requests
+            # there never left the broker, and go back to their queue as they were.
+            kept: list[ToWorker] = []
+            for entry in outbox:
+                if entry[0][0] != worker_id:
+                    kept.append(entry)
+                elif entry[1] is not None:
+                    self._take_back(worker, entry[1], now)
+            outbox[:] = kept
         for token in sorted(worker.held):
             request = self.in_flight.pop(token)
             if request.ended:
                 continue
-            if request.retries > 0:
-                request.retries -= 1
+            if request.redeliveries > 0:
+                request.redeliveries -= 1
                 request.redelivery = True
                 self._redelivered += 1
                 self._requeue(request, now)
@@ -476,9 +504,7 @@ class Scheduler:
                 self._refuse(request, Refusal.WORKER_DIED)
         worker.held.clear()
         if tell:
-            message = worker.dialect.command(worker_id, "disconnect")
-            if message is not None:
-                self.to_workers.append((message, None))
+            self.command(worker_id, worker.dialect, "disconnect")
         if dispatch:
             self._dispatch_queued(service, now)
         else:

@@ -9,8 +9,8 @@ Three kinds of timer, each kept where it costs least:
 - a worker's **check** (its liveness and heartbeat): a heap, armed again after each check.
 
 Timers are never cancelled: one that no longer means anything (its request ended, its worker
-was checked since or forgotten) is skipped when it comes up, and the queues are swept now and
-then so that what ended does not pile up.
+was checked since or forgotten) is skipped when it comes up, and the timers' queues are swept
+now and then so that what ended does not pile up.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Timers:
     """Deadlines, queue timeouts and worker checks; every method takes times, reads no clock."""
 
     def __init__(self, *, queue_timeout: float) -> None:
-        self.waiting_time = queue_timeout
+        self.queue_timeout = queue_timeout
         self._deadlines: dict[float, deque[tuple[float, Request]]] = {}
         self._odd_deadlines: list[tuple[float, int, Request]] = []
         self._queued: deque[tuple[float, Request]] = deque()
@@ -54,8 +54,8 @@ class Timers:
         if len(fifo) > 2 * self.pending + 1024:
             self._deadlines[timeout] = deque(entry for entry in fifo if not entry[1].ended)
 
-    def queue_timeout(self, request: Request) -> None:
-        """``request`` joined a queue at its :attr:`~Request.enqueued_at`."""
+    def queued(self, request: Request) -> None:
+        """``request`` joined a queue: it waits there :attr:`queue_timeout` at most."""
         queued = self._queued
         queued.append((request.enqueued_at, request))
         if len(queued) > 2 * self.pending + 1024:
@@ -88,7 +88,7 @@ class Timers:
         while queued and not _still_queued(*queued[0]):
             queued.popleft()
         if queued:
-            times.append(queued[0][0] + self.waiting_time)
+            times.append(queued[0][0] + self.queue_timeout)
         checks = self._checks
         while checks and checks[0][2].check_at != checks[0][0]:
             heapq.heappop(checks)
@@ -121,8 +121,8 @@ class Timers:
             if not request.ended:
                 expired.append(request)
         waited: list[Request] = []
-        queued, waiting_time = self._queued, self.waiting_time
-        while queued and queued[0][0] + waiting_time <= now:  # as next_wakeup adds it
+        queued, queue_timeout = self._queued, self.queue_timeout
+        while queued and queued[0][0] + queue_timeout <= now:  # as next_wakeup adds it
             enqueued_at, request = queued.popleft()
             if _still_queued(enqueued_at, request):
                 waited.append(request)

@@ -15,12 +15,12 @@ class Worker:
 
     id: bytes
     dialect: Dialect
-    service: Service
+    service: Service = field(repr=False)
     credits: int
     last_heard: float
     last_sent: float
     patient: bool
-    held: dict[bytes, Request] = field(default_factory=dict)
+    held: dict[bytes, Request] = field(default_factory=dict, repr=False)
     """Requests sent to it and not answered, by token (some perhaps ended by a deadline)."""
     grace_from: float = 0.0
     """For a patient worker: when a deadline last ended a request it holds."""
@@ -58,11 +58,11 @@ class Service:
     """The workers of one service and the requests waiting for them."""
 
     name: bytes
-    workers: dict[bytes, Worker] = field(default_factory=dict)
-    free: dict[bytes, Worker] = field(default_factory=dict)
+    workers: dict[bytes, Worker] = field(default_factory=dict, repr=False)
+    free: dict[bytes, Worker] = field(default_factory=dict, repr=False)
     """Workers with a free credit, least recently used first."""
-    queue: deque[Request] = field(default_factory=deque)
-    again: deque[Request] = field(default_factory=deque)
+    queue: deque[Request] = field(default_factory=deque, repr=False)
+    again: deque[Request] = field(default_factory=deque, repr=False)
     """Requests going again (their worker died, or could not take them): before new ones."""
     queued: int = 0
     """Requests in the two queues still waiting (the queues may hold some that ended)."""
