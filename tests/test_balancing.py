@@ -1,4 +1,4 @@
-"""Load-balancing mode through real sockets: guide workers, ZRW1 workers, refusals, liveness."""
+"""Load-balancing mode through real sockets: guide and zmqrelay workers, refusals, liveness."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ async def zrw1_worker(
     sock = raw_socket(context, zmq.DEALER, "inproc://b", routing_id=routing_id)
     await sock.send_multipart(lbwire.encode_ready(credits))
     # The broker acknowledges a registration with a heartbeat at once.
-    assert await sock.recv_multipart() == [b"", b"ZRW1", lbwire.HEARTBEAT]
+    assert await sock.recv_multipart() == [lbwire.PROTOCOL + lbwire.HEARTBEAT]
     return sock
 
 
@@ -133,7 +133,7 @@ async def test_zrw1_workers_get_heartbeats_and_a_silent_one_dies(
             assignment = lbwire.decode_from_broker(request)
             assert isinstance(assignment, lbwire.Assignment)
             assert not assignment.redelivery
-            assert await silent.recv_multipart() == [b"", b"ZRW1", lbwire.HEARTBEAT]
+            assert await silent.recv_multipart() == [lbwire.PROTOCOL + lbwire.HEARTBEAT]
             # It never answers nor beats: it dies, and the request goes to the next worker.
             healthy = await zrw1_worker(context, b"healthy", credits=1)
             try:
@@ -141,7 +141,7 @@ async def test_zrw1_workers_get_heartbeats_and_a_silent_one_dies(
                     while (again := lbwire.decode_from_broker(await healthy.recv_multipart())) == (
                         "heartbeat"
                     ):
-                        await healthy.send_multipart([b"", b"ZRW1", lbwire.HEARTBEAT])
+                        await healthy.send_multipart([lbwire.PROTOCOL + lbwire.HEARTBEAT])
                 assert isinstance(again, lbwire.Assignment)
                 assert again.redelivery
                 await healthy.send_multipart(
@@ -193,8 +193,8 @@ async def test_error_replies_and_protocol_violations(
             # A reply to a request it was never given is counted; an unknown command is a
             # protocol violation, and the worker is forgotten (and told so).
             await worker.send_multipart(lbwire.encode_reply(bytes(8), Status.OK, [b"?"]))
-            await worker.send_multipart([b"", b"ZRW1", b"\x7f"])
-            assert await worker.recv_multipart() == [b"", b"ZRW1", lbwire.DISCONNECT]
+            await worker.send_multipart([lbwire.PROTOCOL + b"\x7f"])
+            assert await worker.recv_multipart() == [lbwire.PROTOCOL + lbwire.DISCONNECT]
             stats = broker.statistics()
             assert stats.malformed_replies == 2
             assert stats.scheduler.workers == 0  # type: ignore[union-attr]
@@ -325,7 +325,7 @@ async def test_a_request_may_ask_to_be_sent_again_if_its_worker_dies(
                         while (
                             again := lbwire.decode_from_broker(await healthy.recv_multipart())
                         ) == "heartbeat":
-                            await healthy.send_multipart([b"", b"ZRW1", lbwire.HEARTBEAT])
+                            await healthy.send_multipart([lbwire.PROTOCOL + lbwire.HEARTBEAT])
                     assert isinstance(again, lbwire.Assignment)
                     assert again.redelivery
                     await healthy.send_multipart(

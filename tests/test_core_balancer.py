@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from zmqrelay._core import lbwire, tag
 from zmqrelay._core.balancer import Balancer
+from zmqrelay._core.dialects import ZRW1
 
 GUIDE_READY = [b"", b"READY"]
 MAJORTOMO = [b"", b"MDPW02"]
@@ -53,10 +54,10 @@ def test_requests_go_to_the_least_recently_used_worker() -> None:
 def test_a_worker_the_broker_does_not_know_is_told_to_register_again() -> None:
     balancer = Balancer()
     balancer.from_worker([b"W", *MAJORTOMO, b"\x05"], 0.0)  # a heartbeat
-    balancer.from_worker([b"Z", b"", lbwire.PROTOCOL, lbwire.HEARTBEAT], 0.0)
+    balancer.from_worker([b"Z", b"", ZRW1, lbwire.HEARTBEAT], 0.0)
     assert take(balancer) == (
         [],
-        [[b"W", *MAJORTOMO, b"\x06"], [b"Z", b"", lbwire.PROTOCOL, lbwire.DISCONNECT]],
+        [[b"W", *MAJORTOMO, b"\x06"], [b"Z", b"", ZRW1, lbwire.DISCONNECT]],
     )
     # A reply from it is counted as unknown, and it too gets DISCONNECT.
     balancer.from_worker([b"W", *MAJORTOMO, b"\x04", bytes(8), b"", b"late"], 0.0)
@@ -123,7 +124,7 @@ def test_a_request_for_a_worker_gone_unseen_waits_for_another() -> None:
 
 def test_a_stream_that_meets_a_full_client_ends_in_a_refusal_never_with_a_gap() -> None:
     balancer = Balancer()
-    worker = [b"W", b"", lbwire.PROTOCOL]
+    worker = [b"W", b"", ZRW1]
     balancer.from_worker([*worker, lbwire.READY, b"1"], 0.0)
     balancer.from_client([b"C", tag.encode(1), b"", b"go"], 0.0)
     take(balancer)
@@ -202,12 +203,12 @@ def test_a_request_still_in_the_outbox_when_its_worker_leaves_waits_for_another(
 def test_a_worker_that_registers_again_in_another_dialect_is_spoken_to_in_it() -> None:
     balancer = Balancer()
     balancer.from_worker([b"W", *GUIDE_READY], 0.0)
-    balancer.from_worker([b"W", b"", lbwire.PROTOCOL, lbwire.READY, b"1"], 0.1)
+    balancer.from_worker([b"W", b"", ZRW1, lbwire.READY, b"1"], 0.1)
     _, (acknowledged,) = take(balancer)
-    assert acknowledged == [b"W", b"", lbwire.PROTOCOL, lbwire.HEARTBEAT]
+    assert acknowledged == [b"W", b"", ZRW1, lbwire.HEARTBEAT]
     balancer.from_client([b"C", b"", b"x"], 0.2)
     _, (request,) = take(balancer)
-    assert request[2:4] == [lbwire.PROTOCOL, lbwire.REQUEST]
+    assert request[2:4] == [ZRW1, lbwire.REQUEST]
 
 
 def test_requests_that_ended_while_queued_leave_the_queue() -> None:

@@ -84,7 +84,12 @@ def test_guide_worker_round_trip(worker: bytes, token: bytes, payload: list[byte
      (lbwire.DISCONNECT, "disconnect")],
 )  # fmt: skip
 def test_zmqrelay_commands(command: bytes, event: str) -> None:
-    assert read([b"w", b"", b"ZRW1", command], known=True) == ("zmqrelay", event)
+    assert read([b"w", *lbwire.encode_command_to_broker(command)], known=True) == (
+        "zmqrelay",
+        event,
+    )
+    # ZRW1, the protocol's first version, is still read.
+    assert read([b"w", b"", b"ZRW1", command], known=True) == ("zmqrelay-1", event)
 
 
 def test_broker_commands() -> None:
@@ -99,13 +104,20 @@ def test_broker_commands() -> None:
     ("frames", "dialect"),
     [
         ([b"w", b"READY"], None),  # no delimiter
-        ([b"w", b"", b"ZRW1"], "zmqrelay"),  # no command
-        ([b"w", b"", b"ZRW1", b"\x01", b"0"], "zmqrelay"),  # no credits
-        ([b"w", b"", b"ZRW1", b"\x01", b"many"], "zmqrelay"),
-        ([b"w", b"", b"ZRW1", b"\x03", b"short", b"\x00", b"x"], "zmqrelay"),  # bad reply-to
-        ([b"w", b"", b"ZRW1", b"\x03", bytes(8), b"\x09", b"x"], "zmqrelay"),  # unknown status
-        ([b"w", b"", b"ZRW1", b"\x04", b"extra"], "zmqrelay"),
-        ([b"w", b"", b"ZRW1", b"\x7f"], "zmqrelay"),
+        ([b"w", b"", b"ZRW1"], "zmqrelay-1"),  # no command
+        ([b"w", b"", b"ZRW1", b"\x01", b"0"], "zmqrelay-1"),  # no credits
+        ([b"w", b"", b"ZRW1", b"\x01", b"many"], "zmqrelay-1"),
+        ([b"w", b"", b"ZRW1", b"\x03", b"short", b"\x00", b"x"], "zmqrelay-1"),  # bad reply-to
+        ([b"w", b"", b"ZRW1", b"\x03", bytes(8), b"\x09", b"x"], "zmqrelay-1"),  # unknown status
+        ([b"w", b"", b"ZRW1", b"\x04", b"extra"], "zmqrelay-1"),
+        ([b"w", b"", b"ZRW1", b"\x7f"], "zmqrelay-1"),
+        ([b"w", b"ZRW2"], "zmqrelay"),  # no command
+        ([b"w", b"ZRW2\x01\x00\x00\x00\x00"], "zmqrelay"),  # no credits
+        ([b"w", b"ZRW2\x01\x00\x00\x00"], "zmqrelay"),  # credits too short
+        ([b"w", b"ZRW2\x03" + bytes(8) + b"\x09", b"x"], "zmqrelay"),  # unknown status
+        ([b"w", b"ZRW2\x03" + bytes(8) + b"\x00"], "zmqrelay"),  # no body
+        ([b"w", b"ZRW2\x04", b"extra"], "zmqrelay"),
+        ([b"w", b"ZRW2\x7f"], "zmqrelay"),
         ([b"w", b"", b"short", b"", b"x"], "guide"),  # a guide reply's reply-to is no token
         ([b"w", b"", bytes(8), b"x", b"r"], "guide"),  # no delimiter after it
     ],

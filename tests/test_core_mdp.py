@@ -28,7 +28,17 @@ tokens = st.integers(0, 2**64 - 1)
 # Bodies as the protocols carry them: several frames, empty and binary ones among them.
 bodies = st.lists(st.one_of(st.just(b""), frame), min_size=1, max_size=6)
 # Messages close to valid ones: the headers, commands and delimiters of every dialect.
-_PIECES = [b"", b"MDPC01", b"MDPC02", b"MDPW01", b"MDPW02", b"ZRW1", b"mmi.service", bytes(8)]
+_PIECES = [
+    b"",
+    b"MDPC01",
+    b"MDPC02",
+    b"MDPW01",
+    b"MDPW02",
+    b"ZRW1",
+    b"ZRW2",
+    b"mmi.service",
+    bytes(8),
+]
 _PIECES += [bytes([n]) for n in range(8)]
 near_misses = st.lists(st.sampled_from(_PIECES) | frame, max_size=9)
 garbage = messages | near_misses

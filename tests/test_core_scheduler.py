@@ -109,7 +109,7 @@ def read_sent(message: list[bytes], token: bytes | None) -> Sent | str:
     got: lbwire.Assignment | mdp.MdpAssignment | str
     if rest[0] == mdp.WORKER_02:
         got = mdp.decode_from_broker("mdp-0.2", rest)
-    elif rest[1] == lbwire.PROTOCOL:
+    elif rest[0].startswith(lbwire.PROTOCOL):
         got = lbwire.decode_from_broker(rest)
     elif rest[1] in _MDP_HEADERS:
         got = mdp.decode_from_broker(_MDP_HEADERS[rest[1]], rest)

@@ -598,14 +598,16 @@ async def test_an_unknown_mdp_worker_is_told_to_disconnect_in_its_own_variant(
 
 
 async def test_a_worker_may_register_for_another_service(context: LeakCheckingContext) -> None:
-    """A ZRW1 worker may say READY again, for another service: it then serves that one."""
+    """A zmqrelay worker may say READY again, for another service: it then serves that one."""
     async with running(lb_broker(context)) as broker:
         worker = raw_socket(context, zmq.DEALER, broker.endpoints.backend)
         client = client_socket(context, broker, "mdp-0.2")
         try:
             for service in (b"first", b"second"):
                 await worker.send_multipart(lbwire.encode_ready(1, service))
-                assert await receive(worker) == [b"", b"ZRW1", lbwire.HEARTBEAT]  # acknowledged
+                assert await receive(worker) == [
+                    lbwire.PROTOCOL + lbwire.HEARTBEAT
+                ]  # acknowledged
             await eventually(lambda: scheduler_of(broker).services == 1)
             await client.send_multipart(client_request("mdp-0.2", b"second", [b"q"]))
             assignment = lbwire.decode_from_broker(await receive(worker))

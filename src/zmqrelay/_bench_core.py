@@ -45,10 +45,9 @@ def _worker_answer(peers: Peers) -> Callable[[list[bytes]], list[bytes]]:
     if peers == "guide":
         return lambda frames: frames  # [worker, "", reply-to, "", body]: echoed as it came
     if peers == "zmqrelay":
-        ok = bytes([tag.Status.OK])
-        # [worker, "", ZRW1, REQUEST, reply-to, flags, timeout, body...]
+        # [worker, ZRW2 REQUEST header (reply-to at 5:13), body...]
         return lambda frames: [
-            frames[0], b"", lbwire.PROTOCOL, lbwire.REPLY, frames[4], ok, *frames[7:]
+            frames[0], *lbwire.encode_reply(frames[1][5:13], tag.Status.OK, frames[2:])
         ]  # fmt: skip
     final = mdp.COMMANDS["majortomo"].final
     # [worker, "", MDPW02, REQUEST, reply-to, "", body...]

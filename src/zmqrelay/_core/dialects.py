@@ -28,12 +28,13 @@ from zmqrelay._core.request import Request
 from zmqrelay._core.tag import Status
 from zmqrelay.errors import RemoteProtocolError
 
-DialectName = Literal["guide", "zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
+DialectName = Literal["guide", "zmqrelay", "zmqrelay-1", "mdp-0.1", "mdp-0.2", "majortomo"]
 
 TOKEN_SIZE = 8
-_MAX_CREDITS = 1_000_000
+ZRW1 = b"ZRW1"
 _STATUSES = tuple(Status)
-_WORKER_STATUSES = (bytes([Status.OK]), bytes([Status.ERROR]), bytes([Status.PARTIAL]))
+_WORKER_STATUS_CODES = (Status.OK, Status.ERROR, Status.PARTIAL)
+_WORKER_STATUSES = tuple(bytes([code]) for code in _WORKER_STATUS_CODES)
 
 
 class Ready(NamedTuple):
@@ -115,9 +116,79 @@ class _Guide(Dialect):
 
 
 class _Zmqrelay(Dialect):
+    """ZRW2 (:mod:`zmqrelay._core.lbwire`): one header frame, fixed fields, then the body."""
+
     name = "zmqrelay"
     acknowledged = True
-    _header = (DELIMITER, lbwire.PROTOCOL)
+
+    def decode(self, rest: list[bytes], *, known: bool) -> Event:
+        header = rest[0]  # read() saw it start with ZRW2
+        command = header[4:5]
+        if command == lbwire.REPLY:
+            if len(header) != lbwire.REPLY_HEADER_SIZE or len(rest) < 2:
+                raise RemoteProtocolError("REPLY needs a reply-to, a status and a body")
+            status = header[13]
+            if status not in _WORKER_STATUS_CODES:
+                raise RemoteProtocolError(
+                    f"a REPLY's status is OK, ERROR or PARTIAL, not {status}"
+                )
+            if status == Status.PARTIAL:
+                return Reply(header[5:13], Status.OK, rest[1:], True)
+            return Reply(header[5:13], _STATUSES[status], rest[1:], False)
+        if command == lbwire.READY:
+            if len(header) != lbwire.READY_HEADER.size or len(rest) > 2:
+                raise RemoteProtocolError("READY carries the credits, then maybe a service")
+            credits = lbwire.READY_HEADER.unpack(header)[2]
+            service = rest[1] if len(rest) == 2 else b""
+            return _ready(credits, service)
+        if len(header) != 5 or len(rest) != 1:
+            raise RemoteProtocolError(f"command {command!r} takes no fields or frames")
+        return _command(command)
+
+    def request(self, worker: bytes, request: Request, now: float) -> list[bytes]:
+        deadline = request.deadline
+        milliseconds = (
+            lbwire.NO_TIMEOUT
+            if deadline is None
+            else min(lbwire.NO_TIMEOUT - 1, max(0, round((deadline - now) * 1000)))
+        )
+        header = lbwire.REQUEST_HEADER.pack(
+            lbwire.PROTOCOL, lbwire.REQUEST, request.token, request.redelivery, milliseconds
+        )
+        return [worker, header, *request.body]
+
+    def command(
+        self, worker: bytes, which: Literal["heartbeat", "disconnect"]
+    ) -> list[bytes] | None:
+        code = lbwire.HEARTBEAT if which == "heartbeat" else lbwire.DISCONNECT
+        return [worker, lbwire.PROTOCOL + code]
+
+
+def _ready(credits: int, service: bytes) -> Ready:
+    if not 1 <= credits <= lbwire.MAX_CREDITS:
+        raise RemoteProtocolError(
+            f"READY credits must be 1 to {lbwire.MAX_CREDITS}, not {credits}"
+        )
+    if mdp.is_mmi(service):
+        raise RemoteProtocolError("workers may not offer mmi.* services")
+    return Ready(credits, service)
+
+
+def _command(command: bytes) -> Command:
+    if command == lbwire.HEARTBEAT:
+        return "heartbeat"
+    if command == lbwire.LEAVING:
+        return "leaving"
+    if command == lbwire.DISCONNECT:
+        return "disconnect"
+    raise RemoteProtocolError(f"unknown command {command!r}")
+
+
+class _Zmqrelay1(Dialect):
+    """ZRW1, the first version of zmqrelay's worker protocol: a frame for each field."""
+
+    name = "zmqrelay-1"
+    acknowledged = True
 
     def decode(self, rest: list[bytes], *, known: bool) -> Event:
         if not rest:
@@ -138,38 +209,26 @@ class _Zmqrelay(Dialect):
                     "READY carries the credits (an ASCII integer), a service"
                 )
             credits = int(arguments[0])
-            if not 1 <= credits <= _MAX_CREDITS:
-                raise RemoteProtocolError(
-                    f"READY credits must be 1 to {_MAX_CREDITS}, not {credits}"
-                )
             service = arguments[1] if len(arguments) == 2 else b""
-            if mdp.is_mmi(service):
-                raise RemoteProtocolError("workers may not offer mmi.* services")
-            return Ready(credits, service)
+            return _ready(credits, service)
         if arguments:
             raise RemoteProtocolError(f"command {command!r} takes no frames")
-        if command == lbwire.HEARTBEAT:
-            return "heartbeat"
-        if command == lbwire.LEAVING:
-            return "leaving"
-        if command == lbwire.DISCONNECT:
-            return "disconnect"
-        raise RemoteProtocolError(f"unknown ZRW1 command {command!r}")
+        return _command(command)
 
     def request(self, worker: bytes, request: Request, now: float) -> list[bytes]:
         deadline = request.deadline
         milliseconds = b"" if deadline is None else b"%d" % max(0, round((deadline - now) * 1000))
         flags = b"\x01" if request.redelivery else b"\x00"
         return [
-            worker, DELIMITER, lbwire.PROTOCOL, lbwire.REQUEST, request.token, flags,
-            milliseconds, *request.body,
+            worker, DELIMITER, ZRW1, lbwire.REQUEST, request.token, flags, milliseconds,
+            *request.body,
         ]  # fmt: skip
 
     def command(
         self, worker: bytes, which: Literal["heartbeat", "disconnect"]
     ) -> list[bytes] | None:
         code = lbwire.HEARTBEAT if which == "heartbeat" else lbwire.DISCONNECT
-        return [worker, DELIMITER, lbwire.PROTOCOL, code]
+        return [worker, DELIMITER, ZRW1, code]
 
 
 class _Majordomo(Dialect):
@@ -226,11 +285,12 @@ class _Majordomo(Dialect):
 
 GUIDE: Dialect = _Guide()
 ZMQRELAY: Dialect = _Zmqrelay()
+ZMQRELAY_1: Dialect = _Zmqrelay1()
 MDP_01: Dialect = _Majordomo("mdp-0.1")
 MDP_02: Dialect = _Majordomo("mdp-0.2")
 MAJORTOMO: Dialect = _Majordomo("majortomo")
 DIALECTS: dict[DialectName, Dialect] = {
-    dialect.name: dialect for dialect in (GUIDE, ZMQRELAY, MDP_01, MDP_02, MAJORTOMO)
+    dialect.name: dialect for dialect in (GUIDE, ZMQRELAY, ZMQRELAY_1, MDP_01, MDP_02, MAJORTOMO)
 }
 
 
@@ -249,14 +309,16 @@ def read(frames: list[bytes], *, known: bool) -> tuple[Dialect | None, Event | V
     count = len(frames)
     if count >= 3 and frames[1] == DELIMITER:
         header, rest = frames[2], frames[3:]
-        if header == lbwire.PROTOCOL:
-            dialect = ZMQRELAY
+        if header == ZRW1:
+            dialect = ZMQRELAY_1
         elif header == mdp.WORKER_02:
             dialect = MAJORTOMO
         elif header == mdp.WORKER_01:
             dialect = MDP_01
         else:
             dialect, rest = GUIDE, frames[2:]
+    elif count >= 2 and frames[1][:4] == lbwire.PROTOCOL:
+        dialect, rest = ZMQRELAY, frames[1:]
     elif count >= 2 and frames[1] == mdp.WORKER_02:
         dialect, rest = MDP_02, frames[2:]
     else:

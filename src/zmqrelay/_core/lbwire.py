@@ -1,65 +1,74 @@
-r"""zmqrelay's worker protocol, ZRW1, as a worker speaks it.
+r"""zmqrelay's worker protocol, ZRW2, as a worker speaks it.
 
-The broker's side of it, and of the guide's REQ workers, is :mod:`zmqrelay._core.dialects`.
+The broker's side of it (and of ZRW1, the protocol's first version, which it still reads, and
+of the guide's REQ workers) is :mod:`zmqrelay._core.dialects`.
 
-zmqrelay's own worker (a DEALER) is Majordomo-like, with credits and heartbeats. Every message
-starts ``[b"", b"ZRW1", command]``:
+zmqrelay's own worker (a DEALER) is Majordomo-like, with credits and heartbeats. Each message
+starts with one *header* frame: the 4 bytes ``ZRW2``, a command byte, then the command's fixed
+fields; what varies (a service name, a body) follows in frames of its own. One header frame,
+and no empty delimiter frame, so that a request and its reply each cross the broker in as few
+frames as the body allows (every frame costs a call into libzmq on both sides).
 
-====================  ===========================================================================
-worker → broker       frames after the command
-====================  ===========================================================================
-``READY``  ``\x01``    credits (ASCII integer), then the service name (optional: the default
-                      service, ``""``, without it)
-``REPLY``  ``\x03``    reply-to, status (one byte: a :class:`~zmqrelay._core.tag.Status`: OK,
-                      ERROR, or PARTIAL for a part of a streamed reply, more to come), body...
-``HEARTBEAT`` ``\x04``  none
-``LEAVING`` ``\x06``   none: take no more requests, the worker finishes what it holds
-``DISCONNECT`` ``\x05`` none: gone
-====================  ===========================================================================
+=====================  ==========================================================================
+worker → broker        header after ``ZRW2`` and the command byte; frames after the header
+=====================  ==========================================================================
+``READY``  ``\x01``     credits (4 bytes, big-endian); the service name, unless it is the default
+``REPLY``  ``\x03``     reply-to (8 bytes), status (1 byte: a :class:`~zmqrelay._core.tag.Status`:
+                       OK, ERROR, or PARTIAL for a part of a streamed reply, more to come); body
+``HEARTBEAT`` ``\x04``   nothing
+``LEAVING`` ``\x06``    nothing: take no more requests, the worker finishes what it holds
+``DISCONNECT`` ``\x05`` nothing: gone
+=====================  ==========================================================================
 
-====================  ===========================================================================
-broker → worker       frames after the command
-====================  ===========================================================================
-``REQUEST`` ``\x02``   reply-to, flags (``\x01``: a redelivery), timeout in ms (ASCII, ``""``:
-                      none), body...
-``HEARTBEAT`` ``\x04``  none
-``DISCONNECT`` ``\x05`` none: the broker forgot this worker (it should register again)
-====================  ===========================================================================
+=====================  ==========================================================================
+broker → worker        header after ``ZRW2`` and the command byte; frames after the header
+=====================  ==========================================================================
+``REQUEST`` ``\x02``    reply-to (8 bytes), flags (1 byte, ``\x01``: a redelivery), timeout in
+                       milliseconds (4 bytes, big-endian; ``0xFFFFFFFF``: none); body
+``HEARTBEAT`` ``\x04``   nothing
+``DISCONNECT`` ``\x05`` nothing: the broker forgot this worker (it should register again)
+=====================  ==========================================================================
 
-The reply-to frame is an opaque token the broker hands out per request: it stands for the
-client's whole envelope, so workers of either dialect can answer requests of clients behind any
-number of hops, and the broker can refuse replies it did not ask for.
+The reply-to is an opaque token the broker hands out per request: it stands for the client's
+whole envelope, so workers can answer requests of clients behind any number of hops, and the
+broker can refuse replies it did not ask for.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from zmqrelay._core.envelope import DELIMITER
 from zmqrelay._core.tag import Status
 from zmqrelay._core.worker import check_reply, encode_error
 from zmqrelay.errors import RemoteProtocolError
 
-PROTOCOL = b"ZRW1"
+PROTOCOL = b"ZRW2"
 READY, REQUEST, REPLY, HEARTBEAT, DISCONNECT, LEAVING = (bytes([n]) for n in range(1, 7))
-
-
-def encode_command_to_broker(command: bytes) -> list[bytes]:
-    """A HEARTBEAT, LEAVING or DISCONNECT from a zmqrelay worker (a DEALER)."""
-    return [DELIMITER, PROTOCOL, command]
+MAX_CREDITS = 1_000_000
+NO_TIMEOUT = 0xFFFF_FFFF
+"""The timeout field of a request whose client waits for ever."""
+READY_HEADER = struct.Struct(">4scI")
+REQUEST_HEADER = struct.Struct(">4sc8sBI")
+REPLY_HEADER_SIZE = 4 + 1 + 8 + 1
 
 
 def encode_ready(credits: int, service: bytes = b"") -> list[bytes]:
     """What a zmqrelay worker (a DEALER) sends to register (for ``service``, if not default)."""
-    message = [DELIMITER, PROTOCOL, READY, str(credits).encode()]
-    return [*message, service] if service else message
+    header = READY_HEADER.pack(PROTOCOL, READY, credits)
+    return [header, service] if service else [header]
+
+
+def encode_command_to_broker(command: bytes) -> list[bytes]:
+    """A HEARTBEAT, LEAVING or DISCONNECT from a zmqrelay worker (a DEALER)."""
+    return [PROTOCOL + command]
 
 
 def encode_reply(token_frame: bytes, status: Status, body: list[bytes]) -> list[bytes]:
     """What a zmqrelay worker sends to answer the request that came with ``token_frame``."""
-    return [DELIMITER, PROTOCOL, REPLY, token_frame, bytes([status]), *body]
+    return [b"".join((PROTOCOL, REPLY, token_frame, bytes([status]))), *body]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,23 +106,24 @@ def decode_from_broker(frames: list[bytes]) -> Assignment | BrokerCommand:
     """Decode what a zmqrelay worker's DEALER read from the broker.
 
     Raises:
-        RemoteProtocolError: it is not a ZRW1 message from a broker.
+        RemoteProtocolError: it is not a ZRW2 message from a broker.
     """
-    if len(frames) < 3 or frames[0] != DELIMITER or frames[1] != PROTOCOL:
-        raise RemoteProtocolError("a broker's message starts [empty frame, ZRW1, command]")
-    command, arguments = frames[2], frames[3:]
+    header = frames[0] if frames else b""
+    if not header.startswith(PROTOCOL) or len(header) < 5:
+        raise RemoteProtocolError("a broker's message starts with a ZRW2 header frame")
+    command = header[4:5]
     if command == REQUEST:
-        if len(arguments) < 4 or arguments[1] not in (b"\x00", b"\x01"):
-            raise RemoteProtocolError("REQUEST needs reply-to, flags, timeout and a body")
-        reply_to, flags, milliseconds = arguments[0], arguments[1], arguments[2]
-        if milliseconds and not milliseconds.isdigit():
-            raise RemoteProtocolError("a REQUEST's timeout is an ASCII integer of milliseconds")
-        timeout = int(milliseconds) / 1000 if milliseconds else None
-        return Assignment(reply_to, flags == b"\x01", timeout, arguments[3:])
-    if arguments:
-        raise RemoteProtocolError(f"command {command!r} takes no frames")
+        if len(header) != REQUEST_HEADER.size or len(frames) < 2:
+            raise RemoteProtocolError("REQUEST needs reply-to, flags and timeout, then a body")
+        _, _, reply_to, flags, milliseconds = REQUEST_HEADER.unpack(header)
+        if flags > 1:
+            raise RemoteProtocolError(f"unknown REQUEST flags {flags:#x}")
+        timeout = None if milliseconds == NO_TIMEOUT else milliseconds / 1000
+        return Assignment(reply_to, flags == 1, timeout, frames[1:])
+    if len(header) != 5 or len(frames) != 1:
+        raise RemoteProtocolError(f"command {command!r} takes no fields or frames")
     if command == HEARTBEAT:
         return "heartbeat"
     if command == DISCONNECT:
         return "disconnect"
-    raise RemoteProtocolError(f"unknown ZRW1 command from a broker {command!r}")
+    raise RemoteProtocolError(f"unknown ZRW2 command from a broker {command!r}")
