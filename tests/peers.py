@@ -10,7 +10,7 @@ import anyio
 import zmq
 import zmq.asyncio
 
-from zmqrelay import Broker
+from zmqrelay import BalancerStatistics, Broker, BrokerStatistics
 
 
 async def rep_worker(
@@ -107,3 +107,17 @@ def lb_broker(
         drain_timeout=0,
         **options,  # type: ignore[arg-type]
     )
+
+
+def relay_statistics(broker: Broker) -> BrokerStatistics:
+    """A relay broker's statistics (narrowed by their mode)."""
+    stats = broker.statistics()
+    assert stats.mode == "relay", stats
+    return stats
+
+
+def balancer_statistics(broker: Broker) -> BalancerStatistics:
+    """A load-balancing broker's statistics (narrowed by their mode)."""
+    stats = broker.statistics()
+    assert stats.mode == "load-balancing", stats
+    return stats

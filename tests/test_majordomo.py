@@ -21,7 +21,7 @@ import zmq.asyncio
 from majortomo import Client, Worker, WorkerRequestsIterator
 
 import peers
-from peers import eventually, raw_socket
+from peers import balancer_statistics, eventually, raw_socket
 from zmqrelay import AsyncWorker, Broker
 from zmqrelay._core import lbwire
 from zmqrelay._core.scheduler import SchedulerStatistics
@@ -43,9 +43,7 @@ def lb_broker(context: LeakCheckingContext, **options: object) -> Broker:
 
 
 def scheduler_of(broker: Broker) -> SchedulerStatistics:
-    stats = broker.statistics().scheduler
-    assert stats is not None
-    return stats
+    return balancer_statistics(broker).scheduler
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ def test_top_level_names() -> None:
     assert sorted(zmqrelay.__all__) == [
         "AsyncClient",
         "AsyncWorker",
+        "BalancerStatistics",
         "Broker",
         "BrokerBusy",
         "BrokerStatistics",

@@ -147,7 +147,9 @@ async def test_fixtures_can_use_an_external_broker(
         pytester, "--zmqrelay-frontend", frontend, "--zmqrelay-backend", backend
     )
     by_option.assert_outcomes(passed=1)
-    assert relay_broker.statistics().reply_frames == 8  # two replies of four frames
+    stats = relay_broker.statistics()
+    assert stats.mode == "relay"
+    assert stats.reply_frames == 8  # two replies of four frames
 
 
 async def _run_in_thread(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:

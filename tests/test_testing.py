@@ -33,7 +33,9 @@ async def test_fixtures_give_a_broker_a_worker_and_a_client(
     worker = await relay_worker(echo, concurrency=4)
     assert await relay_client.request(b"ping") == b"ping"
     # The default engine counts frames: client id, request tag, delimiter, body.
-    assert relay_broker.statistics().reply_frames == 4
+    stats = relay_broker.statistics()
+    assert stats.mode == "relay"
+    assert stats.reply_frames == 4
     assert worker.statistics().replies_sent == 1
     assert "endpoints=" in repr(relay_broker)
 

@@ -12,6 +12,7 @@ Clients connect to the broker's ROUTER *frontend*, workers connect (never bind) 
 from zmqrelay._aio.broker import Broker, Endpoints
 from zmqrelay._aio.client import AsyncClient, RetryPolicy
 from zmqrelay._aio.worker import AsyncWorker, FramesHandler, Handler, is_redelivery, time_left
+from zmqrelay._core.balancer import BalancerStatistics
 from zmqrelay._core.client import ClientStatistics
 from zmqrelay._core.relay import BrokerStatistics
 from zmqrelay._core.worker import WorkerStatistics
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncClient",
     "AsyncWorker",
+    "BalancerStatistics",
     "Broker",
     "BrokerBusy",
     "BrokerStatistics",

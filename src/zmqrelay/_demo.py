@@ -147,7 +147,12 @@ def _summarise(
         f"{len(result.failures)} failed"
     )
     stats = broker.statistics()
-    if stats.engine == "python":
+    if stats.mode == "load-balancing":
+        emit(
+            f"broker (load-balancing): {stats.requests_forwarded} requests and "
+            f"{stats.replies_forwarded} replies forwarded"
+        )
+    elif stats.engine == "python":
         emit(
             f"broker: {stats.requests_forwarded} requests and {stats.replies_forwarded} replies "
             f"forwarded, {(stats.malformed_requests or 0) + (stats.malformed_replies or 0)} "

@@ -40,6 +40,7 @@ from zmqrelay._aio.broker import Broker, Endpoints
 from zmqrelay._aio.client import AsyncClient
 from zmqrelay._aio.service import Service
 from zmqrelay._aio.worker import AsyncWorker
+from zmqrelay._core.balancer import BalancerStatistics
 from zmqrelay._core.relay import BrokerStatistics
 from zmqrelay._core.worker import WorkerStatistics
 from zmqrelay.errors import EndpointError
@@ -305,7 +306,7 @@ class BrokerHarness:
             raise RuntimeError(self._unavailable("has no in-process broker"))
         return self._broker.service
 
-    def statistics(self) -> BrokerStatistics:
+    def statistics(self) -> BrokerStatistics | BalancerStatistics:
         """The in-process broker's statistics (since its last restart)."""
         return self.broker.statistics()
 

@@ -16,7 +16,7 @@ from zmqrelay._aio import balancing, sockets
 from zmqrelay._aio.proxy import ProxyEngine
 from zmqrelay._aio.relay import PythonRelay
 from zmqrelay._aio.service import Service, boundary_errors
-from zmqrelay._core.balancer import Balancer
+from zmqrelay._core.balancer import Balancer, BalancerStatistics
 from zmqrelay._core.endpoints import connectable
 from zmqrelay._core.relay import BrokerStatistics, ProxyTraffic, RelayCounters
 from zmqrelay.errors import ClosedError
@@ -177,19 +177,26 @@ class Broker(Service):
             raise ClosedError(f"the broker is {self._state}: it has not bound its endpoints")
         return self._endpoints
 
-    def statistics(self) -> BrokerStatistics:
-        """A snapshot of the broker's counters."""
+    def statistics(self) -> BrokerStatistics | BalancerStatistics:
+        """A snapshot of the broker's counters, of a type that depends on the mode.
+
+        ``statistics().mode`` tells them apart (and narrows the type for a type checker)::
+
+            stats = broker.statistics()
+            if stats.mode == "load-balancing":
+                print(stats.scheduler.workers)
+        """
         if self._mode == "load-balancing":
             return self._balancer.statistics()
         if self._engine == "python":
-            return self._counters.snapshot("relay")
+            return self._counters.snapshot()
         traffic = self._proxy.traffic() if self._proxy else ProxyTraffic(0, 0, 0, 0)
         if self._drain is not None:  # replies relayed in the loop after the proxy stopped
             traffic = traffic._replace(
                 reply_frames=traffic.reply_frames + self._drain.drained_frames,
                 reply_bytes=traffic.reply_bytes + self._drain.drained_bytes,
             )
-        return self._counters.snapshot("relay", traffic)
+        return self._counters.snapshot(traffic)
 
     async def wait_ready(self) -> Endpoints:  # type: ignore[override]
         """Wait until the broker has bound both sockets and forwards messages.

@@ -25,10 +25,9 @@ The balancer owns everything load-balancing mode decides:
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from zmqrelay._core import dialects, frontend, mdp
-from zmqrelay._core.relay import BrokerStatistics
 from zmqrelay._core.request import Request
 from zmqrelay._core.scheduler import Scheduler, SchedulerStatistics, ToClient, ToWorker
 
@@ -37,7 +36,38 @@ logger = logging.getLogger("zmqrelay.broker")
 Unreachable = Literal["full", "gone"]
 """Why a send failed: the peer's queue takes no more now, or no peer has that routing id."""
 
-__all__ = ["Balancer", "ToClient", "ToWorker", "Unreachable"]
+__all__ = ["Balancer", "BalancerStatistics", "ToClient", "ToWorker", "Unreachable"]
+
+
+class BalancerStatistics(NamedTuple):
+    """A snapshot of a load-balancing :class:`~zmqrelay.Broker`'s counters.
+
+    (A relay broker's are a :class:`~zmqrelay.BrokerStatistics`; :attr:`mode` tells them
+    apart, and narrows the type for a type checker.)
+    """
+
+    mode: Literal["load-balancing"]
+    """The routing mode."""
+    requests_forwarded: int
+    """Requests handed to workers (a request sent again counts again)."""
+    replies_forwarded: int
+    """Replies passed to clients (each part of a streamed reply counts), service discovery's
+    answers included."""
+    malformed_requests: int
+    """Frontend messages dropped because they were in no client dialect."""
+    malformed_replies: int
+    """Backend messages that broke their dialect's rules, and replies naming a request their
+    worker does not hold."""
+    unroutable_replies: int
+    """Replies and refusals dropped because their client is not connected (any more)."""
+    congested_replies: int
+    """Replies and refusals dropped because their client's queue was full."""
+    undelivered_requests: int
+    """Requests still queued or in flight when the broker closed."""
+    requests_held: int
+    """Requests waiting, now, for a worker to take them."""
+    scheduler: SchedulerStatistics
+    """Workers, credits, the queue and how requests ended."""
 
 
 class Balancer:
@@ -207,13 +237,12 @@ class Balancer:
         """Requests queued or in flight, whose client still waits."""
         return self.scheduler.pending
 
-    def statistics(self) -> BrokerStatistics:
+    def statistics(self) -> BalancerStatistics:
         """A snapshot of the counters."""
         scheduler = self.scheduler
         counts: SchedulerStatistics = scheduler.statistics(self._mmi_requests)
-        return BrokerStatistics(
+        return BalancerStatistics(
             mode="load-balancing",
-            engine="python",
             requests_forwarded=scheduler.requests_forwarded,
             replies_forwarded=scheduler.replies_forwarded,
             malformed_requests=self._malformed_requests,
@@ -222,10 +251,6 @@ class Balancer:
             congested_replies=self._congested_replies,
             undelivered_requests=self._undelivered,
             requests_held=counts.queued,
-            request_frames=None,
-            request_bytes=None,
-            reply_frames=None,
-            reply_bytes=None,
             scheduler=counts,
         )
 

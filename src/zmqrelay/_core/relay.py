@@ -9,13 +9,14 @@ hop..., b"", body...]``; anything else is dropped and counted (see
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
-
-from zmqrelay._core.scheduler import SchedulerStatistics
+from typing import Literal, NamedTuple
 
 
 class BrokerStatistics(NamedTuple):
-    """A snapshot of a :class:`~zmqrelay.Broker`'s counters.
+    """A snapshot of a relay-mode :class:`~zmqrelay.Broker`'s counters.
+
+    (A load-balancing broker's are a :class:`~zmqrelay.BalancerStatistics`; the two tell
+    themselves apart by :attr:`mode`, which narrows the type for a type checker.)
 
     What is counted depends on the engine: the ``"python"`` engine looks at every message and
     counts messages and drops; the ``"libzmq"`` engine (the default, C speed) never sees a
@@ -23,8 +24,8 @@ class BrokerStatistics(NamedTuple):
     count is ``None``.
     """
 
-    mode: str
-    """The routing mode: ``"relay"`` or ``"load-balancing"``."""
+    mode: Literal["relay"]
+    """The routing mode."""
     engine: str
     """What moves the frames: ``"libzmq"`` or ``"python"``."""
     requests_forwarded: int | None
@@ -53,8 +54,6 @@ class BrokerStatistics(NamedTuple):
     """Frames passed to clients."""
     reply_bytes: int | None
     """Bytes in those frames."""
-    scheduler: SchedulerStatistics | None = None
-    """Load-balancing mode: workers, credits, queue and outcomes (see the scheduler)."""
 
 
 class ProxyTraffic(NamedTuple):
@@ -95,14 +94,14 @@ class RelayCounters:
         )
         return max(0, self.requests_forwarded - settled)
 
-    def snapshot(self, mode: str, traffic: ProxyTraffic | None = None) -> BrokerStatistics:
+    def snapshot(self, traffic: ProxyTraffic | None = None) -> BrokerStatistics:
         """The counters as an immutable :class:`BrokerStatistics`.
 
         With ``traffic`` (the libzmq engine's frame counts) the message counters are unknown.
         """
         if traffic is None:
             return BrokerStatistics(
-                mode, "python",
+                "relay", "python",
                 self.requests_forwarded, self.replies_forwarded,
                 self.malformed_requests, self.malformed_replies,
                 self.unroutable_replies, self.congested_replies,
@@ -110,7 +109,7 @@ class RelayCounters:
                 None, None, None, None,
             )  # fmt: skip
         return BrokerStatistics(
-            mode, "libzmq",
+            "relay", "libzmq",
             None, None, None, None, None, None,
             self.undelivered_requests, self.requests_held,
             *traffic,
