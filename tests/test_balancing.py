@@ -105,7 +105,7 @@ async def test_no_worker_in_time_is_a_typed_error(
             await client.request(b"anyone?")
 
 
-async def zrw1_worker(
+async def zrw_worker(
     context: LeakCheckingContext, routing_id: bytes, credits: int
 ) -> zmq.asyncio.Socket:
     sock = raw_socket(context, zmq.DEALER, "inproc://b", routing_id=routing_id)
@@ -115,12 +115,12 @@ async def zrw1_worker(
     return sock
 
 
-async def test_zrw1_workers_get_heartbeats_and_a_silent_one_dies(
+async def test_zmqrelay_workers_get_heartbeats_and_a_silent_one_dies(
     context: LeakCheckingContext, client: AsyncClient
 ) -> None:
     broker = lb_broker(context, heartbeat_interval=0.05, liveness=3, redeliveries=1)
     async with running(broker), anyio.create_task_group() as tg:
-        silent = await zrw1_worker(context, b"silent", credits=1)
+        silent = await zrw_worker(context, b"silent", credits=1)
         try:
             await eventually(lambda: broker.statistics().scheduler.workers == 1)  # type: ignore[union-attr]
             answers: list[bytes] = []
@@ -135,7 +135,7 @@ async def test_zrw1_workers_get_heartbeats_and_a_silent_one_dies(
             assert not assignment.redelivery
             assert await silent.recv_multipart() == [lbwire.PROTOCOL + lbwire.HEARTBEAT]
             # It never answers nor beats: it dies, and the request goes to the next worker.
-            healthy = await zrw1_worker(context, b"healthy", credits=1)
+            healthy = await zrw_worker(context, b"healthy", credits=1)
             try:
                 with anyio.fail_after(5):
                     while (again := lbwire.decode_from_broker(await healthy.recv_multipart())) == (
@@ -156,11 +156,40 @@ async def test_zrw1_workers_get_heartbeats_and_a_silent_one_dies(
         tg.cancel_scope.cancel()
 
 
+async def test_a_worker_of_zrw1_the_first_version_is_served_in_it(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    # An AsyncWorker of an earlier zmqrelay speaks ZRW1: a frame for each field.
+    zrw1 = [b"", b"ZRW1"]
+    async with running(lb_broker(context)):
+        worker = raw_socket(context, zmq.DEALER, "inproc://b")
+        try:
+            await worker.send_multipart([*zrw1, lbwire.READY, b"1"])
+            assert await worker.recv_multipart() == [*zrw1, lbwire.HEARTBEAT]
+            async with anyio.create_task_group() as tg:
+                replies: list[bytes] = []
+
+                async def ask() -> None:
+                    replies.append(await client.request(b"old", timeout=5))
+
+                tg.start_soon(ask)
+                with anyio.fail_after(5):
+                    request = await worker.recv_multipart()
+                assert request[:3] == [*zrw1, lbwire.REQUEST]
+                reply_to, flags, milliseconds, body = request[3:]
+                assert (flags, body) == (b"\x00", b"old")
+                assert 0 < int(milliseconds) <= 5000
+                await worker.send_multipart([*zrw1, lbwire.REPLY, reply_to, b"\x00", b"OLD"])
+            assert replies == [b"OLD"]
+        finally:
+            worker.close()
+
+
 async def test_without_redeliveries_a_dead_workers_request_ends_in_worker_died(
     context: LeakCheckingContext, client: AsyncClient
 ) -> None:
     async with running(lb_broker(context, heartbeat_interval=0.05, liveness=2)):
-        silent = await zrw1_worker(context, b"silent", credits=1)
+        silent = await zrw_worker(context, b"silent", credits=1)
         try:
             with anyio.fail_after(5), pytest.raises(WorkerDied):
                 await client.request(b"lost")
@@ -172,7 +201,7 @@ async def test_error_replies_and_protocol_violations(
     context: LeakCheckingContext, client: AsyncClient
 ) -> None:
     async with running(lb_broker(context)) as broker, anyio.create_task_group() as tg:
-        worker = await zrw1_worker(context, b"w", credits=2)
+        worker = await zrw_worker(context, b"w", credits=2)
         try:
             failures: list[RemoteError] = []
 
@@ -309,7 +338,7 @@ async def test_a_request_may_ask_to_be_sent_again_if_its_worker_dies(
     context: LeakCheckingContext, client: AsyncClient
 ) -> None:
     async with running(lb_broker(context, heartbeat_interval=0.05, liveness=2)) as broker:
-        silent = await zrw1_worker(context, b"silent", credits=1)
+        silent = await zrw_worker(context, b"silent", credits=1)
         try:
             async with anyio.create_task_group() as tg:
                 answers: list[bytes] = []
@@ -319,7 +348,7 @@ async def test_a_request_may_ask_to_be_sent_again_if_its_worker_dies(
 
                 tg.start_soon(ask)
                 await silent.recv_multipart()  # it takes the request, then says nothing
-                healthy = await zrw1_worker(context, b"healthy", credits=1)
+                healthy = await zrw_worker(context, b"healthy", credits=1)
                 try:
                     with anyio.fail_after(5):
                         while (
