@@ -30,7 +30,7 @@ from zmqrelay._core.worker import PLAIN_ERROR_PREFIX
 
 T = TypeVar("T")
 Command = Literal["heartbeat", "leaving", "disconnect"]
-_ZRW1_COMMANDS = {
+_ZRW_COMMANDS = {
     "heartbeat": lbwire.HEARTBEAT,
     "leaving": lbwire.LEAVING,
     "disconnect": lbwire.DISCONNECT,
@@ -50,21 +50,31 @@ class Peer:
         assert variant is not None, f"{self.dialect} is no Majordomo dialect"
         return variant
 
+    @property
+    def zmqrelay(self) -> bool:
+        """Whether it speaks zmqrelay's worker protocol (either version)."""
+        return self.dialect in ("zmqrelay", "zmqrelay-1")
+
     def can(self, command: Command) -> bool:
         """Whether its dialect has ``command``."""
-        return self.dialect == "zmqrelay" or (self.dialect != "guide" and command != "leaving")
+        return self.zmqrelay or (self.dialect != "guide" and command != "leaving")
 
     def ready(self, service: bytes = b"", credits: int = 1) -> list[bytes]:
         if self.dialect == "guide":
             return [self.id, b"", b"READY"]
         if self.dialect == "zmqrelay":
             return [self.id, *lbwire.encode_ready(credits, service)]
+        if self.dialect == "zmqrelay-1":
+            named = [service] if service else []
+            return [self.id, *ZRW1_HEADER, lbwire.READY, b"%d" % credits, *named]
         return [self.id, *mdp.encode_ready(self.variant, service)]
 
     def say(self, command: Command) -> list[bytes]:
         assert self.can(command)
         if self.dialect == "zmqrelay":
-            return [self.id, *lbwire.encode_command_to_broker(_ZRW1_COMMANDS[command])]
+            return [self.id, *lbwire.encode_command_to_broker(_ZRW_COMMANDS[command])]
+        if self.dialect == "zmqrelay-1":
+            return [self.id, *ZRW1_HEADER, _ZRW_COMMANDS[command]]
         return [self.id, *mdp.encode_to_broker(self.variant, command)]
 
     def reply(
@@ -73,9 +83,11 @@ class Peer:
         if self.dialect == "guide":
             assert not partial
             return [self.id, b"", token, b"", *body]
+        status = tag.Status.PARTIAL if partial else tag.Status.OK
         if self.dialect == "zmqrelay":
-            status = tag.Status.PARTIAL if partial else tag.Status.OK
             return [self.id, *lbwire.encode_reply(token, status, list(body))]
+        if self.dialect == "zmqrelay-1":
+            return [self.id, *ZRW1_HEADER, lbwire.REPLY, token, bytes([status]), *body]
         assignment = mdp.MdpAssignment(self.variant, token, [])
         frames = assignment.partial(list(body)) if partial else assignment.reply(list(body))
         assert frames is not None
@@ -103,6 +115,20 @@ NOTHING = Outbox([], [], [])
 _MDP_HEADERS: dict[bytes, mdp.Variant] = {mdp.WORKER_01: "mdp-0.1", mdp.WORKER_02: "majortomo"}
 
 
+ZRW1_HEADER = [b"", b"ZRW1"]
+
+
+def read_zrw1(rest: list[bytes]) -> lbwire.Assignment | str:
+    """What a ZRW1 worker reads after the header: a REQUEST or a command."""
+    command = rest[0]
+    if command == lbwire.REQUEST:
+        reply_to, flags, milliseconds, *body = rest[1:]
+        timeout = int(milliseconds) / 1000 if milliseconds else None
+        return lbwire.Assignment(reply_to, flags == b"\x01", timeout, body)
+    assert len(rest) == 1
+    return "heartbeat" if command == lbwire.HEARTBEAT else "disconnect"
+
+
 def read_sent(message: list[bytes], token: bytes | None) -> Sent | str:
     """What its worker reads in a message of the backend outbox: a request, or a command."""
     worker, rest = message[0], message[1:]
@@ -111,6 +137,8 @@ def read_sent(message: list[bytes], token: bytes | None) -> Sent | str:
         got = mdp.decode_from_broker("mdp-0.2", rest)
     elif rest[0].startswith(lbwire.PROTOCOL):
         got = lbwire.decode_from_broker(rest)
+    elif rest[:2] == ZRW1_HEADER:
+        got = read_zrw1(rest[2:])
     elif rest[1] in _MDP_HEADERS:
         got = mdp.decode_from_broker(_MDP_HEADERS[rest[1]], rest)
     else:  # the guide's: [empty, reply-to, empty, body...]
@@ -626,7 +654,7 @@ class Wire:
         if worker in self.vanished:
             return
         known = worker in self.registered
-        if known and peer.dialect != "guide" and peer.dialect != "zmqrelay":
+        if known and peer.dialect != "guide" and not peer.zmqrelay:
             pass  # a Majordomo worker says READY once: again, it is told DISCONNECT
         else:
             if self.registered.get(worker, service) != service:
@@ -671,7 +699,7 @@ class Wire:
             for worker in self.registered
             if self.peers[worker].can("heartbeat")
             and worker not in self.vanished
-            and (self.peers[worker].dialect == "zmqrelay" or worker not in busy)
+            and (self.peers[worker].zmqrelay or worker not in busy)
         ]
 
     def wait(self, seconds: float, *, late: bool = False) -> None:
@@ -827,7 +855,7 @@ WORKERS = (
     Peer(b"g1", "guide"),
     Peer(b"g2", "guide"),
     Peer(b"z1"),
-    Peer(b"z2"),
+    Peer(b"z2", "zmqrelay-1"),
     Peer(b"m1", "majortomo"),
     Peer(b"m2", "mdp-0.2"),
 )

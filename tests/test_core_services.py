@@ -349,7 +349,7 @@ def test_many_waiting_services_end_together_when_their_time_comes() -> None:
 
 WORKERS = (
     Peer(b"z1"),
-    Peer(b"z2"),
+    Peer(b"z2", "zmqrelay-1"),
     Peer(b"m1", "majortomo"),
     Peer(b"d1", "mdp-0.1"),
     Peer(b"g1", "guide"),
