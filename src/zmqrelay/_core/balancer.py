@@ -28,8 +28,9 @@ import logging
 from typing import Literal, NamedTuple
 
 from zmqrelay._core import dialects, frontend, mdp
+from zmqrelay._core.dispatch import ToClient, ToWorker
 from zmqrelay._core.request import Request
-from zmqrelay._core.scheduler import Scheduler, SchedulerStatistics, ToClient, ToWorker
+from zmqrelay._core.scheduler import Scheduler, SchedulerStatistics
 
 logger = logging.getLogger("zmqrelay.broker")
 

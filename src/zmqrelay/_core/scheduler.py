@@ -26,7 +26,8 @@ default, and each request names one):
 
 Every request ends exactly once: in one reply, or in one refusal.
 
-The scheduler writes what is to be sent straight into its two outboxes, encoded by the
+Rules 1 to 4 are the :class:`~zmqrelay._core.dispatch.Dispatcher`'s, which this builds on. The
+scheduler writes what is to be sent straight into its two outboxes, encoded by the
 client's codec (:mod:`zmqrelay._core.frontend`) and the worker's
 (:mod:`zmqrelay._core.dialects`); :class:`~zmqrelay._core.balancer.Balancer` reads the sockets'
 messages into it and hands the outboxes to the socket loop.
@@ -35,21 +36,14 @@ messages into it and hands the outboxes to the socket loop.
 from __future__ import annotations
 
 from collections import deque
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
-from zmqrelay._core import frontend
 from zmqrelay._core.dialects import Dialect
+from zmqrelay._core.dispatch import Dispatcher, ToWorker
 from zmqrelay._core.refusal import Refusal
 from zmqrelay._core.request import Request
 from zmqrelay._core.tag import Status
-from zmqrelay._core.timers import Timers
 from zmqrelay._core.workers import Service, Worker
-
-ToClient = tuple[list[bytes], Request | None]
-"""A message for the frontend ROUTER, and the request when it is one part of a stream."""
-ToWorker = tuple[list[bytes], bytes | None]
-"""A message for the backend ROUTER (its first frame names the worker), and the token of the
-request it dispatches, if it does."""
 
 
 class SchedulerStatistics(NamedTuple):
@@ -71,7 +65,7 @@ class SchedulerStatistics(NamedTuple):
     """Requests the broker answered itself (service discovery, ``mmi.*``)."""
 
 
-class Scheduler:
+class Scheduler(Dispatcher):
     """Workers, services, requests in flight and timers; every method takes the time."""
 
     def __init__(
@@ -85,27 +79,12 @@ class Scheduler:
     ) -> None:
         if heartbeat_interval <= 0 or liveness < 1:
             raise ValueError("heartbeat_interval and liveness must be positive")
-        if queue_limit < 0 or queue_timeout < 0:
-            raise ValueError("queue_limit and queue_timeout cannot be negative")
+        super().__init__(
+            queue_limit=queue_limit, queue_timeout=queue_timeout, first_token=first_token
+        )
         self.heartbeat_interval = heartbeat_interval
         self.silence = heartbeat_interval * liveness
-        self.queue_limit = queue_limit
-        self.queue_timeout = queue_timeout
-        self.to_clients: list[ToClient] = []
-        self.to_workers: list[ToWorker] = []
-        self.workers: dict[bytes, Worker] = {}
-        self.services: dict[bytes, Service] = {}
-        self.in_flight: dict[bytes, Request] = {}
-        self.queued = 0
-        self._next_token = first_token % (1 << 64)
-        self.timers = Timers(queue_timeout=queue_timeout)
-        self.requests_forwarded = 0
-        self.replies_forwarded = 0
-        self._delivered = 0
-        self._refused = 0
         self._redelivered = 0
-        self._late = 0
-        self._unknown = 0
         self._dead = 0
 
     # -- workers ---------------------------------------------------------------------------
@@ -140,15 +119,6 @@ class Scheduler:
             worker.last_sent = now
         worker.update_free()
         self._dispatch_queued(service, now)
-
-    def heard_from(self, worker: Worker, now: float) -> None:
-        """Any message from ``worker`` proves it alive (and able to take requests again)."""
-        worker.last_heard = now
-        if worker.full:
-            worker.full = False
-            worker.update_free()
-            if worker.service.queued:
-                self._dispatch_queued(worker.service, now)
 
     def heartbeat(self, worker: Worker, now: float) -> None:
         """``worker`` sent a heartbeat, so it is alive.
@@ -210,31 +180,7 @@ class Scheduler:
         elif request is not None:
             self._dispatch_queued(self.services[request.service], now)
 
-    # -- requests --------------------------------------------------------------------------
-
-    def request(self, request: Request, now: float) -> None:
-        """A client asks."""
-        self.timers.pending = len(self.in_flight) + self.queued
-        deadline = request.deadline
-        if deadline is not None and deadline <= now:
-            self._refuse(request, Refusal.DEADLINE)
-            return
-        service = self.services.get(request.service)
-        if service is not None and service.free:
-            self._dispatch(service, request, now)
-        elif self.queued >= self.queue_limit:
-            self._refuse(request, Refusal.BUSY)
-            return
-        else:
-            if service is None:
-                service = self._service(request.service)
-            request.queued = True
-            service.queue.append(request)
-            service.queued += 1
-            self.queued += 1
-            self.timers.queued(request)
-        if deadline is not None:
-            self.timers.deadline(request, deadline, request.timeout or 0.0)
+    # -- replies ---------------------------------------------------------------------------
 
     def reply(
         self,
@@ -316,18 +262,6 @@ class Scheduler:
 
     # -- what it knows ---------------------------------------------------------------------
 
-    def offers(self, service_name: bytes) -> bool:
-        """Whether a live worker that is not leaving offers ``service_name``."""
-        service = self.services.get(service_name)
-        return service is not None and any(
-            not worker.leaving for worker in service.workers.values()
-        )
-
-    @property
-    def pending(self) -> int:
-        """Requests queued or in flight, whose client still waits."""
-        return self.queued + sum(not request.ended for request in self.in_flight.values())
-
     def statistics(self, mmi_requests: int = 0) -> SchedulerStatistics:
         """A snapshot."""
         return SchedulerStatistics(
@@ -345,107 +279,7 @@ class Scheduler:
             mmi_requests=mmi_requests,
         )
 
-    def reply_unknown(self) -> None:
-        """A reply came from a worker that is not registered: it is dropped and counted."""
-        self._unknown += 1
-
     # -- internals -------------------------------------------------------------------------
-
-    def _service(self, name: bytes) -> Service:
-        service = self.services.get(name)
-        if service is None:
-            service = self.services[name] = Service(name)
-        return service
-
-    def _retire_if_idle(self, service: Service) -> None:
-        # A service that holds neither workers nor requests is dropped: requests naming ever
-        # new services leave nothing behind once they end.
-        if service.workers or service.queued:
-            return
-        if self.services.get(service.name) is service:
-            del self.services[service.name]
-
-    def _dispatch(self, service: Service, request: Request, now: float) -> None:
-        free = service.free
-        worker = next(iter(free.values()))  # the least recently used
-        worker_id = worker.id
-        del free[worker_id]
-        worker.credits -= 1
-        if worker.credits:
-            free[worker_id] = worker  # the most recently used end
-        token = self._next_token.to_bytes(8, "big")
-        self._next_token = (self._next_token + 1) & 0xFFFF_FFFF_FFFF_FFFF
-        request.worker, request.token, request.sent_at = worker_id, token, now
-        worker.held[token] = request
-        worker.last_sent = now
-        self.in_flight[token] = request
-        self.requests_forwarded += 1
-        self.to_workers.append((worker.dialect.request(worker_id, request, now), token))
-
-    def _dispatch_queued(self, service: Service, now: float) -> None:
-        for waiting in (service.again, service.queue):
-            while waiting and service.free:
-                request = waiting.popleft()
-                if not request.queued:
-                    continue  # it ended while it waited
-                request.queued = False
-                service.queued -= 1
-                self.queued -= 1
-                if request.deadline is not None and request.deadline <= now:
-                    self._refuse(request, Refusal.DEADLINE)
-                else:
-                    self._dispatch(service, request, now)
-        self._retire_if_idle(service)
-
-    def command(
-        self, worker_id: bytes, dialect: Dialect, which: Literal["heartbeat", "disconnect"]
-    ) -> None:
-        """Send a worker a HEARTBEAT or DISCONNECT, in a dialect that has them."""
-        message = dialect.command(worker_id, which)
-        if message is not None:
-            self.to_workers.append((message, None))
-
-    def _take_back(self, worker: Worker | None, token: bytes, now: float) -> Request | None:
-        """Request ``token`` never reached its worker: it goes back to its queue.
-
-        It goes as it was (no redelivery is used), and is not counted as forwarded. Returns
-        it, if it waits.
-        """
-        request = self.in_flight.pop(token, None)
-        if worker is not None:
-            worker.held.pop(token, None)
-        if request is None:
-            return None
-        self.requests_forwarded -= 1
-        if request.ended:
-            return None
-        self._requeue(request, now)
-        return request
-
-    def _requeue(self, request: Request, now: float) -> None:
-        """``request`` goes again, ahead of new ones."""
-        service = self._service(request.service)
-        request.worker = None
-        request.queued = True
-        request.enqueued_at = now
-        service.again.append(request)
-        service.queued += 1
-        self.queued += 1
-        self.timers.pending = len(self.in_flight) + self.queued
-        self.timers.queued(request)
-
-    def _deliver(
-        self, request: Request, status: Status, body: list[bytes], *, partial: bool = False
-    ) -> None:
-        frames = frontend.reply(request, status, body, partial=partial)
-        if frames is not None:
-            self.replies_forwarded += 1
-            self.to_clients.append((frames, request if partial else None))
-
-    def _refuse(self, request: Request, reason: Refusal) -> None:
-        self._refused += 1
-        request.ended = True
-        self.to_clients.append((frontend.refusal(request, reason), None))
 
     def _expire(self, request: Request, now: float, reason: Refusal) -> None:
         if request.queued:
