@@ -512,3 +512,58 @@ async def test_a_handler_can_tell_a_redelivered_request(
         await eventually(lambda: replies == [b"once more"])
         await second.aclose()
     assert seen == [True]
+
+
+async def test_the_guides_paranoid_pirate_workers_are_served_and_heartbeated(
+    context: LeakCheckingContext,
+) -> None:
+    # ppworker: a DEALER that says READY (b"\x01") and HEARTBEAT (b"\x02") as one frame, and
+    # answers [reply-to, "", request] as [reply-to, "", reply]; it expects heartbeats back.
+    async with running(lb_broker(context, heartbeat_interval=0.1)) as broker:
+        worker = raw_socket(context, zmq.DEALER, "inproc://b", routing_id=b"pirate")
+        try:
+            await worker.send(b"\x01")
+            await eventually(lambda: balancer_statistics(broker).scheduler.workers == 1)
+            with anyio.fail_after(5):
+                assert await worker.recv_multipart() == [b"\x02"]  # the broker heartbeats it
+            await worker.send(b"\x02")  # and its heartbeats keep it, as no new READY would
+            async with (
+                req_client(context, "inproc://f") as request,
+                anyio.create_task_group() as tg,
+            ):
+                replies: list[bytes] = []
+
+                async def ask() -> None:
+                    replies.append(await request(b"hello"))
+
+                tg.start_soon(ask)
+                with anyio.fail_after(5):
+                    while (frames := await worker.recv_multipart()) == [b"\x02"]:
+                        pass
+                reply_to, empty, body = frames
+                assert (empty, body) == (b"", b"hello")
+                await worker.send_multipart([reply_to, b"", b"HELLO"])
+            assert replies == [b"HELLO"]
+            assert balancer_statistics(broker).scheduler.dead_workers == 0
+        finally:
+            worker.close()
+
+
+async def test_a_request_to_a_broker_no_worker_has_reached_yet_waits_for_one(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    served: list[bytes] = []
+    replies: list[bytes] = []
+
+    async def ask() -> None:
+        replies.append(await client.request(b"early"))
+
+    async with (
+        running(lb_broker(context, queue_timeout=5)) as broker,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(ask)
+        await eventually(lambda: balancer_statistics(broker).requests_held == 1)
+        await tg.start(guide_worker, context, b"late", served)
+        await eventually(lambda: replies == [b"early by late"])
+        tg.cancel_scope.cancel()

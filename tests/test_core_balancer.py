@@ -219,3 +219,41 @@ def test_requests_that_ended_while_queued_leave_the_queue() -> None:
     take(balancer)
     (service,) = balancer.scheduler.services.values()
     assert len(service.queue) <= 2 * service.queued + 64
+
+
+def test_a_paranoid_pirate_worker_is_served_heartbeated_and_judged_by_its_silence() -> None:
+    balancer = Balancer(heartbeat_interval=1.0, liveness=3)
+    balancer.from_worker([b"P", b"\x01"], 0.0)  # READY, one frame, no empty frame
+    assert take(balancer) == ([], [])
+    balancer.from_worker([b"P", b"\x02"], 0.5)  # a heartbeat is a heartbeat, not a READY
+    balancer.from_client([b"C", b"", b"hello"], 0.5)
+    _, (request,) = take(balancer)
+    assert request[0] == b"P"
+    assert request[2:] == [b"", b"hello"]  # [reply-to, "", body]
+    balancer.from_worker([b"P", request[1], b"", b"HELLO"], 0.6)
+    assert take(balancer)[0] == [[b"C", b"", b"HELLO"]]
+    balancer.tick(1.6)  # nothing sent to it for an interval: the broker heartbeats it
+    assert take(balancer)[1] == [[b"P", b"\x02"]]
+    assert balancer.next_wakeup() is not None
+    balancer.tick(3.6)  # silent for liveness intervals since 0.6: dead
+    assert balancer.scheduler.statistics().dead_workers == 1
+
+
+def test_a_paranoid_pirate_worker_saying_ready_again_has_restarted() -> None:
+    balancer = Balancer()
+    balancer.from_worker([b"P", b"\x01"], 0.0)
+    balancer.from_client([b"C", b"", b"x"], 0.0)
+    take(balancer)
+    balancer.from_worker([b"P", b"\x01"], 0.1)  # it reconnected: its request is lost
+    (refusal,), _ = take(balancer)
+    assert b"WorkerDied" in refusal[-1]
+
+
+def test_a_guide_workers_late_reply_to_a_restarted_broker_is_its_ready() -> None:
+    balancer = Balancer()
+    balancer.from_worker([b"W", b"", bytes(8), b"", b"late"], 0.0)  # for the previous life
+    assert take(balancer) == ([], [])  # dropped, never to a client
+    assert balancer.statistics().malformed_replies == 1  # counted as a reply nobody asked
+    balancer.from_client([b"C", b"", b"x"], 0.1)
+    _, (request,) = take(balancer)
+    assert request[0] == b"W"  # and the worker is taken as ready

@@ -147,14 +147,16 @@ class Balancer:
             if worker is not None:
                 scheduler.reply(worker, event.token, event.status, event.body, event.partial, now)
             else:
-                scheduler.reply_unknown()
-                self._disconnect(worker_id, dialect)
+                scheduler.reply_unknown()  # for a request of another broker, or life of this
+                assert dialect is not None
+                if dialect.reply_is_ready:
+                    scheduler.ready(worker_id, dialect, b"", 1, now)
+                else:
+                    self._disconnect(worker_id, dialect)
         elif type(event) is dialects.Ready:
-            if worker is not None and dialect is dialects.GUIDE:
-                # A guide worker says READY once, when it starts: it restarted, and what it
-                # held before is lost with its previous life.
-                scheduler.gone(worker, now)
             assert dialect is not None
+            if worker is not None and dialect.starts_with_ready:
+                scheduler.gone(worker, now)  # it restarted: what it held is lost
             scheduler.ready(worker_id, dialect, event.service, event.credits, now)
         elif type(event) is dialects.Violation:
             # It broke its protocol: it is told DISCONNECT (if it can hear) and forgotten.

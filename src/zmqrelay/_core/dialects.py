@@ -28,10 +28,13 @@ from zmqrelay._core.request import Request
 from zmqrelay._core.tag import Status
 from zmqrelay.errors import RemoteProtocolError
 
-DialectName = Literal["guide", "zmqrelay", "zmqrelay-1", "mdp-0.1", "mdp-0.2", "majortomo"]
+DialectName = Literal[
+    "guide", "pirate", "zmqrelay", "zmqrelay-1", "mdp-0.1", "mdp-0.2", "majortomo"
+]
 
 TOKEN_SIZE = 8
 ZRW1 = b"ZRW1"
+PIRATE_READY, PIRATE_HEARTBEAT = b"\x01", b"\x02"
 _STATUSES = tuple(Status)
 _WORKER_STATUS_CODES = (Status.OK, Status.ERROR, Status.PARTIAL)
 _WORKER_STATUSES = tuple(bytes([code]) for code in _WORKER_STATUS_CODES)
@@ -68,6 +71,12 @@ class Dialect:
     """Whether it may say nothing while it works (then its silence counts only while idle)."""
     acknowledged = False
     """Whether its READY is answered at once (with a heartbeat)."""
+    starts_with_ready = False
+    """Whether it says READY only when it starts: READY again means it restarted, and what
+    it held is lost with its previous life."""
+    reply_is_ready = False
+    """Whether its reply also says it is ready for the next request (a REQ worker's is): one
+    from a worker the broker does not know registers it."""
 
     def decode(self, rest: list[bytes], *, known: bool) -> Event:
         """What the frames after the header say; ``known``: the worker has registered.
@@ -100,13 +109,13 @@ def _token(frame: bytes) -> bytes:
 class _Guide(Dialect):
     name = "guide"
     heartbeats = False
+    starts_with_ready = True
+    reply_is_ready = True
 
     def decode(self, rest: list[bytes], *, known: bool) -> Event:
         # rest: the frames after [id, ""]
         if len(rest) == 1:  # READY (again, if it restarted with the same id)
             return Ready(1, b"")
-        if not known:
-            raise RemoteProtocolError("a new worker must first say READY, in one frame")
         if len(rest) < 3 or rest[1] != DELIMITER:
             raise RemoteProtocolError("a guide worker replies [reply-to, empty frame, reply...]")
         return Reply(_token(rest[0]), Status.OK, rest[2:], False)
@@ -162,6 +171,35 @@ class _Zmqrelay(Dialect):
     ) -> list[bytes] | None:
         code = lbwire.HEARTBEAT if which == "heartbeat" else lbwire.DISCONNECT
         return [worker, lbwire.PROTOCOL + code]
+
+
+class _Pirate(Dialect):
+    r"""The guide's Paranoid Pirate worker: a DEALER, with no empty frame.
+
+    READY ``\x01`` and HEARTBEAT ``\x02`` are one frame each; requests and replies are
+    ``[reply-to, "", body...]``.
+    """
+
+    name = "pirate"
+    patient = True  # the guide's worker sends nothing while it works
+    starts_with_ready = True
+
+    def decode(self, rest: list[bytes], *, known: bool) -> Event:
+        if rest == [PIRATE_READY]:
+            return Ready(1, b"")
+        if rest == [PIRATE_HEARTBEAT]:
+            return "heartbeat"
+        if len(rest) < 3 or rest[1] != DELIMITER:
+            raise RemoteProtocolError("a Paranoid Pirate worker replies [reply-to, '', reply...]")
+        return Reply(_token(rest[0]), Status.OK, rest[2:], False)
+
+    def request(self, worker: bytes, request: Request, now: float) -> list[bytes]:
+        return [worker, request.token, DELIMITER, *request.body]
+
+    def command(
+        self, worker: bytes, which: Literal["heartbeat", "disconnect"]
+    ) -> list[bytes] | None:
+        return [worker, PIRATE_HEARTBEAT] if which == "heartbeat" else None
 
 
 def _ready(credits: int, service: bytes) -> Ready:
@@ -286,11 +324,13 @@ class _Majordomo(Dialect):
 GUIDE: Dialect = _Guide()
 ZMQRELAY: Dialect = _Zmqrelay()
 ZMQRELAY_1: Dialect = _Zmqrelay1()
+PIRATE: Dialect = _Pirate()
 MDP_01: Dialect = _Majordomo("mdp-0.1")
 MDP_02: Dialect = _Majordomo("mdp-0.2")
 MAJORTOMO: Dialect = _Majordomo("majortomo")
 DIALECTS: dict[DialectName, Dialect] = {
-    dialect.name: dialect for dialect in (GUIDE, ZMQRELAY, ZMQRELAY_1, MDP_01, MDP_02, MAJORTOMO)
+    dialect.name: dialect
+    for dialect in (GUIDE, PIRATE, ZMQRELAY, ZMQRELAY_1, MDP_01, MDP_02, MAJORTOMO)
 }
 
 
@@ -321,6 +361,10 @@ def read(frames: list[bytes], *, known: bool) -> tuple[Dialect | None, Event | V
         dialect, rest = ZMQRELAY, frames[1:]
     elif count >= 2 and frames[1] == mdp.WORKER_02:
         dialect, rest = MDP_02, frames[2:]
+    elif (count == 2 and frames[1] in (PIRATE_READY, PIRATE_HEARTBEAT)) or (
+        count >= 4 and len(frames[1]) == TOKEN_SIZE and frames[2] == DELIMITER
+    ):
+        dialect, rest = PIRATE, frames[1:]
     else:
         return None, Violation("a worker's message starts with its id and an empty frame")
     try:
