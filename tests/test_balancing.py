@@ -567,3 +567,35 @@ async def test_a_request_to_a_broker_no_worker_has_reached_yet_waits_for_one(
         await tg.start(guide_worker, context, b"late", served)
         await eventually(lambda: replies == [b"early by late"])
         tg.cancel_scope.cancel()
+
+
+async def test_a_worker_sending_a_frame_past_max_message_size_is_cut_off(
+    context: LeakCheckingContext,
+) -> None:
+    async def oversized(request: bytes) -> bytes:
+        return bytes(10_000)
+
+    # Over TCP: libzmq checks the size where it decodes frames off a connection.
+    broker = lb_broker(
+        context, frontend="tcp://127.0.0.1:0", backend="tcp://127.0.0.1:0", max_message_size=1_000
+    )
+    async with running(broker):
+        front, back = broker.endpoints
+        async with AsyncClient(front, context=context) as client:
+            async with AsyncWorker(back, oversized, context=context, mode="load-balancing") as big:
+                with pytest.raises(RequestTimeout):  # its reply never reaches the client
+                    await client.request(b"big", timeout=1)
+                assert big.statistics().replies_sent == 1
+            small = raw_socket(context, zmq.REQ, back)
+            try:
+                await small.send(b"READY")
+
+                async def serve_one() -> None:
+                    reply_to, empty, request = await small.recv_multipart()
+                    await small.send_multipart([reply_to, empty, request + b" by small"])
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(serve_one)
+                    assert await client.request(b"after", timeout=5) == b"after by small"
+            finally:
+                small.close()

@@ -99,14 +99,23 @@ async def test_frames_handlers_take_and_return_multipart_bodies(
 
 
 async def test_a_single_frame_handler_refuses_multipart_requests(
-    context: LeakCheckingContext, client: AsyncClient
+    context: LeakCheckingContext, client: AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def echo(request: bytes) -> bytes:
         return request
 
-    async with AsyncWorker("inproc://b", echo, context=context):
-        with pytest.raises(RemoteError, match="single-frame request, got 2 frames"):
-            await client.request_frames([b"a", b"b"])
+    async with AsyncWorker("inproc://b", echo, context=context) as worker:
+        for _ in range(50):  # a flood of input the handler cannot take
+            with pytest.raises(RemoteError, match="single-frame request, got 2 frames"):
+                await client.request_frames([b"a", b"b"])
+        stats = worker.statistics()
+    # It is the peer's fault, not the handler's: counted as malformed, and logged once in a
+    # while, without a traceback.
+    assert (stats.malformed_requests, stats.handler_errors) == (50, 0)
+    warnings = [record for record in caplog.records if record.name == "zmqrelay.worker"]
+    assert len(warnings) == 1
+    assert warnings[0].exc_info is None
+    assert "single-frame request" in warnings[0].getMessage()
 
 
 async def test_a_handler_returning_the_wrong_type_gets_an_error_reply(

@@ -152,7 +152,7 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     type=int,
     default=None,
     envvar="ZMQRELAY_MAX_MESSAGE_SIZE",
-    help="Disconnect clients that send larger messages (bytes).",
+    help="Disconnect clients and workers that send larger frames (bytes).",
     show_envvar=True,
 )
 def broker(

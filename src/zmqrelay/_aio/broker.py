@@ -75,9 +75,9 @@ class Broker(Service):
         drain_timeout: how long :meth:`aclose` keeps passing replies of requests already
             forwarded, after it has stopped taking new ones.
         linger: seconds queued messages may still go out once the sockets close.
-        max_message_size: if set, a client sending a frame larger than this many bytes is
-            disconnected by libzmq before the message is read. It bounds each frame, not the
-            number of frames in a message.
+        max_message_size: if set, a client or a worker sending a frame larger than this many
+            bytes is disconnected by libzmq before the message is read. It bounds each frame,
+            not the number of frames in a message.
         high_water_mark: per-peer queue limit in messages (libzmq's default is 1000).
         engine: ``"libzmq"`` or ``"python"``, as above (relay mode).
         mode: ``"relay"`` or ``"load-balancing"``.
@@ -241,6 +241,7 @@ class Broker(Service):
                 context,
                 zmq.ROUTER if balanced else zmq.DEALER,
                 router_mandatory=balanced,
+                max_message_size=self._max_message_size,
                 high_water_mark=self._high_water_mark,
             )
             opened.append(backend)

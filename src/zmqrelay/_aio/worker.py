@@ -26,6 +26,8 @@ from zmqrelay._core.worker import Answerable, WorkerStatistics, decode_request
 from zmqrelay.errors import ClosedError, LocalProtocolError, RemoteProtocolError
 
 logger = logging.getLogger("zmqrelay.worker")
+_MALFORMED_LOG_INTERVAL = 10.0
+"""Seconds between two warnings about malformed requests (a flood of them logs one)."""
 
 Mode = Literal["relay", "load-balancing"]
 Protocol = Literal["zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
@@ -215,6 +217,8 @@ class AsyncWorker(Service):
         self._replies_sent = 0
         self._handler_errors = 0
         self._malformed_requests = 0
+        self._malformed_unlogged = 0
+        self._malformed_logged_at = -math.inf
         self._refused_requests = 0
         self._aborted = False
         self._run_scope: anyio.CancelScope | None = None
@@ -340,10 +344,12 @@ class AsyncWorker(Service):
                     try:
                         request = self._decode(frames)
                     except RemoteProtocolError as exc:
-                        self._malformed_requests += 1
-                        logger.debug("dropped a malformed request: %s", exc)
+                        self._malformed(f"dropped a malformed request: {exc}")
                         continue
                     if request is None:  # a command from a load-balancing broker
+                        continue
+                    if not self._frames and len(request.body) != 1:
+                        self._misfit(pump, request)
                         continue
                     self._requests_received += 1
                     self._in_flight += 1
@@ -485,13 +491,8 @@ class AsyncWorker(Service):
         try:
             if self._frames:
                 called = self._handler(request.body)
-            elif len(request.body) == 1:
-                called = self._handler(request.body[0])
             else:
-                raise RemoteProtocolError(  # noqa: TRY301 - answered like a handler error
-                    "this worker's handler takes a single-frame request, "
-                    f"got {len(request.body)} frames"
-                )
+                called = self._handler(request.body[0])
             if inspect.isasyncgen(called):
                 return await self._stream(request, called)
             result = await called
@@ -542,6 +543,33 @@ class AsyncWorker(Service):
         else:
             await self._pump.send(message)
 
+    def _misfit(self, pump: sockets.Pump, request: Answerable) -> None:
+        """Answer at once a request the handler cannot take (several frames for one).
+
+        It is the peer's fault, not the handler's: counted as malformed, logged now and then
+        without a traceback, and answered with an error if the socket takes it now.
+        """
+        reason = (
+            f"this worker's handler takes a single-frame request, got {len(request.body)} frames"
+        )
+        self._malformed(f"refused a request: {reason}")
+        with contextlib.suppress(ClosedError):
+            if pump.try_send(request.error(RemoteProtocolError.__name__, reason)):
+                self._replies_sent += 1
+
+    def _malformed(self, what: str) -> None:
+        """Count a malformed request; log one warning in a while, saying how many came."""
+        self._malformed_requests += 1
+        self._malformed_unlogged += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._malformed_logged_at >= _MALFORMED_LOG_INTERVAL:
+            logger.warning(
+                "%d malformed request(s) since the last report; the last: %s",
+                self._malformed_unlogged,
+                what,
+            )
+            self._malformed_logged_at, self._malformed_unlogged = now, 0
+
     def _handler_failed(self, request: Answerable, exc: BaseException) -> list[bytes]:
         self._handler_errors += 1
         logger.error("handler raised while serving a request", exc_info=exc)
@@ -588,8 +616,8 @@ class AsyncWorker(Service):
                 return False
             try:
                 request = self._decode(frames)
-            except RemoteProtocolError:
-                self._malformed_requests += 1
+            except RemoteProtocolError as exc:
+                self._malformed(f"dropped a malformed request: {exc}")
                 continue
             if request is not None:
                 self._refuse(pump, request)

@@ -28,7 +28,9 @@ class WorkerStatistics(NamedTuple):
     handler_errors: int
     """Requests whose handler raised (each answered with an error reply)."""
     malformed_requests: int
-    """Messages dropped because they were not a request."""
+    """Messages that were no request this worker can take: dropped when they were not a
+    request at all, answered at once with an error when its handler cannot take them (several
+    frames for a handler of one)."""
     refused_requests: int
     """Requests answered with a ``WorkerStopped`` error because the worker was stopping."""
     in_flight: int
