@@ -599,3 +599,26 @@ async def test_a_worker_sending_a_frame_past_max_message_size_is_cut_off(
                     assert await client.request(b"after", timeout=5) == b"after by small"
             finally:
                 small.close()
+
+
+async def test_a_burst_of_refusals_larger_than_the_clients_queue_all_reach_it(
+    context: LeakCheckingContext,
+) -> None:
+    burst = 5_000  # five times what libzmq queues for one peer by default
+    async with running(lb_broker(context, queue_timeout=0.2)) as broker:
+        client = raw_socket(context, zmq.DEALER, "inproc://f")
+        client.rcvhwm = 100
+        try:
+            for number in range(burst):
+                await client.send_multipart([b"", b"%d" % number])
+            # They all end at once, with no worker: and only then does the client read.
+            await eventually(lambda: balancer_statistics(broker).scheduler.refused == burst)
+            refused = []
+            with anyio.fail_after(20):
+                for _ in range(burst):
+                    refused.append(await client.recv_multipart())
+        finally:
+            client.close()
+        stats = balancer_statistics(broker)
+    assert all(reply[1].startswith(b"zmqrelay-error: NoWorkers: ") for reply in refused)
+    assert (stats.congested_replies, stats.unroutable_replies) == (0, 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from zmqrelay._core import lbwire, tag
 from zmqrelay._core.balancer import Balancer
 from zmqrelay._core.dialects import ZRW1
@@ -122,8 +124,8 @@ def test_a_request_for_a_worker_gone_unseen_waits_for_another() -> None:
     assert request[0] == b"B"
 
 
-def test_a_stream_that_meets_a_full_client_ends_in_a_refusal_never_with_a_gap() -> None:
-    balancer = Balancer()
+def _streaming_balancer(queue_limit: int) -> tuple[Balancer, Callable[..., list[bytes]]]:
+    balancer = Balancer(queue_limit=queue_limit)
     worker = [b"W", b"", ZRW1]
     balancer.from_worker([*worker, lbwire.READY, b"1"], 0.0)
     balancer.from_client([b"C", tag.encode(1), b"", b"go"], 0.0)
@@ -133,21 +135,65 @@ def test_a_stream_that_meets_a_full_client_ends_in_a_refusal_never_with_a_gap() 
     def part(status: tag.Status, body: bytes) -> list[bytes]:
         return [*worker, lbwire.REPLY, token, bytes([status]), body]
 
+    return balancer, part
+
+
+def _full(balancer: Balancer, now: float) -> None:
+    """As the loop: the first message for the client meets its full queue."""
+    ((message, stream), *rest) = balancer.to_clients
+    balancer.to_clients[:] = rest
+    balancer.client_unreachable(message, "full", stream, now)
+
+
+def test_answers_that_meet_a_full_client_queue_wait_and_go_in_order() -> None:
+    balancer, part = _streaming_balancer(queue_limit=100)
     balancer.from_worker(part(tag.Status.PARTIAL, b"1"), 0.1)
-    ((message, stream),) = balancer.to_clients
-    balancer.to_clients.clear()
-    assert message[-1] == b"1"
-    assert stream is not None
-    balancer.client_unreachable("full", stream)
-    balancer.from_worker(part(tag.Status.PARTIAL, b"2"), 0.1)  # dropped: a gap otherwise
-    assert take(balancer) == ([], [])
+    _full(balancer, 0.1)  # the client reads, but its queue in the broker is full now
+    balancer.from_worker(part(tag.Status.PARTIAL, b"2"), 0.1)  # waits behind the first
     balancer.from_worker(part(tag.Status.OK, b"3"), 0.1)
-    (refusal,), _ = take(balancer)
+    assert take(balancer) == ([], [])
+    assert balancer.pending == 1
+    wake = balancer.next_wakeup()
+    assert wake is not None
+    balancer.tick(wake)  # tried again: all of it, in order
+    clients, _ = take(balancer)
+    assert [message[-1] for message in clients] == [b"1", b"2", b"3"]
+    assert balancer.statistics().congested_replies == 0
+    balancer.tick(wake + 1)
+    assert balancer.pending == 0
+
+
+def test_a_stream_past_what_may_wait_ends_in_a_refusal_never_with_a_gap() -> None:
+    balancer, part = _streaming_balancer(queue_limit=1)
+    balancer.from_worker(part(tag.Status.PARTIAL, b"1"), 0.1)
+    _full(balancer, 0.1)
+    balancer.from_worker(part(tag.Status.PARTIAL, b"2"), 0.1)  # past the limit: dropped
+    balancer.from_worker(part(tag.Status.OK, b"3"), 0.1)  # the end says what was lost
+    wake = balancer.next_wakeup()
+    assert wake is not None
+    balancer.tick(wake)
+    (first, refusal), _ = take(balancer)
+    assert first[-1] == b"1"
     ended = tag.decode(refusal[1])
     assert ended is not None
     assert ended.status is tag.Status.BUSY
     assert b"lost" in refusal[-1]
     assert balancer.statistics().congested_replies == 1
+
+
+def test_answers_for_a_client_gone_are_dropped_with_what_waited() -> None:
+    balancer, part = _streaming_balancer(queue_limit=100)
+    balancer.from_worker(part(tag.Status.PARTIAL, b"1"), 0.1)
+    _full(balancer, 0.1)
+    balancer.from_worker(part(tag.Status.OK, b"2"), 0.1)
+    wake = balancer.next_wakeup()
+    assert wake is not None
+    balancer.tick(wake)
+    ((message, stream), *_) = balancer.to_clients
+    balancer.to_clients.clear()
+    balancer.client_unreachable(message, "gone", stream, wake)
+    assert balancer.statistics().unroutable_replies == 1
+    assert balancer.pending == 0
 
 
 def test_service_discovery_is_answered_by_the_broker() -> None:

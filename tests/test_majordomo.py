@@ -682,6 +682,37 @@ async def test_a_malformed_client_request_is_counted_and_dropped(
             worker.close()
 
 
+async def test_a_slow_client_that_reads_gets_a_stream_larger_than_its_queues_whole(
+    context: LeakCheckingContext,
+) -> None:
+    parts = 400
+
+    async def flood(request: bytes) -> AsyncIterator[bytes]:
+        for number in range(parts):
+            yield b"%08d" % number + bytes(1024)
+
+    broker = lb_broker(context, high_water_mark=10)
+    async with running(broker):
+        worker = AsyncWorker(broker.endpoints.backend, flood, service="flood", context=context)
+        client = raw_socket(context, zmq.DEALER, broker.endpoints.frontend)
+        client.rcvhwm = 10
+        try:
+            async with running(worker):
+                await client.send_multipart(client_request("mdp-0.2", b"flood", [b"go"]))
+                await eventually(lambda: worker.statistics().replies_sent == 1)
+                received: list[int] = []
+                while True:  # it reads only now, long after its queues filled
+                    frames = await receive(client)
+                    if frames[1] == b"\x03":  # FINAL
+                        break
+                    received.append(int(frames[3][:8]))
+        finally:
+            client.close()
+    assert received == list(range(parts - 1))
+    assert int(frames[3][:8]) == parts - 1
+    assert broker.statistics().congested_replies == 0
+
+
 async def test_a_stream_that_overflows_a_slow_client_ends_in_an_error_never_with_a_gap(
     context: LeakCheckingContext,
 ) -> None:
@@ -691,8 +722,9 @@ async def test_a_stream_that_overflows_a_slow_client_ends_in_an_error_never_with
         for number in range(parts):
             yield b"%08d" % number + bytes(1024)
 
-    # Small queues on both sides: the client, reading nothing yet, soon takes no more.
-    broker = lb_broker(context, high_water_mark=10)
+    # Small queues on both sides: the client, reading nothing yet, soon takes no more; and
+    # the broker keeps only 20 parts waiting for it (queue_limit).
+    broker = lb_broker(context, high_water_mark=10, queue_limit=20)
     async with running(broker):
         worker = AsyncWorker(broker.endpoints.backend, flood, service="flood", context=context)
         client = raw_socket(context, zmq.DEALER, broker.endpoints.frontend)

@@ -118,5 +118,5 @@ def _send(
             routed = route(front, message)
             if routed != "sent":
                 to_clients[:0] = replies[index + 1 :]
-                balancer.client_unreachable(routed, stream)
+                balancer.client_unreachable(message, routed, stream, now)
                 break

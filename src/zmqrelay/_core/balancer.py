@@ -116,7 +116,6 @@ class Balancer:
         self._malformed_requests = 0
         self._protocol_violations = 0
         self._unroutable_replies = 0
-        self._congested_replies = 0
         self._undelivered = 0
         self._mmi_requests = 0
 
@@ -180,25 +179,36 @@ class Balancer:
             scheduler.gone(worker, now, tell=False)
 
     def tick(self, now: float) -> None:
-        """Let time pass: dead workers, expired requests, heartbeats due."""
+        """Let time pass: dead workers, expired requests, heartbeats due.
+
+        Answers that waited for a client's queue are tried again.
+        """
         self.scheduler.tick(now)
+        backlog = self.scheduler.backlog
+        if backlog.retry_at is not None and backlog.retry_at <= now:
+            backlog.release(self.to_clients, now)
 
     def next_wakeup(self) -> float | None:
         """When :meth:`tick` has something to do next, if ever."""
-        return self.scheduler.next_wakeup()
+        wake = self.scheduler.next_wakeup()
+        retry = self.scheduler.backlog.retry_at
+        if retry is None or (wake is not None and wake < retry):
+            return wake
+        return retry
 
-    def client_unreachable(self, why: Unreachable, stream: Request | None) -> None:
-        """A message of :attr:`to_clients` could not be sent.
+    def client_unreachable(
+        self, message: list[bytes], why: Unreachable, stream: Request | None, now: float
+    ) -> None:
+        """``message``, of :attr:`to_clients`, could not be sent.
 
-        ``stream`` is the request whose part it was: the rest of that reply cannot reach the
-        client whole, so its later parts are dropped and it ends in a refusal.
+        To a client gone, it is dropped and counted, with what waited for it. To a full
+        client queue, it waits, with the client's other answers, until the queue drains
+        (:mod:`zmqrelay._core.backlog`); ``stream`` is the request whose part it is, if it is.
         """
         if why == "gone":
-            self._unroutable_replies += 1
+            self._unroutable_replies += 1 + self.scheduler.backlog.gone(message[0])
         else:
-            self._congested_replies += 1
-            if stream is not None:
-                stream.broken = frontend.LOST_PARTS
+            self.scheduler.backlog.full((message, stream), self.to_clients, now)
 
     def worker_unreachable(
         self, worker: bytes, why: Unreachable, token: bytes | None, now: float
@@ -237,8 +247,8 @@ class Balancer:
 
     @property
     def pending(self) -> int:
-        """Requests queued or in flight, whose client still waits."""
-        return self.scheduler.pending
+        """Requests queued or in flight, or ended with an answer still to reach its client."""
+        return self.scheduler.pending + self.scheduler.backlog.answers()
 
     def statistics(self) -> BalancerStatistics:
         """A snapshot of the counters."""
@@ -251,7 +261,7 @@ class Balancer:
             malformed_requests=self._malformed_requests,
             malformed_replies=self._protocol_violations + counts.unknown_replies,
             unroutable_replies=self._unroutable_replies,
-            congested_replies=self._congested_replies,
+            congested_replies=self.scheduler.backlog.dropped,
             undelivered_requests=self._undelivered,
             requests_held=counts.queued,
             scheduler=counts,
@@ -269,7 +279,7 @@ class Balancer:
             asked = request.body[0] if request.body else b""
             answer = b"200" if self.scheduler.offers(asked) else b"404"
         self.scheduler.replies_forwarded += 1
-        self.scheduler.to_clients.append((frontend.answer(request, [answer]), None))
+        self.scheduler.to_client(frontend.answer(request, [answer]), None)
 
     def _disconnect(self, worker_id: bytes, dialect: dialects.Dialect | None) -> None:
         """Tell a worker the broker does not know that it should register again."""

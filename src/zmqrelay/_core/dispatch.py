@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 from zmqrelay._core import frontend
+from zmqrelay._core.backlog import Backlog
 from zmqrelay._core.dialects import Dialect
 from zmqrelay._core.refusal import Refusal
 from zmqrelay._core.request import Request
@@ -46,6 +47,7 @@ class Dispatcher:
         self.queued = 0
         self._next_token = first_token % (1 << 64)
         self.timers = Timers(queue_timeout=queue_timeout)
+        self.backlog = Backlog(limit=queue_limit)
         self.requests_forwarded = 0
         self.replies_forwarded = 0
         self._delivered = 0
@@ -191,9 +193,17 @@ class Dispatcher:
         frames = frontend.reply(request, status, body, partial=partial)
         if frames is not None:
             self.replies_forwarded += 1
-            self.to_clients.append((frames, request if partial else None))
+            self.to_client(frames, request if partial else None)
 
     def _refuse(self, request: Request, reason: Refusal) -> None:
         self._refused += 1
         request.ended = True
-        self.to_clients.append((frontend.refusal(request, reason), None))
+        self.to_client(frontend.refusal(request, reason), None)
+
+    def to_client(self, frames: list[bytes], stream: Request | None) -> None:
+        """Send a client ``frames``: behind what waits for it, if anything does."""
+        backlog = self.backlog
+        if backlog and backlog.holds(frames[0]):
+            backlog.add((frames, stream))
+        else:
+            self.to_clients.append((frames, stream))
