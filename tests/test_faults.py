@@ -69,7 +69,10 @@ class Processes:
         raise AssertionError("the broker did not start")
 
     def worker(self, backend: str, name: str) -> subprocess.Popen[str]:
-        process = subprocess.Popen([sys.executable, "-c", WORKER, backend, name], text=True)
+        return self.spawn([sys.executable, "-c", WORKER, backend, name])
+
+    def spawn(self, command: list[str]) -> subprocess.Popen[str]:
+        process = subprocess.Popen(command, text=True)
         self.started.append(process)
         return process
 
