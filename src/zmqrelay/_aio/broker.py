@@ -245,6 +245,13 @@ class Broker(Service):
                 high_water_mark=self._high_water_mark,
             )
             opened.append(backend)
+            if not balanced:
+                # Replies are always read off the workers' connections, however full the
+                # broker's own queue of them: a proxy blocked sending requests to a worker whose
+                # connection is full must never also stop that worker from sending replies, or
+                # both wait for each other for good. What this queues is bounded by the
+                # requests the workers hold.
+                backend.setsockopt(zmq.RCVHWM, 0)
             self._endpoints = Endpoints(
                 frontend=connectable(sockets.bind(frontend, self._frontend)),
                 backend=connectable(sockets.bind(backend, self._backend)),
