@@ -622,3 +622,36 @@ async def test_a_burst_of_refusals_larger_than_the_clients_queue_all_reach_it(
         stats = balancer_statistics(broker)
     assert all(reply[1].startswith(b"zmqrelay-error: NoWorkers: ") for reply in refused)
     assert (stats.congested_replies, stats.unroutable_replies) == (0, 0)
+
+
+async def test_a_worker_reconnecting_with_its_identity_takes_it_over(
+    context: LeakCheckingContext,
+) -> None:
+    # A Paranoid Pirate worker that falls silent opens a new socket with the same identity;
+    # its old connection may not have dropped yet.
+    async with running(lb_broker(context)) as broker:
+        old = raw_socket(context, zmq.DEALER, "inproc://b", routing_id=b"pirate")
+        await old.send(b"\x01")
+        await eventually(lambda: balancer_statistics(broker).scheduler.workers == 1)
+        new = raw_socket(context, zmq.DEALER, "inproc://b", routing_id=b"pirate")
+        try:
+            await new.send(b"\x01")  # READY again, from the new connection: it restarted
+            async with (
+                req_client(context, "inproc://f") as request,
+                anyio.create_task_group() as tg,
+            ):
+                replies: list[bytes] = []
+
+                async def ask() -> None:
+                    replies.append(await request(b"hello"))
+
+                tg.start_soon(ask)
+                with anyio.fail_after(5):
+                    while (frames := await new.recv_multipart()) == [b"\x02"]:
+                        pass
+                reply_to, empty, body = frames
+                await new.send_multipart([reply_to, empty, body.upper()])
+            assert replies == [b"HELLO"]
+        finally:
+            old.close()
+            new.close()

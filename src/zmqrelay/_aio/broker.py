@@ -245,7 +245,12 @@ class Broker(Service):
                 high_water_mark=self._high_water_mark,
             )
             opened.append(backend)
-            if not balanced:
+            if balanced:
+                # A worker with a fixed identity that reconnects (the guide's Pirate workers
+                # do) takes its identity over from its previous connection, which may not
+                # have dropped yet; else its new connection would be ignored until it did.
+                backend.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            else:
                 # Replies are always read off the workers' connections, however full the
                 # broker's own queue of them: a proxy blocked sending requests to a worker whose
                 # connection is full must never also stop that worker from sending replies, or
