@@ -514,6 +514,27 @@ async def test_a_handler_can_tell_a_redelivered_request(
     assert seen == [True]
 
 
+async def pirate_serves_a_plain_client(
+    context: LeakCheckingContext, worker: zmq.asyncio.Socket
+) -> bytes:
+    """A REQ client asks b"hello"; ``worker``, a Paranoid Pirate, answers it in capitals."""
+    replies: list[bytes] = []
+    async with req_client(context, "inproc://f") as request, anyio.create_task_group() as tg:
+
+        async def ask() -> None:
+            replies.append(await request(b"hello"))
+
+        tg.start_soon(ask)
+        with anyio.fail_after(5):
+            while (frames := await worker.recv_multipart()) == [b"\x02"]:  # heartbeats
+                pass
+        reply_to, empty, body = frames
+        assert (empty, body) == (b"", b"hello")
+        await worker.send_multipart([reply_to, empty, body.upper()])
+    (reply,) = replies
+    return reply
+
+
 async def test_the_guides_paranoid_pirate_workers_are_served_and_heartbeated(
     context: LeakCheckingContext,
 ) -> None:
@@ -527,23 +548,7 @@ async def test_the_guides_paranoid_pirate_workers_are_served_and_heartbeated(
             with anyio.fail_after(5):
                 assert await worker.recv_multipart() == [b"\x02"]  # the broker heartbeats it
             await worker.send(b"\x02")  # and its heartbeats keep it, as no new READY would
-            async with (
-                req_client(context, "inproc://f") as request,
-                anyio.create_task_group() as tg,
-            ):
-                replies: list[bytes] = []
-
-                async def ask() -> None:
-                    replies.append(await request(b"hello"))
-
-                tg.start_soon(ask)
-                with anyio.fail_after(5):
-                    while (frames := await worker.recv_multipart()) == [b"\x02"]:
-                        pass
-                reply_to, empty, body = frames
-                assert (empty, body) == (b"", b"hello")
-                await worker.send_multipart([reply_to, b"", b"HELLO"])
-            assert replies == [b"HELLO"]
+            assert await pirate_serves_a_plain_client(context, worker) == b"HELLO"
             assert balancer_statistics(broker).scheduler.dead_workers == 0
         finally:
             worker.close()
@@ -636,22 +641,7 @@ async def test_a_worker_reconnecting_with_its_identity_takes_it_over(
         new = raw_socket(context, zmq.DEALER, "inproc://b", routing_id=b"pirate")
         try:
             await new.send(b"\x01")  # READY again, from the new connection: it restarted
-            async with (
-                req_client(context, "inproc://f") as request,
-                anyio.create_task_group() as tg,
-            ):
-                replies: list[bytes] = []
-
-                async def ask() -> None:
-                    replies.append(await request(b"hello"))
-
-                tg.start_soon(ask)
-                with anyio.fail_after(5):
-                    while (frames := await new.recv_multipart()) == [b"\x02"]:
-                        pass
-                reply_to, empty, body = frames
-                await new.send_multipart([reply_to, empty, body.upper()])
-            assert replies == [b"HELLO"]
+            assert await pirate_serves_a_plain_client(context, new) == b"HELLO"
         finally:
             old.close()
             new.close()

@@ -682,16 +682,17 @@ async def test_a_malformed_client_request_is_counted_and_dropped(
             worker.close()
 
 
-async def test_a_slow_client_that_reads_gets_a_stream_larger_than_its_queues_whole(
-    context: LeakCheckingContext,
-) -> None:
-    parts = 400
+STREAM_PARTS = 400
+
+
+async def stream_to_a_late_reader(broker: Broker, context: LeakCheckingContext) -> list[bytes]:
+    """A worker streams 400 parts of 1 KiB to an MDP/0.2 client whose queues hold 10
+    messages and that reads only once the worker is done; the frames it reads, FINAL last."""
 
     async def flood(request: bytes) -> AsyncIterator[bytes]:
-        for number in range(parts):
+        for number in range(STREAM_PARTS):
             yield b"%08d" % number + bytes(1024)
 
-    broker = lb_broker(context, high_water_mark=10)
     async with running(broker):
         worker = AsyncWorker(broker.endpoints.backend, flood, service="flood", context=context)
         client = raw_socket(context, zmq.DEALER, broker.endpoints.frontend)
@@ -700,51 +701,33 @@ async def test_a_slow_client_that_reads_gets_a_stream_larger_than_its_queues_who
             async with running(worker):
                 await client.send_multipart(client_request("mdp-0.2", b"flood", [b"go"]))
                 await eventually(lambda: worker.statistics().replies_sent == 1)
-                received: list[int] = []
-                while True:  # it reads only now, long after its queues filled
-                    frames = await receive(client)
-                    if frames[1] == b"\x03":  # FINAL
-                        break
-                    received.append(int(frames[3][:8]))
+                read: list[list[bytes]] = []
+                while not read or read[-1][1] != b"\x03":  # until the FINAL
+                    read.append(await receive(client))
         finally:
             client.close()
-    assert received == list(range(parts - 1))
-    assert int(frames[3][:8]) == parts - 1
+    return [frames[3] for frames in read]
+
+
+async def test_a_slow_client_that_reads_gets_a_stream_larger_than_its_queues_whole(
+    context: LeakCheckingContext,
+) -> None:
+    broker = lb_broker(context, high_water_mark=10)
+    bodies = await stream_to_a_late_reader(broker, context)
+    assert [int(body[:8]) for body in bodies] == list(range(STREAM_PARTS))
     assert broker.statistics().congested_replies == 0
 
 
 async def test_a_stream_that_overflows_a_slow_client_ends_in_an_error_never_with_a_gap(
     context: LeakCheckingContext,
 ) -> None:
-    parts = 400
-
-    async def flood(request: bytes) -> AsyncIterator[bytes]:
-        for number in range(parts):
-            yield b"%08d" % number + bytes(1024)
-
-    # Small queues on both sides: the client, reading nothing yet, soon takes no more; and
-    # the broker keeps only 20 parts waiting for it (queue_limit).
+    # Small queues on both sides, and the broker keeps only 20 parts waiting (queue_limit).
     broker = lb_broker(context, high_water_mark=10, queue_limit=20)
-    async with running(broker):
-        worker = AsyncWorker(broker.endpoints.backend, flood, service="flood", context=context)
-        client = raw_socket(context, zmq.DEALER, broker.endpoints.frontend)
-        client.rcvhwm = 10
-        try:
-            async with running(worker):
-                await client.send_multipart(client_request("mdp-0.2", b"flood", [b"go"]))
-                await eventually(lambda: worker.statistics().replies_sent == 1)
-                received: list[int] = []
-                while True:
-                    frames = await receive(client)
-                    if frames[1] == b"\x03":  # FINAL
-                        break
-                    received.append(int(frames[3][:8]))
-        finally:
-            client.close()
+    *parts, error = await stream_to_a_late_reader(broker, context)
+    received = [int(body[:8]) for body in parts]
     # What came is a prefix of the stream, with no gap; the end says parts were lost.
     assert received == list(range(len(received)))
-    assert len(received) < parts - 1
-    (error,) = frames[3:]
+    assert len(received) < STREAM_PARTS - 1
     assert error.startswith(b"zmqrelay-error: BrokerBusy: ")
     assert b"lost" in error
     assert (broker.statistics().congested_replies or 0) > 0
