@@ -196,23 +196,13 @@ def route(sock: SyncSocket, frames: list[bytes]) -> Routed:
     """Send a message through a ROUTER with ROUTER_MANDATORY, without waiting.
 
     ``"full"``: the peer's queue takes no more now; ``"gone"``: no peer has that routing id.
-    As :func:`send_message`, a message is accepted or refused whole, at its first frame.
     """
-    send = _send_frame
-    last = len(frames) - 1
     try:
-        send(sock, frames[0], NOBLOCK_MORE if last else NOBLOCK)
-    except zmq.Again:
-        return "full"
+        return "sent" if send_message(sock, frames) else "full"
     except zmq.ZMQError as exc:
         if exc.errno != EHOSTUNREACH:
             raise
         return "gone"
-    for index in range(1, last):
-        send(sock, frames[index], NOBLOCK_MORE)
-    if last:
-        send(sock, frames[last], NOBLOCK)
-    return "sent"
 
 
 def being_cancelled() -> bool:

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 from zmqrelay._core import mdp, tag
 from zmqrelay._core.envelope import DELIMITER
+from zmqrelay._core.mdp import CLIENT_01, CLIENT_02
 from zmqrelay._core.refusal import Refusal
 from zmqrelay._core.request import ClientDialect, Request
 from zmqrelay._core.worker import decode_error, plain_error_reply
 
 _TAG_PREFIX = tag.MAGIC + bytes([tag.VERSION])
 _STATUS_COUNT = len(tag.Status)
-_CLIENT_01, _CLIENT_02 = mdp.CLIENT_01, mdp.CLIENT_02
 _REQUEST_02, _PARTIAL_02, _FINAL_02 = mdp.CLIENT_COMMANDS["mdp-0.2"]
 _REQUEST_MAJORTOMO, _PARTIAL_MAJORTOMO, _FINAL_MAJORTOMO = mdp.CLIENT_COMMANDS["majortomo"]
 
@@ -49,7 +49,7 @@ def read_request(
     larger of the client's and the broker's.
     """
     dialect: ClientDialect
-    if len(frames) >= 5 and frames[1] == _CLIENT_02 and frames[2] == _REQUEST_02:
+    if len(frames) >= 5 and frames[1] == CLIENT_02 and frames[2] == _REQUEST_02:
         envelope, dialect, service, body = frames[:1], "mdp-0.2", frames[3], frames[4:]
     else:
         try:
@@ -60,11 +60,11 @@ def read_request(
         if not body:
             return None
         header = body[0]
-        if header == _CLIENT_01:
+        if header == CLIENT_01:
             if len(body) < 3:
                 return None
             dialect, service, body = "mdp-0.1", body[1], body[2:]
-        elif header == _CLIENT_02:
+        elif header == CLIENT_02:
             if len(body) < 4 or body[1] != _REQUEST_MAJORTOMO:
                 return None
             dialect, service, body = "majortomo", body[2], body[3:]
@@ -115,12 +115,12 @@ def _encode(
     if dialect == "plain":
         return [*envelope, DELIMITER, *body]
     if dialect == "mdp-0.1":
-        return [*envelope, DELIMITER, _CLIENT_01, service, *body]
+        return [*envelope, DELIMITER, CLIENT_01, service, *body]
     if dialect == "mdp-0.2":
         command = _PARTIAL_02 if partial else _FINAL_02
-        return [*envelope, _CLIENT_02, command, service, *body]
+        return [*envelope, CLIENT_02, command, service, *body]
     command = _PARTIAL_MAJORTOMO if partial else _FINAL_MAJORTOMO
-    return [*envelope, DELIMITER, _CLIENT_02, command, *body]
+    return [*envelope, DELIMITER, CLIENT_02, command, *body]
 
 
 def reply(

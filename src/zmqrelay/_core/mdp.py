@@ -86,8 +86,6 @@ CLIENT_COMMANDS: dict[Variant, ClientCommands] = {
     "mdp-0.2": ClientCommands(b"\x01", b"\x02", b"\x03"),
     "majortomo": ClientCommands(b"\x02", b"\x03", b"\x04"),
 }
-_CLIENT_02 = CLIENT_COMMANDS["mdp-0.2"]
-_CLIENT_MAJORTOMO = CLIENT_COMMANDS["majortomo"]
 
 
 def is_mmi(service: bytes) -> bool:
@@ -186,8 +184,8 @@ def encode_request(variant: Variant, service: bytes, body: Sequence[bytes]) -> l
     if variant == "mdp-0.1":
         return [DELIMITER, CLIENT_01, service, *body]
     if variant == "mdp-0.2":
-        return [CLIENT_02, _CLIENT_02[0], service, *body]
-    return [DELIMITER, CLIENT_02, _CLIENT_MAJORTOMO[0], service, *body]
+        return [CLIENT_02, CLIENT_COMMANDS["mdp-0.2"].request, service, *body]
+    return [DELIMITER, CLIENT_02, CLIENT_COMMANDS["majortomo"].request, service, *body]
 
 
 class ClientReply(NamedTuple):
@@ -208,11 +206,13 @@ def decode_reply(variant: Variant, frames: list[bytes]) -> ClientReply:
             raise RemoteProtocolError("an MDP/0.1 reply is ['', MDPC01, service, body...]")
         return ClientReply(frames[3:], True)
     if variant == "mdp-0.2":
-        if len(frames) < 4 or frames[0] != CLIENT_02 or frames[1] not in _CLIENT_02[1:]:
+        commands = CLIENT_COMMANDS[variant]
+        if len(frames) < 4 or frames[0] != CLIENT_02 or frames[1] not in commands[1:]:
             raise RemoteProtocolError("an MDP/0.2 reply is [MDPC02, PARTIAL|FINAL, service, ...]")
-        return ClientReply(frames[3:], frames[1] == _CLIENT_02[2])
+        return ClientReply(frames[3:], frames[1] == commands.final)
     if len(frames) < 3 or frames[0] != DELIMITER or frames[1] != CLIENT_02:
         raise RemoteProtocolError("a majortomo reply is ['', MDPC02, PARTIAL|FINAL, body...]")
-    if frames[2] not in _CLIENT_MAJORTOMO[1:]:
+    majortomo = CLIENT_COMMANDS["majortomo"]
+    if frames[2] not in majortomo[1:]:
         raise RemoteProtocolError("a majortomo reply is PARTIAL (0x03) or FINAL (0x04)")
-    return ClientReply(frames[3:], frames[2] == _CLIENT_MAJORTOMO[2])
+    return ClientReply(frames[3:], frames[2] == majortomo.final)
