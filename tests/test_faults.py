@@ -71,8 +71,8 @@ class Processes:
     def worker(self, backend: str, name: str) -> subprocess.Popen[str]:
         return self.spawn([sys.executable, "-c", WORKER, backend, name])
 
-    def spawn(self, command: list[str]) -> subprocess.Popen[str]:
-        process = subprocess.Popen(command, text=True)
+    def spawn(self, command: list[str], stderr: int | None = None) -> subprocess.Popen[str]:
+        process = subprocess.Popen(command, text=True, stderr=stderr)
         self.started.append(process)
         return process
 

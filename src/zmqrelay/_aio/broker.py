@@ -196,7 +196,12 @@ class Broker(Service):
                 reply_frames=traffic.reply_frames + self._drain.drained_frames,
                 reply_bytes=traffic.reply_bytes + self._drain.drained_bytes,
             )
-        return self._counters.snapshot(traffic)
+        stats = self._counters.snapshot(traffic)
+        if self._proxy is not None and self._proxy.undelivered:
+            stats = stats._replace(
+                undelivered_requests=stats.undelivered_requests + self._proxy.undelivered
+            )
+        return stats
 
     async def wait_ready(self) -> Endpoints:  # type: ignore[override]
         """Wait until the broker has bound both sockets and forwards messages.
