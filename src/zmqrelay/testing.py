@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import inspect
 import os
 import shutil
@@ -43,7 +42,6 @@ from zmqrelay._aio.worker import AsyncWorker
 from zmqrelay._core.balancer import BalancerStatistics
 from zmqrelay._core.relay import BrokerStatistics
 from zmqrelay._core.worker import WorkerStatistics
-from zmqrelay.errors import EndpointError
 
 __all__ = [
     "TRANSPORTS",
@@ -58,9 +56,6 @@ __all__ = [
 
 TRANSPORTS = ("inproc", "ipc", "tcp")
 """The transports an in-process broker can listen on."""
-
-REBIND_DEADLINE = 5.0
-"""How long a restarting broker retries binding an address still held by its predecessor."""
 
 S = TypeVar("S", bound=Service)
 
@@ -314,27 +309,17 @@ class BrokerHarness:
         """Start the in-process broker; after a first start, on the endpoints it bound.
 
         Raises:
-            EndpointError: an endpoint stayed in use for :data:`REBIND_DEADLINE` seconds.
+            EndpointError: an endpoint is in use.
         """
         if self.external:
             raise RuntimeError(self._unavailable("cannot start a broker"))
-        # libzmq closes a listening socket in its I/O thread, a moment after close() returns:
-        # binding the same tcp port again at once can find it still taken.
-        deadline = anyio.current_time() + REBIND_DEADLINE
-        while True:
-            hosted = Hosted(
-                Broker(
-                    frontend=self._frontend, backend=self._backend, context=self.context,
-                    **self._broker_options,
-                )
-            )  # fmt: skip
-            try:
-                broker = await hosted.start()
-                break
-            except EndpointError as exc:
-                if exc.errno != errno.EADDRINUSE or anyio.current_time() > deadline:
-                    raise
-                await anyio.sleep(0.01)
+        hosted = Hosted(
+            Broker(
+                frontend=self._frontend, backend=self._backend, context=self.context,
+                **self._broker_options,
+            )
+        )  # fmt: skip
+        broker = await hosted.start()
         self._broker = hosted
         self.endpoints = broker.endpoints
         # A restart binds the very addresses peers already connect to (tcp ports included).

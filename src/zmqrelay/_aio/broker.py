@@ -231,6 +231,7 @@ class Broker(Service):
         sockets.seed_routing_ids()
         context = sockets.get_context(self._context)
         opened: list[sockets.AsyncSocket] = []
+        bound: list[tuple[sockets.AsyncSocket, str]] = []
         try:
             frontend = sockets.open_socket(
                 context,
@@ -262,9 +263,10 @@ class Broker(Service):
                 # both wait for each other for good. What this queues is bounded by the
                 # requests the workers hold.
                 backend.setsockopt(zmq.RCVHWM, 0)
+            bound.append((frontend, sockets.bind(frontend, self._frontend)))
+            bound.append((backend, sockets.bind(backend, self._backend)))
             self._endpoints = Endpoints(
-                frontend=connectable(sockets.bind(frontend, self._frontend)),
-                backend=connectable(sockets.bind(backend, self._backend)),
+                frontend=connectable(bound[0][1]), backend=connectable(bound[1][1])
             )
             logger.info(
                 "broker (%s) bound frontend %s, backend %s",
@@ -280,6 +282,8 @@ class Broker(Service):
                 else:
                     await self._serve_with_proxy(context, frontend, backend, task_status)
         finally:
+            # Free for a new broker to bind once run() returns, even when cancelled.
+            await sockets.unbind(bound)
             for sock in opened:
                 sockets.close(sock, self._linger)
             self._finish()

@@ -13,9 +13,10 @@ import ctypes
 import errno
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Literal, cast
 
+import anyio
 import zmq
 import zmq.asyncio
 
@@ -143,6 +144,33 @@ def connect(sock: AsyncSocket, endpoint: str) -> None:
     """
     with translated("connect to", endpoint):
         sock.connect(endpoint)
+
+
+async def unbind(bound: list[tuple[AsyncSocket, str]], timeout: float = 1.0) -> None:
+    """Unbind each socket from its endpoint; return once the endpoints can be bound again.
+
+    Closing a socket does not free its endpoints at once: libzmq closes its socket later, in
+    its reaper thread, and a tcp or ipc listener later still, in an I/O thread, so binding the
+    same address right after would fail with EADDRINUSE (and an ipc listener closed late
+    would remove the file a new one made). ``zmq_unbind`` releases an ``inproc://`` name
+    before it returns; for tcp and ipc the socket's monitor reports each listener closed.
+    Shielded from cancellation, and bounded by ``timeout``.
+    """
+    with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
+        for sock, endpoint in bound:
+            if sock.closed:
+                continue
+            listening = not endpoint.startswith("inproc://")
+            monitor = sock.get_monitor_socket(zmq.EVENT_CLOSED) if listening else None
+            try:
+                with suppress(zmq.ZMQError):  # not bound (any more): nothing to wait for
+                    sock.unbind(endpoint)
+                    if monitor is not None:
+                        await monitor.recv_multipart()  # the one listener, closed
+            finally:
+                if monitor is not None:
+                    sock.disable_monitor()
+                    monitor.close(linger=0)
 
 
 def close(sock: AsyncSocket, linger: float) -> None:
