@@ -470,6 +470,26 @@ async def test_libzmq_engine_drain_waits_for_replies_with_more_frames_than_reque
     assert sorted(outcome[-1] for outcome in outcomes) == [b"0", b"1", b"2", b"3"]
 
 
+@pytest.mark.parametrize("reply", [[b"short"], [b"a", b"b"]])
+async def test_libzmq_engine_drain_ends_after_replies_with_fewer_frames_than_requests(
+    context: LeakCheckingContext, reply: list[bytes]
+) -> None:
+    """A reply shorter than its request (an error reply, say) does not hold up the drain."""
+
+    async def short(frames: list[bytes]) -> list[bytes]:
+        return reply
+
+    broker = Broker(frontend="inproc://f", backend="inproc://b", context=context, drain_timeout=30)
+    async with anyio.create_task_group() as tg:
+        await tg.start(broker.run)
+        await tg.start(AsyncWorker("inproc://b", short, frames=True, context=context).run)
+        async with AsyncClient("inproc://f", context=context, timeout=10) as client:
+            assert await client.request_frames([b"a", b"b", b"c"]) == reply
+        with anyio.fail_after(5):  # not the 30 s of the drain timeout
+            await broker.aclose()
+        tg.cancel_scope.cancel()
+
+
 def _reply_frames_reach(broker: Broker, frames: int) -> bool:
     return relay_statistics(broker).reply_frames == frames
 

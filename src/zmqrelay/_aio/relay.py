@@ -20,6 +20,9 @@ from zmqrelay._core.relay import RelayCounters
 
 receive, send, route = sockets.recv_message, sockets.send_message, sockets.route
 
+_SMALLEST_REQUEST = 3
+"""Frames in the smallest request that can be answered: routing id, delimiter, body."""
+
 
 class PythonRelay:
     """Both directions of relay mode in one task.
@@ -46,8 +49,8 @@ class PythonRelay:
         self.held: list[bytes] | None = None
         self.drained = anyio.Event()
         self.pending_reply_frames: int | None = None
-        """When set, drain until this many reply frames have come back (the libzmq engine
-        counts frames, not messages); otherwise until the message counters balance."""
+        """When set, drain until fewer than a request's frames are still owed (the libzmq
+        engine counts frames, not messages); otherwise until the message counters balance."""
         self.drained_frames = 0
         self.drained_bytes = 0
 
@@ -75,7 +78,9 @@ class PythonRelay:
 
     def _all_answered(self) -> bool:
         if self.pending_reply_frames is not None:
-            return self.pending_reply_frames <= 0
+            # Fewer frames owed than the smallest request has: no request can be in flight,
+            # whatever frames were lost to replies shorter than their requests.
+            return self.pending_reply_frames < _SMALLEST_REQUEST
         return not self.counters.outstanding
 
     def _requests(self, front: sockets.SyncSocket, back: sockets.SyncSocket, intake: bool) -> bool:
