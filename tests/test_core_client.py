@@ -8,7 +8,7 @@ from strategies import body, messages
 from zmqrelay._core import tag
 from zmqrelay._core.client import Correlator
 from zmqrelay._core.worker import encode_error
-from zmqrelay.errors import LocalProtocolError, RemoteError
+from zmqrelay.errors import LocalProtocolError, NoWorkers, RemoteError
 
 
 def reply_to(request: list[bytes], payload: list[bytes]) -> list[bytes]:
@@ -67,6 +67,21 @@ def test_error_replies_raise_remote_error() -> None:
     with pytest.raises(RemoteError, match="ValueError: bad input") as caught:
         matched[1].result()
     assert (caught.value.type_name, caught.value.message) == ("ValueError", "bad input")
+
+
+def test_a_service_request_refused_in_plain_framing_raises_the_refusal() -> None:
+    """A relay-mode worker cannot answer in Majordomo framing: its refusal still counts."""
+    correlator: Correlator[str] = Correlator(first_id=0)
+    request_id, _ = correlator.open("waiter", [b"x"], service=b"shout")
+    refused = tag.encode(request_id, tag.Status.NO_WORKERS)
+    matched = correlator.receive([refused, b"", b"no worker serves 'shout'"])
+    assert matched is not None
+    with pytest.raises(NoWorkers, match="no worker serves 'shout'"):
+        matched[1].result()
+    # An answer in plain framing that claims success is still malformed.
+    request_id, _ = correlator.open("waiter", [b"x"], service=b"shout")
+    assert correlator.receive([tag.encode(request_id), b"", b"plain"]) is None
+    assert correlator.statistics().malformed_replies == 1
 
 
 @given(messages)

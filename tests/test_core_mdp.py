@@ -624,3 +624,14 @@ def test_the_broker_reads_a_tag_as_the_tag_module_does(
         if decoded is not None:
             assert read.timeout == decoded.timeout
             assert read.redeliveries == max(floor, decoded.redeliveries)
+
+
+@given(frame, st.lists(frame, min_size=1, max_size=3))
+def test_a_zmqrelay_clients_service_request_is_known_behind_its_first_delimiter(
+    service: bytes, body: list[bytes]
+) -> None:
+    framed = mdp.encode_request("majortomo", service, body)
+    assert framed[0] == b""  # what a relay-mode worker splits its envelope at
+    assert mdp.named_service(framed[1:]) == service
+    assert mdp.named_service(body) is None or body[:2] == framed[1:3]
+    assert mdp.named_service(mdp.encode_request("mdp-0.2", service, body)) is None

@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 from peers import eventually, raw_socket, req_client
-from zmqrelay import AsyncClient, AsyncWorker, RemoteError
+from zmqrelay import AsyncClient, AsyncWorker, NoWorkers, RemoteError
 from zmqrelay.testing import LeakCheckingContext
 
 pytestmark = [
@@ -116,6 +116,22 @@ async def test_a_single_frame_handler_refuses_multipart_requests(
     assert len(warnings) == 1
     assert warnings[0].exc_info is None
     assert "single-frame request" in warnings[0].getMessage()
+
+
+async def test_a_request_for_a_service_through_a_relay_broker_is_refused_at_once(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    """Relay mode has no services: the client hears so, rather than time out."""
+
+    async def shout(request: bytes) -> bytes:
+        return request.upper()
+
+    async with AsyncWorker("inproc://b", shout, context=context) as worker:
+        with anyio.fail_after(2), pytest.raises(NoWorkers, match=r"'shout'.*relay mode"):
+            await client.request("shout", b"hi", timeout=30)
+        assert await client.request(b"hi") == b"HI"
+        stats = worker.statistics()
+    assert (stats.malformed_requests, stats.requests_received) == (1, 1)
 
 
 async def test_a_handler_returning_the_wrong_type_gets_an_error_reply(

@@ -21,9 +21,9 @@ from anyio.lowlevel import checkpoint
 
 from zmqrelay._aio import sockets
 from zmqrelay._aio.service import Service
-from zmqrelay._core import lbwire, mdp
-from zmqrelay._core.worker import Answerable, WorkerStatistics, decode_request
-from zmqrelay.errors import ClosedError, LocalProtocolError, RemoteProtocolError
+from zmqrelay._core import lbwire, mdp, tag
+from zmqrelay._core.worker import Answerable, Request, WorkerStatistics, decode_request
+from zmqrelay.errors import ClosedError, LocalProtocolError, NoWorkers, RemoteProtocolError
 
 logger = logging.getLogger("zmqrelay.worker")
 _MALFORMED_LOG_INTERVAL = 10.0
@@ -348,6 +348,9 @@ class AsyncWorker(Service):
                         continue
                     if request is None:  # a command from a load-balancing broker
                         continue
+                    if isinstance(request, Request) and mdp.named_service(request.body):
+                        self._unrouted(pump, request)
+                        continue
                     if not self._frames and len(request.body) != 1:
                         self._misfit(pump, request)
                         continue
@@ -555,6 +558,20 @@ class AsyncWorker(Service):
         self._malformed(f"refused a request: {reason}")
         with contextlib.suppress(ClosedError):
             if pump.try_send(request.error(RemoteProtocolError.__name__, reason)):
+                self._replies_sent += 1
+
+    def _unrouted(self, pump: sockets.Pump, request: Request) -> None:
+        """Refuse a request for a named service that a relay-mode broker passed on as is."""
+        service = mdp.named_service(request.body)
+        assert service is not None
+        reason = (
+            f"no worker serves {service.decode('utf-8', 'replace')!r}: the broker is in relay "
+            "mode, which does not route services (start it with mode='load-balancing')"
+        )
+        self._malformed(f"refused a request: {reason}")
+        with contextlib.suppress(ClosedError):
+            refusal = request.refuse(tag.Status.NO_WORKERS, NoWorkers.__name__, reason)
+            if pump.try_send(refusal):
                 self._replies_sent += 1
 
     def _malformed(self, what: str) -> None:

@@ -235,8 +235,11 @@ class Correlator(Generic[T]):
             try:
                 body = mdp.decode_reply("majortomo", frames[1:]).body
             except RemoteProtocolError:
-                self.malformed_replies += 1
-                return None
+                if status is tag.Status.OK or status is tag.Status.PARTIAL:
+                    self.malformed_replies += 1
+                    return None
+                # A refusal in plain framing, from a peer that did not read the Majordomo
+                # framing (a relay-mode worker: its broker does not route services).
             if status is tag.Status.OK:
                 # A Majordomo worker can tell that its handler failed only in a plain error
                 # frame (its protocol has no status): read it as the status it stands for.

@@ -188,6 +188,20 @@ def encode_request(variant: Variant, service: bytes, body: Sequence[bytes]) -> l
     return [DELIMITER, CLIENT_02, CLIENT_COMMANDS["majortomo"].request, service, *body]
 
 
+def named_service(body: Sequence[bytes]) -> bytes | None:
+    """The service a zmqrelay client's request for a named service names, else ``None``.
+
+    ``body`` is what a relay-mode worker reads: majortomo's framing after its first empty frame.
+
+    A relay-mode broker passes such a request to any worker unchanged: the worker can then
+    tell its client that the broker does not route services, rather than hand the handler
+    the Majordomo frames.
+    """
+    if len(body) < 3 or body[0] != CLIENT_02:
+        return None
+    return body[2] if body[1] == CLIENT_COMMANDS["majortomo"].request else None
+
+
 class ClientReply(NamedTuple):
     """A reply as an MDP client reads it."""
 

@@ -150,6 +150,14 @@ class Request:
             ]
         return [*self.routing, envelope.DELIMITER, plain_error_reply(type_name, message)]
 
+    def refuse(self, status: tag.Status, error_name: str, message: str) -> list[bytes]:
+        """The frames that refuse it: ``status`` for a zmqrelay client, else a plain error."""
+        hop = self.routing[-1]
+        if tag.decode(hop) is not None:
+            marked = tag.with_status(hop, status)
+            return [*self.routing[:-1], marked, envelope.DELIMITER, message.encode()]
+        return [*self.routing, envelope.DELIMITER, plain_error_reply(error_name, message)]
+
 
 def decode_error(body: list[bytes]) -> tuple[str, str]:
     """The handler's exception type name and message from an error reply's body."""
