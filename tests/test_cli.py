@@ -99,6 +99,31 @@ async def test_request_names_a_service_and_prints_a_streamed_reply_part_by_part(
     assert result.stdout == b"part 0\npart 1\npart 2\n"
 
 
+@pytest.mark.asyncio
+async def test_request_to_a_service_no_worker_offers_prints_the_brokers_refusal(
+    context: LeakCheckingContext,
+) -> None:
+    """With every default, the broker's NoWorkers comes before the command's own timeout."""
+    broker = Broker(
+        frontend="tcp://127.0.0.1:0",
+        backend="tcp://127.0.0.1:0",
+        context=context,
+        mode="load-balancing",
+    )
+    async with broker:
+        command = [*ZMQRELAY, "request", "--connect", broker.endpoints.frontend, "-s", "resize"]
+        result = await anyio.run_process([*command, "x"], check=False)
+    assert result.returncode == 1
+    assert b"NoWorkers" in result.stderr
+    assert b"(service 'resize')" in result.stderr
+
+
+def test_broker_help_names_both_modes() -> None:
+    result = CliRunner().invoke(cli, ["broker", "--help"])
+    assert result.exit_code == 0
+    assert "Run a broker (relay or load-balancing" in result.output
+
+
 def test_a_majordomo_request_needs_a_service() -> None:
     result = CliRunner().invoke(cli, ["request", "--protocol", "majortomo", "Hello"])
     assert result.exit_code == 2

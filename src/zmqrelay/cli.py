@@ -169,7 +169,10 @@ def broker(
     engine: Engine,
     max_message_size: int | None,
 ) -> None:
-    """Run a relay broker until SIGINT or SIGTERM (a second signal stops it at once)."""
+    """Run a broker (relay or load-balancing, see --mode) until SIGINT or SIGTERM.
+
+    It first finishes the requests in flight (--drain-timeout); a second signal stops it at once.
+    """
     instance = Broker(
         frontend=frontend,
         backend=backend,
@@ -247,9 +250,11 @@ def demo(transport: str, clients: int, workers: int, requests: int) -> None:
 @click.option(
     "--timeout",
     type=float,
-    default=5.0,
+    # Longer than a broker's default queue timeout, so that its refusal (NoWorkers) comes first.
+    default=10.0,
     envvar="ZMQRELAY_TIMEOUT",
-    help="Seconds to wait for the reply.",
+    help="Seconds to wait for the reply (a load-balancing broker refuses a request no worker "
+    "took within its --queue-timeout, 5 s by default).",
     show_envvar=True,
 )
 @click.option(
