@@ -214,3 +214,44 @@ async def test_any_callable_that_returns_an_async_generator_streams_through_the_
 ) -> None:
     await relay_worker(Counter(), service="count")
     assert [part async for part in relay_client.stream("count", b"2")] == [b"0", b"1"]
+
+
+@pytest.mark.zmqrelay(mode="load-balancing")
+async def test_workers_follow_a_load_balancing_broker(
+    relay_broker: BrokerHarness, relay_worker: WorkerFactory, relay_client: AsyncClient
+) -> None:
+    assert relay_broker.mode == "load-balancing"
+    await relay_worker(echo)  # no mode given: the broker's
+    assert await relay_client.request(b"registered", timeout=2) == b"registered"
+    stats = relay_broker.statistics()
+    assert stats.mode == "load-balancing"
+    assert stats.scheduler.workers == 1
+
+
+@pytest.mark.zmqrelay(mode="load-balancing", heartbeat_interval=0.1, liveness=3)
+async def test_workers_heartbeat_as_often_as_the_broker_expects(
+    relay_broker: BrokerHarness, relay_worker: WorkerFactory, relay_client: AsyncClient
+) -> None:
+    await relay_worker(echo)
+    assert await relay_client.request(b"first", timeout=1) == b"first"
+    # The broker judges a worker silent for 0.3 s dead; one heartbeating every 2.5 s (a
+    # worker's own default) would be. Silence is what this test is about, so it waits.
+    await anyio.sleep(1.0)
+    assert await relay_client.request(b"still there", timeout=1) == b"still there"
+    stats = relay_broker.statistics()
+    assert stats.mode == "load-balancing"
+    assert stats.scheduler.dead_workers == 0
+
+
+async def test_a_relay_broker_refuses_workers_that_need_load_balancing(
+    relay_broker: BrokerHarness, relay_worker: WorkerFactory
+) -> None:
+    assert relay_broker.mode == "relay"
+    with pytest.raises(ValueError, match=r'zmqrelay\(mode="load-balancing"\)'):
+        await relay_worker(echo, service="echo")
+    with pytest.raises(ValueError, match="relay mode"):
+        await relay_worker(echo, service="echo", protocol="mdp-0.1")
+    with pytest.raises(ValueError, match="relay mode"):
+        await relay_broker.connect_client(protocol="mdp-0.2")
+    # An explicit mode is the test's own choice: the harness lets it be.
+    await relay_worker(echo, service="echo", mode="load-balancing")

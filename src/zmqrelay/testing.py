@@ -36,7 +36,7 @@ import anyio
 import zmq
 import zmq.asyncio
 
-from zmqrelay._aio.broker import Broker, Endpoints
+from zmqrelay._aio.broker import Broker, Endpoints, Mode
 from zmqrelay._aio.client import AsyncClient
 from zmqrelay._aio.service import Service
 from zmqrelay._aio.worker import AsyncWorker
@@ -300,6 +300,16 @@ class BrokerHarness:
         return f"<BrokerHarness {where} endpoints={self.endpoints}>"
 
     @property
+    def mode(self) -> Mode | None:
+        """The broker's mode, ``"relay"`` or ``"load-balancing"``; ``None`` when unknown.
+
+        An in-process broker's is known. An external broker's is whatever ``relay_harness``
+        was told (its ``mode=``), if anything.
+        """
+        mode: Mode | None = self._broker_options.get("mode")
+        return "relay" if mode is None and not self.external else mode
+
+    @property
     def broker(self) -> Broker:
         """The in-process :class:`~zmqrelay.Broker` (a new one after a restart)."""
         if self._broker is None:
@@ -377,7 +387,16 @@ class BrokerHarness:
         ``options`` go to the worker (``service=``, ``mode=``, ``protocol=``, ...); a handler
         written as an async generator streams its reply. Returns once the worker is
         connecting; it stops when the harness closes.
+
+        The worker follows the broker's :attr:`mode` unless ``mode=`` says otherwise: with a
+        load-balancing broker it registers, and heartbeats as often as the broker's
+        ``heartbeat_interval`` and ``liveness`` expect (unless given too).
+
+        Raises:
+            ValueError: a ``service`` or a Majordomo ``protocol``, without ``mode=``, for a
+                relay-mode broker (which would never hand the worker a request).
         """
+        self._follow_the_broker(options)
         handle: WorkerHandle
 
         async def gated(result: Awaitable[Any]) -> Any:
@@ -416,7 +435,20 @@ class BrokerHarness:
         return handle
 
     async def connect_client(self, **options: Any) -> AsyncClient:
-        """A running :class:`~zmqrelay.AsyncClient` connected to the broker's frontend."""
+        """A running :class:`~zmqrelay.AsyncClient` connected to the broker's frontend.
+
+        ``options`` go to the client; its ``timeout`` is 10 seconds unless given.
+
+        Raises:
+            ValueError: a Majordomo ``protocol`` for a relay-mode broker (whose workers
+                would drop every request).
+        """
+        protocol = options.get("protocol", "zmqrelay")
+        if self.mode == "relay" and protocol != "zmqrelay":
+            raise ValueError(
+                f"a client speaking {protocol} needs a load-balancing broker, and this "
+                f"harness's broker is in relay mode: {_LOAD_BALANCING_HINT}"
+            )
         options.setdefault("timeout", 10.0)
         hosted = Hosted(AsyncClient(self.endpoints.frontend, context=self.context, **options))
         self._clients.append(hosted)
@@ -436,8 +468,36 @@ class BrokerHarness:
             await worker.stop(graceful=False)
         self._workers.clear()
 
+    def _follow_the_broker(self, options: dict[str, Any]) -> None:
+        """Give a worker's ``options`` the broker's mode (and heartbeat), unless set."""
+        if self.mode is None:
+            return
+        if "mode" not in options:
+            needs = [
+                f"{key}={options[key]!r}"
+                for key, default in (("service", None), ("protocol", "zmqrelay"))
+                if options.get(key, default) != default
+            ]
+            if self.mode == "relay" and needs:
+                raise ValueError(
+                    f"a worker with {', '.join(needs)} needs a load-balancing broker, and "
+                    f"this harness's broker is in relay mode: {_LOAD_BALANCING_HINT} (or "
+                    'give the worker mode="load-balancing" to attach it all the same)'
+                )
+            options["mode"] = self.mode
+        if options["mode"] == self.mode == "load-balancing":
+            for key in ("heartbeat_interval", "liveness"):
+                if key in self._broker_options:
+                    options.setdefault(key, self._broker_options[key])
+
     def _unavailable(self, what: str) -> str:
         return f"this harness {what}: it uses an external broker at {self.endpoints}"
+
+
+_LOAD_BALANCING_HINT = (
+    'mark the test @pytest.mark.zmqrelay(mode="load-balancing"), or pass '
+    'relay_harness(mode="load-balancing")'
+)
 
 
 @asynccontextmanager
