@@ -255,3 +255,23 @@ async def test_a_relay_broker_refuses_workers_that_need_load_balancing(
         await relay_broker.connect_client(protocol="mdp-0.2")
     # An explicit mode is the test's own choice: the harness lets it be.
     await relay_worker(echo, service="echo", mode="load-balancing")
+
+
+@pytest.mark.zmqrelay(mode="load-balancing")
+async def test_an_external_harness_takes_the_mode_and_no_other_broker_option(
+    relay_broker: BrokerHarness, context: LeakCheckingContext
+) -> None:
+    with pytest.raises(ValueError, match="drain_timeout: options of an in-process broker"):
+        async with relay_harness(
+            context=context, external=relay_broker.endpoints, drain_timeout=0
+        ):
+            pass
+    async with relay_harness(context=context, external=relay_broker.endpoints) as unknown:
+        assert unknown.mode is None
+    async with relay_harness(
+        context=context, external=relay_broker.endpoints, mode="load-balancing"
+    ) as harness:
+        assert harness.mode == "load-balancing"
+        await harness.start_worker(echo)  # follows the mode it was told
+        client = await harness.connect_client()
+        assert await client.request(b"told", timeout=2) == b"told"

@@ -521,17 +521,38 @@ async def relay_harness(
         external: endpoints of a broker already running elsewhere; then none is started.
         frontend: the endpoint to bind for clients, instead of one chosen for ``transport``.
         backend: the endpoint to bind for workers, likewise.
-        broker_options: further keyword arguments for :class:`~zmqrelay.Broker`.
+        broker_options: further keyword arguments for :class:`~zmqrelay.Broker`. With
+            ``external``, only ``mode``: the external broker's, when known, for the workers
+            to follow (see :meth:`BrokerHarness.start_worker`).
+
+    Raises:
+        ValueError: an unknown ``transport``; with ``external``, a broker option other than
+            ``mode`` (an external broker is configured where it runs), or an unknown mode.
     """
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
+    if external is not None:
+        ignored = ", ".join(sorted(set(broker_options) - {"mode"}))
+        if ignored:
+            raise ValueError(
+                f"{ignored}: options of an in-process broker, and this harness uses the "
+                f"external broker at {external}"
+            )
+        if broker_options.get("mode", "relay") not in ("relay", "load-balancing"):
+            raise ValueError(
+                f"mode must be 'relay' or 'load-balancing', not {broker_options['mode']!r}"
+            )
     own_context = context is None
     ctx = zmq.asyncio.Context() if context is None else context
     folder = tempfile.mkdtemp(prefix="zmqrelay-") if transport == "ipc" else None
     try:
         if external is not None:
             harness = BrokerHarness(
-                context=ctx, frontend=external.frontend, backend=external.backend, external=True
+                context=ctx,
+                frontend=external.frontend,
+                backend=external.backend,
+                external=True,
+                broker_options=broker_options,
             )
         else:
             chosen_frontend, chosen_backend = _endpoints_for(transport, folder)
