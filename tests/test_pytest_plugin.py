@@ -314,3 +314,45 @@ def test_beside_anyios_plugin(pytester: pytest.Pytester) -> None:
         """
     )
     run(pytester).assert_outcomes(passed=2)
+
+
+def test_anyio_tests_in_asyncio_auto_mode_are_pointed_to_relay_harness(
+    pytester: pytest.Pytester,
+) -> None:
+    """Both plugins would run the test: fixtures in one loop, the test in another."""
+    ini(pytester, asyncio_mode="auto")
+    pytester.makepyfile(
+        """
+        import pytest
+        from zmqrelay.testing import relay_harness
+
+        async def echo(request: bytes) -> bytes:
+            return request
+
+        @pytest.fixture
+        def anyio_backend():
+            return "asyncio"
+
+        @pytest.mark.anyio
+        async def test_with_the_fixtures(relay_worker, relay_client):
+            await relay_worker(echo)
+            assert await relay_client.request(b"a", timeout=2) == b"a"
+
+        @pytest.mark.anyio
+        async def test_with_the_harness(zmqrelay_context):
+            async with relay_harness(context=zmqrelay_context) as harness:
+                await harness.start_worker(echo)
+                client = await harness.connect_client()
+                assert await client.request(b"b", timeout=2) == b"b"
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_with_the_fixtures*",
+            "*test_with_the_fixtures is run by both pytest-asyncio and anyio's pytest plugin*"
+            "use zmqrelay.testing.relay_harness(context=zmqrelay_context)*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*different loop*")

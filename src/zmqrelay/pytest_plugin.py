@@ -185,6 +185,16 @@ def _test_loop_scope(request: pytest.FixtureRequest) -> str:
 def _in_test_loop(request: pytest.FixtureRequest, name: str) -> Any:
     if pytest_asyncio is None:
         raise pytest.UsageError("the zmqrelay fixtures need pytest-asyncio")
+    if "anyio_backend" in request.fixturenames and pytest_asyncio.is_async_test(request.node):
+        # anyio's plugin runs the async fixtures of a test that uses anyio_backend in its own
+        # loop; pytest-asyncio, which claims the test too, runs the test in another.
+        raise pytest.UsageError(
+            f"{request.node.name} is run by both pytest-asyncio and anyio's pytest plugin "
+            "(asyncio_mode = auto, or both markers, with @pytest.mark.anyio): the zmqrelay "
+            "fixtures would run in one event loop and the test in another. In a test marked "
+            "@pytest.mark.anyio use zmqrelay.testing.relay_harness(context=zmqrelay_context) "
+            "instead (see 'Beside anyio's pytest plugin' in zmqrelay's docs/testing.md)"
+        )
     return request.getfixturevalue(f"_zmqrelay_{name}_{_test_loop_scope(request)}")
 
 
