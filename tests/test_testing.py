@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -161,6 +162,35 @@ async def test_leak_checks_name_the_socket_and_where_it_was_opened() -> None:
     assert "1 zmq socket(s) left open: PUB socket" in message
     assert "inproc://forgotten" in message
     assert "test_testing.py" in message
+
+
+async def test_a_context_held_by_a_lingering_socket_names_it(tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path / 'late'}"
+    context = LeakCheckingContext()
+    quick = context.socket(zmq.DEALER)
+    quick.connect(endpoint)
+    quick.send(b"dropped at once", zmq.NOBLOCK)
+    quick.close(linger=0)
+    held = context.socket(zmq.DEALER)
+    held.connect(endpoint)
+    held.send(b"queued, nobody to take it", zmq.NOBLOCK)
+    held.close()  # libzmq's default linger: wait for ever to deliver it
+    with pytest.raises(SocketLeakError) as caught:
+        context.check_closed(deadline=0.1)
+    message = str(caught.value)
+    assert message.startswith(
+        "the zmq context did not terminate within 0.1 s: 1 socket(s) closed with a linger "
+    )
+    assert f"DEALER socket last bound/connected at {endpoint}, opened at " in message
+    assert "test_testing.py" in message
+    assert "closed with linger=-1 (for ever)" in message
+    assert "close it with linger=0, or read or deliver its queued messages" in message
+    # Deliver the message: the context terminates (and the test leaves nothing behind).
+    with zmq.Context() as other, other.socket(zmq.ROUTER) as late:
+        late.linger, late.rcvtimeo = 0, 5000
+        late.bind(endpoint)
+        assert late.recv_multipart()[1] == b"queued, nobody to take it"
+        await eventually(lambda: context.closed)
 
 
 async def test_an_unknown_transport_is_refused() -> None:

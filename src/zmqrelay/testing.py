@@ -26,11 +26,12 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import anyio
 import zmq
@@ -69,27 +70,66 @@ class SocketLeakError(AssertionError):
     """Sockets were left open, or the context did not terminate, when a test ended."""
 
 
+class _Lingering(NamedTuple):
+    """A socket closed with a linger: its unsent messages may hold up the context's end."""
+
+    description: str
+    linger: int
+    """Milliseconds, or -1: for ever."""
+    closed_at: float
+    """``time.monotonic()``."""
+
+    def holds_past(self, moment: float) -> bool:
+        """Whether its linger may still run at ``moment`` (a ``time.monotonic()``)."""
+        return self.linger < 0 or self.closed_at + self.linger / 1000 > moment
+
+    def __str__(self) -> str:
+        linger = "-1 (for ever)" if self.linger < 0 else f"{self.linger} ms"
+        return f"{self.description}, closed with linger={linger}"
+
+
+class _TrackedSocket(zmq.asyncio.Socket):
+    """A socket of a :class:`LeakCheckingContext`, which tells it how it was closed."""
+
+    def close(self, linger: int | None = None) -> None:
+        """Close the socket; a linger other than 0 is remembered by the context."""
+        context = self.context
+        if not self.closed and isinstance(context, LeakCheckingContext):
+            context._closing(self, int(self.get(zmq.LINGER)) if linger is None else linger)
+        super().close(linger=linger)
+
+
 class LeakCheckingContext(zmq.asyncio.Context):
     """A ``zmq.asyncio.Context`` that remembers the sockets opened in it.
 
     :meth:`check_closed` then proves that every one was closed and that the context
-    terminates within a deadline, as a test's teardown should.
+    terminates within a deadline, as a test's teardown should. It also remembers which
+    sockets were closed with a linger other than 0 (libzmq's default is to linger for ever),
+    since those keep the context from terminating while they hold messages not yet sent.
     """
 
     _opened: list[zmq.asyncio.Socket]
     _where: dict[int, str]
+    _lingering: list[_Lingering]
 
     def __init__(self) -> None:
         super().__init__()
         self._opened = []
         self._where = {}
+        self._lingering = []
 
     def socket(self, socket_type: int, **kwargs: Any) -> zmq.asyncio.Socket:  # type: ignore[override]
         """Open a socket, and remember it and the code that opened it."""
+        kwargs.setdefault("socket_class", _TrackedSocket)
         sock = super().socket(socket_type, **kwargs)
         self._opened.append(sock)
         self._where[id(sock)] = _caller()
         return sock
+
+    def _closing(self, sock: zmq.asyncio.Socket, linger: int) -> None:
+        if linger != 0:
+            description = f"{_describe(sock)}, opened at {self._where.get(id(sock), '?')}"
+            self._lingering.append(_Lingering(description, linger, time.monotonic()))
 
     @property
     def opened(self) -> list[zmq.asyncio.Socket]:
@@ -100,6 +140,8 @@ class LeakCheckingContext(zmq.asyncio.Context):
         """Terminate the context, and fail if anything was left open.
 
         Sockets still open are closed (so the context can terminate) and named in the error.
+        When the context does not terminate, the error names the sockets that were closed
+        with a linger still running at the deadline: one of them holds unsent messages.
 
         Raises:
             SocketLeakError: a socket was still open, or the context did not terminate within
@@ -121,7 +163,21 @@ class LeakCheckingContext(zmq.asyncio.Context):
                 f"{len(leaked)} zmq socket(s) left open: {'; '.join(descriptions)}"
             )
         if not terminated.wait(deadline):
-            raise SocketLeakError(f"the zmq context did not terminate within {deadline} s")
+            raise SocketLeakError(self._not_terminated(deadline, time.monotonic()))
+
+    def _not_terminated(self, deadline: float, now: float) -> str:
+        message = f"the zmq context did not terminate within {deadline} s"
+        held = [str(sock) for sock in self._lingering if sock.holds_past(now)]
+        if not held:
+            return (
+                f"{message}, and no socket opened through its socket() holds it: was one "
+                "opened another way (a socket_class, zmq.Socket(context, ...))?"
+            )
+        return (
+            f"{message}: {len(held)} socket(s) closed with a linger that may still keep "
+            f"messages waiting to be sent: {'; '.join(held)} (close it with linger=0, or "
+            "read or deliver its queued messages, before the context terminates)"
+        )
 
 
 def _caller() -> str:
