@@ -187,6 +187,7 @@ MARKED_FOR_SOME_BROKER = """
         pass
 """
 MAY_NOT = "the external broker at tcp://127.0.0.1:* may not have it (the marker configures "
+MAY_NOT_ALL = MAY_NOT.replace("have it", "have them")
 IS_IN = "the external broker at tcp://127.0.0.1:* is in"
 
 
@@ -203,7 +204,7 @@ IS_IN = "the external broker at tcp://127.0.0.1:* is in"
                 "or ZMQRELAY_TEST_MODE)",
                 f"the zmqrelay marker asks for a broker with mode='relay': {MAY_NOT}*",
                 "the zmqrelay marker asks for a broker with drain_timeout=0.5, "
-                f"high_water_mark=100: {MAY_NOT}in-process brokers only)",
+                f"high_water_mark=100: {MAY_NOT_ALL}in-process brokers only)",
             ],
             id="relay-unknown",
             marks=pytest.mark.zmqrelay(transport="tcp"),
@@ -213,7 +214,7 @@ IS_IN = "the external broker at tcp://127.0.0.1:* is in"
             ["test_where_is_moot", "test_relay"],
             [
                 f"*mode='load-balancing': {IS_IN} relay mode (--zmqrelay-mode)",
-                f"*drain_timeout=0.5, high_water_mark=100: {MAY_NOT}*",
+                f"*drain_timeout=0.5, high_water_mark=100: {MAY_NOT_ALL}*",
             ],
             id="relay-declared",
             marks=pytest.mark.zmqrelay(transport="tcp"),
@@ -223,7 +224,7 @@ IS_IN = "the external broker at tcp://127.0.0.1:* is in"
             ["test_where_is_moot", "test_load_balancing"],
             [
                 f"*mode='relay': {IS_IN} load-balancing mode (--zmqrelay-mode)",
-                f"*drain_timeout=0.5, high_water_mark=100: {MAY_NOT}*",
+                f"*drain_timeout=0.5, high_water_mark=100: {MAY_NOT_ALL}*",
             ],
             id="load-balancing-declared",
             marks=pytest.mark.zmqrelay(transport="tcp", mode="load-balancing"),

@@ -12,7 +12,8 @@ The fixtures (all function-scoped, for ``async`` tests run by pytest-asyncio):
     ``await relay_broker_factory(**options)`` starts another broker (several per test are fine).
 ``relay_worker``
     ``await relay_worker(handler, concurrency=...)`` attaches an AsyncWorker to ``relay_broker``
-    and returns a :class:`~zmqrelay.testing.WorkerHandle` for fault injection.
+    (in the broker's mode, unless given ``mode=``) and returns a
+    :class:`~zmqrelay.testing.WorkerHandle` for fault injection.
 ``relay_client``
     A running :class:`~zmqrelay.AsyncClient` connected to ``relay_broker``.
 
@@ -105,7 +106,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "zmqrelay(transport=None, **broker_options): how the zmqrelay fixtures start the "
-        "in-process broker for this test (transport: inproc, ipc or tcp; options: Broker's)",
+        "in-process broker for this test (transport: inproc, ipc or tcp; options: Broker's); "
+        "with an external broker, a test whose options it may not honour is skipped",
     )
 
 
@@ -129,6 +131,8 @@ def _transport(request: pytest.FixtureRequest, marked: dict[str, Any]) -> str:
 
 
 class _ExternalBroker(NamedTuple):
+    """The broker the command line or the environment points the fixtures at."""
+
     endpoints: Endpoints
     mode: Mode | None
     """As the command line or the environment says; ``None``: unknown."""
@@ -168,7 +172,8 @@ def _skip_unless_served(options: dict[str, Any], external: _ExternalBroker) -> N
     if "mode" in wanted and external.mode is not None:
         verdict = f"{where} is in {external.mode} mode (--zmqrelay-mode)"
     else:
-        verdict = f"{where} may not have it (the marker configures in-process brokers only"
+        them = "them" if len(wanted) > 1 else "it"
+        verdict = f"{where} may not have {them} (the marker configures in-process brokers only"
         if "mode" in wanted:
             verdict += f"; give the external broker's mode with --zmqrelay-mode or {_MODE_ENV}"
         verdict += ")"

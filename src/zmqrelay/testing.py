@@ -95,7 +95,10 @@ class _TrackedSocket(zmq.asyncio.Socket):
         """Close the socket; a linger other than 0 is remembered by the context."""
         context = self.context
         if not self.closed and isinstance(context, LeakCheckingContext):
-            context._closing(self, int(self.get(zmq.LINGER)) if linger is None else linger)
+            # A socket of a context being terminated answers no option (ETERM): it goes
+            # unremembered rather than unclosed.
+            with contextlib.suppress(zmq.ZMQError):
+                context._closing(self, int(self.get(zmq.LINGER)) if linger is None else linger)
         super().close(linger=linger)
 
 
