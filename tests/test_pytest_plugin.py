@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
+from pathlib import Path
 
 import anyio.to_thread
 import pytest
 
+import zmqrelay
 from zmqrelay.testing import BrokerHarness
 
 pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(autouse=True)
+def _sub_runs_import_this_zmqrelay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sub-run runs in a folder of its own, where a relative PYTHONPATH (``src``) would miss
+    this zmqrelay and load another installed one, plugin included."""
+    here = str(Path(zmqrelay.__file__).resolve().parents[1])
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    )
+
 
 USES_THE_FIXTURES = """
     import pytest
