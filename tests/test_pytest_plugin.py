@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
+from pathlib import Path
 
 import anyio.to_thread
 import pytest
 
+import zmqrelay
 from zmqrelay.testing import BrokerHarness
 
 pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(autouse=True)
+def _sub_runs_import_this_zmqrelay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sub-run runs in a folder of its own, where a relative PYTHONPATH (``src``) would miss
+    this zmqrelay and load another installed one, plugin included."""
+    here = str(Path(zmqrelay.__file__).resolve().parents[1])
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    )
+
 
 USES_THE_FIXTURES = """
     import pytest
@@ -157,6 +171,119 @@ async def _run_in_thread(pytester: pytest.Pytester, *args: str) -> pytest.RunRes
     return await anyio.to_thread.run_sync(lambda: run(pytester, *args))
 
 
+MARKED_FOR_SOME_BROKER = """
+    import pytest
+
+    async def echo(request: bytes) -> bytes:
+        return request
+
+    @pytest.mark.asyncio
+    @pytest.mark.zmqrelay(transport="ipc", frontend="ipc:///nowhere/f")
+    async def test_where_is_moot(relay_worker, relay_client):
+        await relay_worker(echo)
+        assert await relay_client.request(b"any", timeout=2) == b"any"
+
+    @pytest.mark.asyncio
+    @pytest.mark.zmqrelay(mode="load-balancing")
+    async def test_load_balancing(relay_worker, relay_client):
+        await relay_worker(echo, service="echo")
+        assert await relay_client.request("echo", b"lb", timeout=2) == b"lb"
+
+    @pytest.mark.asyncio
+    @pytest.mark.zmqrelay(mode="relay")
+    async def test_relay(relay_worker, relay_client):
+        await relay_worker(echo)
+        assert await relay_client.request(b"relay", timeout=2) == b"relay"
+
+    @pytest.mark.asyncio
+    @pytest.mark.zmqrelay(drain_timeout=0.5, high_water_mark=100)
+    async def test_tuned(relay_client):
+        pass
+"""
+MAY_NOT = "the external broker at tcp://127.0.0.1:* may not have it (the marker configures "
+MAY_NOT_ALL = MAY_NOT.replace("have it", "have them")
+IS_IN = "the external broker at tcp://127.0.0.1:* is in"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("declared", "passed", "skipped"),
+    [
+        pytest.param(
+            None,
+            ["test_where_is_moot"],
+            [
+                f"the zmqrelay marker asks for a broker with mode='load-balancing': {MAY_NOT}"
+                "in-process brokers only; give the external broker's mode with --zmqrelay-mode "
+                "or ZMQRELAY_TEST_MODE)",
+                f"the zmqrelay marker asks for a broker with mode='relay': {MAY_NOT}*",
+                "the zmqrelay marker asks for a broker with drain_timeout=0.5, "
+                f"high_water_mark=100: {MAY_NOT_ALL}in-process brokers only)",
+            ],
+            id="relay-unknown",
+            marks=pytest.mark.zmqrelay(transport="tcp"),
+        ),
+        pytest.param(
+            "relay",
+            ["test_where_is_moot", "test_relay"],
+            [
+                f"*mode='load-balancing': {IS_IN} relay mode (--zmqrelay-mode)",
+                f"*drain_timeout=0.5, high_water_mark=100: {MAY_NOT_ALL}*",
+            ],
+            id="relay-declared",
+            marks=pytest.mark.zmqrelay(transport="tcp"),
+        ),
+        pytest.param(
+            "load-balancing",
+            ["test_where_is_moot", "test_load_balancing"],
+            [
+                f"*mode='relay': {IS_IN} load-balancing mode (--zmqrelay-mode)",
+                f"*drain_timeout=0.5, high_water_mark=100: {MAY_NOT_ALL}*",
+            ],
+            id="load-balancing-declared",
+            marks=pytest.mark.zmqrelay(transport="tcp", mode="load-balancing"),
+        ),
+    ],
+)
+async def test_an_external_broker_skips_tests_marked_for_a_broker_it_may_not_be(
+    relay_broker: BrokerHarness,
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    declared: str | None,
+    passed: list[str],
+    skipped: list[str],
+) -> None:
+    """Not a silent timeout each: the reason says what the test asked for."""
+    ini(pytester, asyncio_mode="strict")
+    pytester.makepyfile(textwrap.dedent(MARKED_FOR_SOME_BROKER))
+    frontend, backend = relay_broker.endpoints
+    monkeypatch.setenv("ZMQRELAY_TEST_FRONTEND", frontend)
+    monkeypatch.setenv("ZMQRELAY_TEST_BACKEND", backend)
+    if declared == "load-balancing":
+        monkeypatch.setenv("ZMQRELAY_TEST_MODE", declared)
+    option = ["--zmqrelay-mode", declared] if declared == "relay" else []
+    result = await _run_in_thread(pytester, "-rs", "-v", *option)
+    result.assert_outcomes(passed=len(passed), skipped=len(skipped))
+    result.stdout.fnmatch_lines_random([f"*::{name} PASSED*" for name in passed])
+    result.stdout.fnmatch_lines_random([f"SKIPPED [[]1[]] *.py:*: {line}" for line in skipped])
+
+
+def test_an_external_brokers_mode_alone_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    ini(pytester, asyncio_mode="strict")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_it(relay_broker):
+            pass
+        """
+    )
+    result = run(pytester, "--zmqrelay-mode", "relay")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*--zmqrelay-mode (or ZMQRELAY_TEST_MODE) is the mode of an*"])
+
+
 def test_half_an_external_broker_is_a_usage_error(pytester: pytest.Pytester) -> None:
     ini(pytester, asyncio_mode="strict")
     pytester.makepyfile(
@@ -202,3 +329,45 @@ def test_beside_anyios_plugin(pytester: pytest.Pytester) -> None:
         """
     )
     run(pytester).assert_outcomes(passed=2)
+
+
+def test_anyio_tests_in_asyncio_auto_mode_are_pointed_to_relay_harness(
+    pytester: pytest.Pytester,
+) -> None:
+    """Both plugins would run the test: fixtures in one loop, the test in another."""
+    ini(pytester, asyncio_mode="auto")
+    pytester.makepyfile(
+        """
+        import pytest
+        from zmqrelay.testing import relay_harness
+
+        async def echo(request: bytes) -> bytes:
+            return request
+
+        @pytest.fixture
+        def anyio_backend():
+            return "asyncio"
+
+        @pytest.mark.anyio
+        async def test_with_the_fixtures(relay_worker, relay_client):
+            await relay_worker(echo)
+            assert await relay_client.request(b"a", timeout=2) == b"a"
+
+        @pytest.mark.anyio
+        async def test_with_the_harness(zmqrelay_context):
+            async with relay_harness(context=zmqrelay_context) as harness:
+                await harness.start_worker(echo)
+                client = await harness.connect_client()
+                assert await client.request(b"b", timeout=2) == b"b"
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_with_the_fixtures*",
+            "*test_with_the_fixtures is run by both pytest-asyncio and anyio's pytest plugin*"
+            "use zmqrelay.testing.relay_harness(context=zmqrelay_context)*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*different loop*")

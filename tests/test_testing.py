@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -163,6 +164,35 @@ async def test_leak_checks_name_the_socket_and_where_it_was_opened() -> None:
     assert "test_testing.py" in message
 
 
+async def test_a_context_held_by_a_lingering_socket_names_it(tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path / 'late'}"
+    context = LeakCheckingContext()
+    quick = context.socket(zmq.DEALER)
+    quick.connect(endpoint)
+    quick.send(b"dropped at once", zmq.NOBLOCK)
+    quick.close(linger=0)
+    held = context.socket(zmq.DEALER)
+    held.connect(endpoint)
+    held.send(b"queued, nobody to take it", zmq.NOBLOCK)
+    held.close()  # libzmq's default linger: wait for ever to deliver it
+    with pytest.raises(SocketLeakError) as caught:
+        context.check_closed(deadline=0.1)
+    message = str(caught.value)
+    assert message.startswith(
+        "the zmq context did not terminate within 0.1 s: 1 socket(s) closed with a linger "
+    )
+    assert f"DEALER socket last bound/connected at {endpoint}, opened at " in message
+    assert "test_testing.py" in message
+    assert "closed with linger=-1 (for ever)" in message
+    assert "close it with linger=0, or read or deliver its queued messages" in message
+    # Deliver the message: the context terminates (and the test leaves nothing behind).
+    with zmq.Context() as other, other.socket(zmq.ROUTER) as late:
+        late.linger, late.rcvtimeo = 0, 5000
+        late.bind(endpoint)
+        assert late.recv_multipart()[1] == b"queued, nobody to take it"
+        await eventually(lambda: context.closed)
+
+
 async def test_an_unknown_transport_is_refused() -> None:
     with pytest.raises(ValueError, match="transport"):
         async with relay_harness(transport="udp"):
@@ -214,3 +244,64 @@ async def test_any_callable_that_returns_an_async_generator_streams_through_the_
 ) -> None:
     await relay_worker(Counter(), service="count")
     assert [part async for part in relay_client.stream("count", b"2")] == [b"0", b"1"]
+
+
+@pytest.mark.zmqrelay(mode="load-balancing")
+async def test_workers_follow_a_load_balancing_broker(
+    relay_broker: BrokerHarness, relay_worker: WorkerFactory, relay_client: AsyncClient
+) -> None:
+    assert relay_broker.mode == "load-balancing"
+    await relay_worker(echo)  # no mode given: the broker's
+    assert await relay_client.request(b"registered", timeout=2) == b"registered"
+    stats = relay_broker.statistics()
+    assert stats.mode == "load-balancing"
+    assert stats.scheduler.workers == 1
+
+
+@pytest.mark.zmqrelay(mode="load-balancing", heartbeat_interval=0.1, liveness=3)
+async def test_workers_heartbeat_as_often_as_the_broker_expects(
+    relay_broker: BrokerHarness, relay_worker: WorkerFactory, relay_client: AsyncClient
+) -> None:
+    await relay_worker(echo)
+    assert await relay_client.request(b"first", timeout=1) == b"first"
+    # The broker judges a worker silent for 0.3 s dead; one heartbeating every 2.5 s (a
+    # worker's own default) would be. Silence is what this test is about, so it waits.
+    await anyio.sleep(1.0)
+    assert await relay_client.request(b"still there", timeout=1) == b"still there"
+    stats = relay_broker.statistics()
+    assert stats.mode == "load-balancing"
+    assert stats.scheduler.dead_workers == 0
+
+
+async def test_a_relay_broker_refuses_workers_that_need_load_balancing(
+    relay_broker: BrokerHarness, relay_worker: WorkerFactory
+) -> None:
+    assert relay_broker.mode == "relay"
+    with pytest.raises(ValueError, match=r'zmqrelay\(mode="load-balancing"\)'):
+        await relay_worker(echo, service="echo")
+    with pytest.raises(ValueError, match="relay mode"):
+        await relay_worker(echo, service="echo", protocol="mdp-0.1")
+    with pytest.raises(ValueError, match="relay mode"):
+        await relay_broker.connect_client(protocol="mdp-0.2")
+    # An explicit mode is the test's own choice: the harness lets it be.
+    await relay_worker(echo, service="echo", mode="load-balancing")
+
+
+@pytest.mark.zmqrelay(mode="load-balancing")
+async def test_an_external_harness_takes_the_mode_and_no_other_broker_option(
+    relay_broker: BrokerHarness, context: LeakCheckingContext
+) -> None:
+    with pytest.raises(ValueError, match="drain_timeout: options of an in-process broker"):
+        async with relay_harness(
+            context=context, external=relay_broker.endpoints, drain_timeout=0
+        ):
+            pass
+    async with relay_harness(context=context, external=relay_broker.endpoints) as unknown:
+        assert unknown.mode is None
+    async with relay_harness(
+        context=context, external=relay_broker.endpoints, mode="load-balancing"
+    ) as harness:
+        assert harness.mode == "load-balancing"
+        await harness.start_worker(echo)  # follows the mode it was told
+        client = await harness.connect_client()
+        assert await client.request(b"told", timeout=2) == b"told"

@@ -12,7 +12,8 @@ The fixtures (all function-scoped, for ``async`` tests run by pytest-asyncio):
     ``await relay_broker_factory(**options)`` starts another broker (several per test are fine).
 ``relay_worker``
     ``await relay_worker(handler, concurrency=...)`` attaches an AsyncWorker to ``relay_broker``
-    and returns a :class:`~zmqrelay.testing.WorkerHandle` for fault injection.
+    (in the broker's mode, unless given ``mode=``) and returns a
+    :class:`~zmqrelay.testing.WorkerHandle` for fault injection.
 ``relay_client``
     A running :class:`~zmqrelay.AsyncClient` connected to ``relay_broker``.
 
@@ -20,7 +21,10 @@ The transport of the in-process broker comes from, in this order of precedence, 
 ``@pytest.mark.zmqrelay(transport="tcp")``, the ini option ``zmqrelay_transport``, the option
 ``--zmqrelay-transport``, and is ``inproc`` otherwise. ``--zmqrelay-frontend`` and
 ``--zmqrelay-backend`` (or ``ZMQRELAY_TEST_FRONTEND`` and ``ZMQRELAY_TEST_BACKEND``) point the
-fixtures at a broker that is already running instead.
+fixtures at a broker that is already running instead; ``--zmqrelay-mode`` (or
+``ZMQRELAY_TEST_MODE``) says its mode, when known. A test whose marker asks for broker options
+(``mode=``, ``drain_timeout=``, ...) that the external broker cannot be known to have is skipped,
+with a reason that names them.
 
 The async fixtures run in the event loop of the test that uses them, whatever its loop scope
 (``@pytest.mark.asyncio(loop_scope="module")`` included).
@@ -31,11 +35,11 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, cast, get_args
 
 import pytest
 
-from zmqrelay._aio.broker import Endpoints
+from zmqrelay._aio.broker import Endpoints, Mode
 from zmqrelay._aio.client import AsyncClient
 from zmqrelay.testing import (
     TRANSPORTS,
@@ -55,6 +59,10 @@ _LoopScope = Literal["function", "class", "module", "package", "session"]
 _LOOP_SCOPES: tuple[_LoopScope, ...] = ("function", "class", "module", "package", "session")
 _FRONTEND_ENV = "ZMQRELAY_TEST_FRONTEND"
 _BACKEND_ENV = "ZMQRELAY_TEST_BACKEND"
+_MODE_ENV = "ZMQRELAY_TEST_MODE"
+_MODES: tuple[Mode, ...] = get_args(Mode)
+_WHERE_OPTIONS = ("transport", "frontend", "backend")
+"""Marker options that say where an in-process broker listens: moot for an external one."""
 
 BrokerFactory = Callable[..., Awaitable[BrokerHarness]]
 WorkerFactory = Callable[..., Awaitable[WorkerHandle]]
@@ -79,6 +87,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help=f"use the external broker with this backend (or set {_BACKEND_ENV})",
     )
+    group.addoption(
+        "--zmqrelay-mode",
+        choices=_MODES,
+        default=None,
+        help=f"the mode of the external broker, if known (or set {_MODE_ENV}); tests marked "
+        "for another mode are skipped",
+    )
     parser.addini(
         "zmqrelay_transport",
         help="transport of the in-process broker fixtures: inproc, ipc or tcp",
@@ -91,7 +106,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "zmqrelay(transport=None, **broker_options): how the zmqrelay fixtures start the "
-        "in-process broker for this test (transport: inproc, ipc or tcp; options: Broker's)",
+        "in-process broker for this test (transport: inproc, ipc or tcp; options: Broker's); "
+        "with an external broker, a test whose options it may not honour is skipped",
     )
 
 
@@ -114,17 +130,54 @@ def _transport(request: pytest.FixtureRequest, marked: dict[str, Any]) -> str:
     return str(transport)
 
 
-def _external(config: pytest.Config) -> Endpoints | None:
+class _ExternalBroker(NamedTuple):
+    """The broker the command line or the environment points the fixtures at."""
+
+    endpoints: Endpoints
+    mode: Mode | None
+    """As the command line or the environment says; ``None``: unknown."""
+
+
+def _external(config: pytest.Config) -> _ExternalBroker | None:
     frontend = config.getoption("zmqrelay_frontend") or os.environ.get(_FRONTEND_ENV)
     backend = config.getoption("zmqrelay_backend") or os.environ.get(_BACKEND_ENV)
+    mode = config.getoption("zmqrelay_mode") or os.environ.get(_MODE_ENV) or None
+    if mode is not None and mode not in _MODES:
+        raise pytest.UsageError(f"{_MODE_ENV} must be one of {_MODES}, not {mode!r}")
     if not frontend and not backend:
+        if mode is not None:
+            raise pytest.UsageError(
+                f"--zmqrelay-mode (or {_MODE_ENV}) is the mode of an external broker: give "
+                "--zmqrelay-frontend and --zmqrelay-backend too (an in-process broker's mode "
+                "comes from the zmqrelay marker)"
+            )
         return None
     if not (frontend and backend):
         raise pytest.UsageError(
             "an external broker needs both --zmqrelay-frontend and --zmqrelay-backend "
             f"(or {_FRONTEND_ENV} and {_BACKEND_ENV})"
         )
-    return Endpoints(frontend, backend)
+    return _ExternalBroker(Endpoints(frontend, backend), cast(Mode | None, mode))
+
+
+def _skip_unless_served(options: dict[str, Any], external: _ExternalBroker) -> None:
+    """Skip a test whose marker asks for a broker the external one may not be."""
+    wanted = {key: value for key, value in options.items() if key not in _WHERE_OPTIONS}
+    if external.mode is not None and wanted.get("mode") == external.mode:
+        del wanted["mode"]
+    if not wanted:
+        return
+    asked = ", ".join(f"{key}={value!r}" for key, value in wanted.items())
+    where = f"the external broker at {external.endpoints.frontend}"
+    if "mode" in wanted and external.mode is not None:
+        verdict = f"{where} is in {external.mode} mode (--zmqrelay-mode)"
+    else:
+        them = "them" if len(wanted) > 1 else "it"
+        verdict = f"{where} may not have {them} (the marker configures in-process brokers only"
+        if "mode" in wanted:
+            verdict += f"; give the external broker's mode with --zmqrelay-mode or {_MODE_ENV}"
+        verdict += ")"
+    pytest.skip(f"the zmqrelay marker asks for a broker with {asked}: {verdict}")
 
 
 def _test_loop_scope(request: pytest.FixtureRequest) -> str:
@@ -137,6 +190,16 @@ def _test_loop_scope(request: pytest.FixtureRequest) -> str:
 def _in_test_loop(request: pytest.FixtureRequest, name: str) -> Any:
     if pytest_asyncio is None:
         raise pytest.UsageError("the zmqrelay fixtures need pytest-asyncio")
+    if "anyio_backend" in request.fixturenames and pytest_asyncio.is_async_test(request.node):
+        # anyio's plugin runs the async fixtures of a test that uses anyio_backend in its own
+        # loop; pytest-asyncio, which claims the test too, runs the test in another.
+        raise pytest.UsageError(
+            f"{request.node.name} is run by both pytest-asyncio and anyio's pytest plugin "
+            "(asyncio_mode = auto, or both markers, with @pytest.mark.anyio): the zmqrelay "
+            "fixtures would run in one event loop and the test in another. In a test marked "
+            "@pytest.mark.anyio use zmqrelay.testing.relay_harness(context=zmqrelay_context) "
+            "instead (see 'Beside anyio's pytest plugin' in zmqrelay's docs/testing.md)"
+        )
     return request.getfixturevalue(f"_zmqrelay_{name}_{_test_loop_scope(request)}")
 
 
@@ -156,7 +219,14 @@ def zmqrelay_context() -> Iterator[LeakCheckingContext]:
 
 @pytest.fixture
 def relay_broker(request: pytest.FixtureRequest) -> BrokerHarness:
-    """An in-process broker (or the configured external one), fresh for each test."""
+    """An in-process broker (or the configured external one), fresh for each test.
+
+    With an external broker, a test whose ``zmqrelay`` marker asks for broker options the
+    external broker may not have is skipped.
+    """
+    external = _external(request.config)
+    if external is not None:
+        _skip_unless_served(_marker_options(request), external)
     harness: BrokerHarness = _in_test_loop(request, "broker")
     return harness
 
@@ -191,9 +261,16 @@ def _broker_variant() -> Callable[..., AsyncIterator[BrokerHarness]]:
         options = _marker_options(request)
         transport = _transport(request, options)
         external = _external(request.config)
-        async with relay_harness(
-            transport=transport, context=zmqrelay_context, external=external, **options
-        ) as harness:
+        if external is not None:  # the marker asks for nothing more (see relay_broker)
+            mode = {"mode": external.mode} if external.mode is not None else {}
+            harness_context = relay_harness(
+                context=zmqrelay_context, external=external.endpoints, **mode
+            )
+        else:
+            harness_context = relay_harness(
+                transport=transport, context=zmqrelay_context, **options
+            )
+        async with harness_context as harness:
             yield harness
 
     return broker

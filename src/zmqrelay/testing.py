@@ -25,17 +25,18 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import anyio
 import zmq
 import zmq.asyncio
 
-from zmqrelay._aio.broker import Broker, Endpoints
+from zmqrelay._aio.broker import Broker, Endpoints, Mode
 from zmqrelay._aio.client import AsyncClient
 from zmqrelay._aio.service import Service
 from zmqrelay._aio.worker import AsyncWorker
@@ -64,27 +65,69 @@ class SocketLeakError(AssertionError):
     """Sockets were left open, or the context did not terminate, when a test ended."""
 
 
+class _Lingering(NamedTuple):
+    """A socket closed with a linger: its unsent messages may hold up the context's end."""
+
+    description: str
+    linger: int
+    """Milliseconds, or -1: for ever."""
+    closed_at: float
+    """``time.monotonic()``."""
+
+    def holds_past(self, moment: float) -> bool:
+        """Whether its linger may still run at ``moment`` (a ``time.monotonic()``)."""
+        return self.linger < 0 or self.closed_at + self.linger / 1000 > moment
+
+    def __str__(self) -> str:
+        linger = "-1 (for ever)" if self.linger < 0 else f"{self.linger} ms"
+        return f"{self.description}, closed with linger={linger}"
+
+
+class _TrackedSocket(zmq.asyncio.Socket):
+    """A socket of a :class:`LeakCheckingContext`, which tells it how it was closed."""
+
+    def close(self, linger: int | None = None) -> None:
+        """Close the socket; a linger other than 0 is remembered by the context."""
+        context = self.context
+        if not self.closed and isinstance(context, LeakCheckingContext):
+            # A socket of a context being terminated answers no option (ETERM): it goes
+            # unremembered rather than unclosed.
+            with contextlib.suppress(zmq.ZMQError):
+                context._closing(self, int(self.get(zmq.LINGER)) if linger is None else linger)
+        super().close(linger=linger)
+
+
 class LeakCheckingContext(zmq.asyncio.Context):
     """A ``zmq.asyncio.Context`` that remembers the sockets opened in it.
 
     :meth:`check_closed` then proves that every one was closed and that the context
-    terminates within a deadline, as a test's teardown should.
+    terminates within a deadline, as a test's teardown should. It also remembers which
+    sockets were closed with a linger other than 0 (libzmq's default is to linger for ever),
+    since those keep the context from terminating while they hold messages not yet sent.
     """
 
     _opened: list[zmq.asyncio.Socket]
     _where: dict[int, str]
+    _lingering: list[_Lingering]
 
     def __init__(self) -> None:
         super().__init__()
         self._opened = []
         self._where = {}
+        self._lingering = []
 
     def socket(self, socket_type: int, **kwargs: Any) -> zmq.asyncio.Socket:  # type: ignore[override]
         """Open a socket, and remember it and the code that opened it."""
+        kwargs.setdefault("socket_class", _TrackedSocket)
         sock = super().socket(socket_type, **kwargs)
         self._opened.append(sock)
         self._where[id(sock)] = _caller()
         return sock
+
+    def _closing(self, sock: zmq.asyncio.Socket, linger: int) -> None:
+        if linger != 0:
+            description = f"{_describe(sock)}, opened at {self._where.get(id(sock), '?')}"
+            self._lingering.append(_Lingering(description, linger, time.monotonic()))
 
     @property
     def opened(self) -> list[zmq.asyncio.Socket]:
@@ -95,6 +138,8 @@ class LeakCheckingContext(zmq.asyncio.Context):
         """Terminate the context, and fail if anything was left open.
 
         Sockets still open are closed (so the context can terminate) and named in the error.
+        When the context does not terminate, the error names the sockets that were closed
+        with a linger still running at the deadline: one of them holds unsent messages.
 
         Raises:
             SocketLeakError: a socket was still open, or the context did not terminate within
@@ -116,7 +161,21 @@ class LeakCheckingContext(zmq.asyncio.Context):
                 f"{len(leaked)} zmq socket(s) left open: {'; '.join(descriptions)}"
             )
         if not terminated.wait(deadline):
-            raise SocketLeakError(f"the zmq context did not terminate within {deadline} s")
+            raise SocketLeakError(self._not_terminated(deadline, time.monotonic()))
+
+    def _not_terminated(self, deadline: float, now: float) -> str:
+        message = f"the zmq context did not terminate within {deadline} s"
+        held = [str(sock) for sock in self._lingering if sock.holds_past(now)]
+        if not held:
+            return (
+                f"{message}, and no socket opened through its socket() holds it: was one "
+                "opened another way (a socket_class, zmq.Socket(context, ...))?"
+            )
+        return (
+            f"{message}: {len(held)} socket(s) closed with a linger that may still keep "
+            f"messages waiting to be sent: {'; '.join(held)} (close it with linger=0, or "
+            "read or deliver its queued messages, before the context terminates)"
+        )
 
 
 def _caller() -> str:
@@ -295,6 +354,16 @@ class BrokerHarness:
         return f"<BrokerHarness {where} endpoints={self.endpoints}>"
 
     @property
+    def mode(self) -> Mode | None:
+        """The broker's mode, ``"relay"`` or ``"load-balancing"``; ``None`` when unknown.
+
+        An in-process broker's is known. An external broker's is whatever ``relay_harness``
+        was told (its ``mode=``), if anything.
+        """
+        mode: Mode | None = self._broker_options.get("mode")
+        return "relay" if mode is None and not self.external else mode
+
+    @property
     def broker(self) -> Broker:
         """The in-process :class:`~zmqrelay.Broker` (a new one after a restart)."""
         if self._broker is None:
@@ -362,7 +431,16 @@ class BrokerHarness:
         ``options`` go to the worker (``service=``, ``mode=``, ``protocol=``, ...); a handler
         written as an async generator streams its reply. Returns once the worker is
         connecting; it stops when the harness closes.
+
+        The worker follows the broker's :attr:`mode` unless ``mode=`` says otherwise: with a
+        load-balancing broker it registers, and heartbeats as often as the broker's
+        ``heartbeat_interval`` and ``liveness`` expect (unless given too).
+
+        Raises:
+            ValueError: a ``service`` or a Majordomo ``protocol``, without ``mode=``, for a
+                relay-mode broker (which would never hand the worker a request).
         """
+        self._follow_the_broker(options)
         handle: WorkerHandle
 
         async def gated(result: Awaitable[Any]) -> Any:
@@ -401,7 +479,20 @@ class BrokerHarness:
         return handle
 
     async def connect_client(self, **options: Any) -> AsyncClient:
-        """A running :class:`~zmqrelay.AsyncClient` connected to the broker's frontend."""
+        """A running :class:`~zmqrelay.AsyncClient` connected to the broker's frontend.
+
+        ``options`` go to the client; its ``timeout`` is 10 seconds unless given.
+
+        Raises:
+            ValueError: a Majordomo ``protocol`` for a relay-mode broker (whose workers
+                would drop every request).
+        """
+        protocol = options.get("protocol", "zmqrelay")
+        if self.mode == "relay" and protocol != "zmqrelay":
+            raise ValueError(
+                f"a client speaking {protocol} needs a load-balancing broker, and this "
+                f"harness's broker is in relay mode: {_LOAD_BALANCING_HINT}"
+            )
         options.setdefault("timeout", 10.0)
         hosted = Hosted(AsyncClient(self.endpoints.frontend, context=self.context, **options))
         self._clients.append(hosted)
@@ -421,8 +512,36 @@ class BrokerHarness:
             await worker.stop(graceful=False)
         self._workers.clear()
 
+    def _follow_the_broker(self, options: dict[str, Any]) -> None:
+        """Give a worker's ``options`` the broker's mode (and heartbeat), unless set."""
+        if self.mode is None:
+            return
+        if "mode" not in options:
+            needs = [
+                f"{key}={options[key]!r}"
+                for key, default in (("service", None), ("protocol", "zmqrelay"))
+                if options.get(key, default) != default
+            ]
+            if self.mode == "relay" and needs:
+                raise ValueError(
+                    f"a worker with {', '.join(needs)} needs a load-balancing broker, and "
+                    f"this harness's broker is in relay mode: {_LOAD_BALANCING_HINT} (or "
+                    'give the worker mode="load-balancing" to attach it all the same)'
+                )
+            options["mode"] = self.mode
+        if options["mode"] == self.mode == "load-balancing":
+            for key in ("heartbeat_interval", "liveness"):
+                if key in self._broker_options:
+                    options.setdefault(key, self._broker_options[key])
+
     def _unavailable(self, what: str) -> str:
         return f"this harness {what}: it uses an external broker at {self.endpoints}"
+
+
+_LOAD_BALANCING_HINT = (
+    'mark the test @pytest.mark.zmqrelay(mode="load-balancing"), or pass '
+    'relay_harness(mode="load-balancing")'
+)
 
 
 @asynccontextmanager
@@ -446,17 +565,38 @@ async def relay_harness(
         external: endpoints of a broker already running elsewhere; then none is started.
         frontend: the endpoint to bind for clients, instead of one chosen for ``transport``.
         backend: the endpoint to bind for workers, likewise.
-        broker_options: further keyword arguments for :class:`~zmqrelay.Broker`.
+        broker_options: further keyword arguments for :class:`~zmqrelay.Broker`. With
+            ``external``, only ``mode``: the external broker's, when known, for the workers
+            to follow (see :meth:`BrokerHarness.start_worker`).
+
+    Raises:
+        ValueError: an unknown ``transport``; with ``external``, a broker option other than
+            ``mode`` (an external broker is configured where it runs), or an unknown mode.
     """
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
+    if external is not None:
+        ignored = ", ".join(sorted(set(broker_options) - {"mode"}))
+        if ignored:
+            raise ValueError(
+                f"{ignored}: options of an in-process broker, and this harness uses the "
+                f"external broker at {external}"
+            )
+        if broker_options.get("mode", "relay") not in ("relay", "load-balancing"):
+            raise ValueError(
+                f"mode must be 'relay' or 'load-balancing', not {broker_options['mode']!r}"
+            )
     own_context = context is None
     ctx = zmq.asyncio.Context() if context is None else context
     folder = tempfile.mkdtemp(prefix="zmqrelay-") if transport == "ipc" else None
     try:
         if external is not None:
             harness = BrokerHarness(
-                context=ctx, frontend=external.frontend, backend=external.backend, external=True
+                context=ctx,
+                frontend=external.frontend,
+                backend=external.backend,
+                external=True,
+                broker_options=broker_options,
             )
         else:
             chosen_frontend, chosen_backend = _endpoints_for(transport, folder)
