@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import pytest
 from hypothesis import settings
@@ -346,12 +346,16 @@ def test_every_request_that_could_not_be_sent_goes_back_to_the_queue() -> None:
 
 
 def test_invalid_settings_are_refused() -> None:
-    for positive in ({"heartbeat_interval": 0}, {"liveness": 0}):
-        with pytest.raises(ValueError, match="positive"):
-            Balancer(**positive)
-    for not_negative in ({"queue_limit": -1}, {"queue_timeout": -1}, {"redeliveries": -1}):
-        with pytest.raises(ValueError, match="negative"):
-            Balancer(**not_negative)
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("positive", {"heartbeat_interval": 0}),
+        ("positive", {"liveness": 0}),
+        ("negative", {"queue_limit": -1}),
+        ("negative", {"queue_timeout": -1}),
+        ("negative", {"redeliveries": -1}),
+    ]
+    for message, setting in cases:
+        with pytest.raises(ValueError, match=message):
+            Balancer(**setting)
 
 
 def test_workers_dying_together_do_not_pass_requests_to_each_other() -> None:

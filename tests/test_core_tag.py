@@ -34,7 +34,7 @@ def test_any_frame_decodes_or_is_not_a_tag(frame: bytes) -> None:
 def test_routing_ids_are_not_tags() -> None:
     # libzmq's generated routing ids: a zero byte and four bytes of counter.
     assert tag.decode(b"\x00\x6b\x8b\x45\x67") is None
-    assert tag.decode(b"ZR\x01\x07" + bytes(13)) is None  # unknown status
+    assert tag.decode(b"ZR\x01\x08" + bytes(13)) is None  # unknown status
     assert tag.decode(b"ZR\x02\x00" + bytes(13)) is None  # unknown version
     assert tag.decode(b"ZR\x01\x00" + bytes(8)) is None  # too short
 

@@ -23,6 +23,7 @@ def test_top_level_names() -> None:
         "DeadlineExceeded",
         "EndpointError",
         "Endpoints",
+        "Forbidden",
         "FramesHandler",
         "Handler",
         "LocalProtocolError",

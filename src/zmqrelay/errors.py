@@ -25,6 +25,7 @@ __all__ = [
     "ClosedError",
     "DeadlineExceeded",
     "EndpointError",
+    "Forbidden",
     "LocalProtocolError",
     "NoWorkers",
     "ProtocolError",
@@ -100,6 +101,10 @@ class DeadlineExceeded(RequestRefused, RequestTimeout):
 
 class WorkerDied(RequestRefused):
     """The worker holding the request died, and the request could not be sent again."""
+
+
+class Forbidden(RequestRefused):
+    """The broker's authorisation policy does not let this client call this service."""
 
 
 class EndpointError(ZmqRelayError, OSError):

@@ -29,8 +29,11 @@ from typing import Literal, NamedTuple
 
 from zmqrelay._core import dialects, frontend, mdp
 from zmqrelay._core.dispatch import ToClient, ToWorker
+from zmqrelay._core.policy import Policy
+from zmqrelay._core.refusal import Refusal
 from zmqrelay._core.request import Request
 from zmqrelay._core.scheduler import Scheduler, SchedulerStatistics
+from zmqrelay._core.workers import Worker
 
 logger = logging.getLogger("zmqrelay.broker")
 
@@ -69,6 +72,12 @@ class BalancerStatistics(NamedTuple):
     """Requests waiting, now, for a worker to take them."""
     scheduler: SchedulerStatistics
     """Workers, credits, the queue and how requests ended."""
+    forbidden_requests: int = 0
+    """Requests refused as :class:`~zmqrelay.Forbidden`: the authorisation policy does not let
+    their client call their service, or the client's key is no longer allowed."""
+    forbidden_workers: int = 0
+    """Workers told DISCONNECT because the policy does not let them serve the service they
+    registered for, or their key is no longer allowed."""
 
 
 class Balancer:
@@ -83,6 +92,9 @@ class Balancer:
         request_timeout: the deadline of a request whose client set none (``None``: none).
         first_token: the first request token; pass a random one, so that a late reply meant
             for a previous life of the broker names no request of this one.
+        secured: whether peers are authenticated: each message then comes with the name of
+            its sender's key, or ``None`` when that key is not (any longer) allowed, and a
+            request or a worker is checked against :attr:`policy`.
     """
 
     def __init__(
@@ -95,6 +107,7 @@ class Balancer:
         redeliveries: int = 0,
         request_timeout: float | None = None,
         first_token: int = 1,
+        secured: bool = False,
     ) -> None:
         if redeliveries < 0:
             raise ValueError("redeliveries cannot be negative")
@@ -118,31 +131,52 @@ class Balancer:
         self._unroutable_replies = 0
         self._undelivered = 0
         self._mmi_requests = 0
+        self.secured = secured
+        self.policy: Policy | None = None
+        """Who may call and serve which services (secured brokers); ``None``: anyone allowed."""
+        self._forbidden_requests = 0
+        self._forbidden_workers = 0
 
     def __repr__(self) -> str:
         return f"<Balancer workers={len(self._workers)} pending={self.pending}>"
 
     # -- inputs ----------------------------------------------------------------------------
 
-    def from_client(self, frames: list[bytes], now: float) -> None:
-        """A message read from the frontend ROUTER (its first frame is the client's id)."""
+    def from_client(self, frames: list[bytes], now: float, client: str | None = None) -> None:
+        """A message read from the frontend ROUTER (its first frame is the client's id).
+
+        ``client`` names the sender's key, in a secured broker (see ``secured``).
+        """
         request = frontend.read_request(
             frames, now, request_timeout=self.request_timeout, redeliveries=self.redeliveries
         )
         if request is None:
             self._malformed_requests += 1
+        elif self.secured and (client is None or not self._may_call(client, request)):
+            self._forbidden_requests += 1
+            self.scheduler.refuse(request, Refusal.FORBIDDEN)
         elif mdp.is_mmi(request.service):
-            self._mmi(request)
+            self._mmi(request, client)
         else:
             self.scheduler.request(request, now)
 
-    def from_worker(self, frames: list[bytes], now: float) -> None:
-        """A message read from the backend ROUTER (its first frame is the worker's id)."""
+    def from_worker(self, frames: list[bytes], now: float, worker_key: str | None = None) -> None:
+        """A message read from the backend ROUTER (its first frame is the worker's id).
+
+        ``worker_key`` names the sender's key, in a secured broker (see ``secured``).
+        """
         worker_id = frames[0] if frames else b""
         worker = self._workers.get(worker_id)
         dialect, event = dialects.read(frames, known=worker is not None)
         scheduler = self.scheduler
-        if type(event) is dialects.Reply:
+        if self.secured and not self._may_serve(worker_key, worker, event):
+            # Its key is no longer allowed, or it registers for a service it may not serve.
+            self._forbidden_workers += 1
+            if worker is not None:
+                scheduler.gone(worker, now)
+            else:
+                self._disconnect(worker_id, dialect)
+        elif type(event) is dialects.Reply:
             if worker is not None:
                 scheduler.reply(worker, event.token, event.status, event.body, event.partial, now)
             else:
@@ -265,19 +299,51 @@ class Balancer:
             undelivered_requests=self._undelivered,
             requests_held=counts.queued,
             scheduler=counts,
+            forbidden_requests=self._forbidden_requests,
+            forbidden_workers=self._forbidden_workers,
         )
 
     # -- rules -----------------------------------------------------------------------------
 
-    def _mmi(self, request: Request) -> None:
-        """Service discovery: ``mmi.service`` says whether a live worker offers a service."""
+    def _may_call(self, client: str, request: Request) -> bool:
+        policy = self.policy
+        # Asking about services is allowed; the answer hides those the client may not call.
+        return (
+            policy is None
+            or mdp.is_mmi(request.service)
+            or policy.may_call(client, request.service)
+        )
+
+    def _may_serve(self, key: str | None, worker: Worker | None, event: object) -> bool:
+        """Whether a secured broker takes this message from a worker with the key ``key``."""
+        if key is None:
+            return False
+        policy = self.policy
+        if policy is None:
+            return True
+        if type(event) is dialects.Ready:
+            return policy.may_serve(key, event.service)
+        if worker is not None:  # registered already: its key's rights may have changed
+            return policy.may_serve(key, worker.service.name)
+        if type(event) is dialects.Reply:  # a guide worker's reply is its READY
+            return policy.may_serve(key, b"")
+        return True
+
+    def _mmi(self, request: Request, client: str | None = None) -> None:
+        """Service discovery: ``mmi.service`` says whether a live worker offers a service.
+
+        It hides, as not there, a service the asking client may not call.
+        """
         self._mmi_requests += 1
         request.ended = True
         if request.service != mdp.MMI_SERVICE:
             answer = b"501"
         else:
             asked = request.body[0] if request.body else b""
-            answer = b"200" if self.scheduler.offers(asked) else b"404"
+            callable_ = self.policy is None or (
+                client is not None and self.policy.may_call(client, asked)
+            )
+            answer = b"200" if callable_ and self.scheduler.offers(asked) else b"404"
         self.scheduler.replies_forwarded += 1
         self.scheduler.to_client(frontend.answer(request, [answer]), None)
 

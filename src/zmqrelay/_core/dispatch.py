@@ -60,13 +60,13 @@ class Dispatcher:
         self.timers.pending = len(self.in_flight) + self.queued
         deadline = request.deadline
         if deadline is not None and deadline <= now:
-            self._refuse(request, Refusal.DEADLINE)
+            self.refuse(request, Refusal.DEADLINE)
             return
         service = self.services.get(request.service)
         if service is not None and service.free:
             self._dispatch(service, request, now)
         elif self.queued >= self.queue_limit:
-            self._refuse(request, Refusal.BUSY)
+            self.refuse(request, Refusal.BUSY)
             return
         else:
             if service is None:
@@ -153,7 +153,7 @@ class Dispatcher:
                 service.queued -= 1
                 self.queued -= 1
                 if request.deadline is not None and request.deadline <= now:
-                    self._refuse(request, Refusal.DEADLINE)
+                    self.refuse(request, Refusal.DEADLINE)
                 else:
                     self._dispatch(service, request, now)
         self._retire_if_idle(service)
@@ -195,7 +195,8 @@ class Dispatcher:
             self.replies_forwarded += 1
             self.to_client(frames, request if partial else None)
 
-    def _refuse(self, request: Request, reason: Refusal) -> None:
+    def refuse(self, request: Request, reason: Refusal) -> None:
+        """End ``request`` at once with the refusal ``reason``."""
         self._refused += 1
         request.ended = True
         self.to_client(frontend.refusal(request, reason), None)

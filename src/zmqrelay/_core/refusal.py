@@ -10,7 +10,14 @@ from __future__ import annotations
 import enum
 
 from zmqrelay._core.tag import Status
-from zmqrelay.errors import BrokerBusy, DeadlineExceeded, NoWorkers, RequestRefused, WorkerDied
+from zmqrelay.errors import (
+    BrokerBusy,
+    DeadlineExceeded,
+    Forbidden,
+    NoWorkers,
+    RequestRefused,
+    WorkerDied,
+)
 
 
 class Refusal(enum.Enum):
@@ -24,6 +31,8 @@ class Refusal(enum.Enum):
     """The request's deadline passed."""
     WORKER_DIED = (Status.WORKER_DIED, WorkerDied, "worker died")
     """The worker holding the request died, and the request may not be sent again."""
+    FORBIDDEN = (Status.FORBIDDEN, Forbidden, "forbidden")
+    """The authorisation policy does not let the client call the service."""
 
     def __init__(self, status: Status, error: type[RequestRefused], text: str) -> None:
         self.status = status

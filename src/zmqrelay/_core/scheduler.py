@@ -287,7 +287,7 @@ class Scheduler(Dispatcher):
             service = self.services[request.service]
             service.queued -= 1
             self.queued -= 1
-            self._refuse(request, reason)
+            self.refuse(request, reason)
             if len(service.queue) + len(service.again) > 2 * service.queued + 64:
                 # What ended while it waited leaves the queues now and then, not only when a
                 # worker takes the next request (a service may have none for long).
@@ -296,7 +296,7 @@ class Scheduler(Dispatcher):
             self._retire_if_idle(service)
             return
         # In flight: it ends, but its worker still holds it (and its reply will be late).
-        self._refuse(request, reason)
+        self.refuse(request, reason)
         worker = self.workers.get(request.worker or b"")
         if worker is not None and worker.patient:
             # It may still be at work: its silence counts from now, giving its late reply
@@ -335,7 +335,7 @@ class Scheduler(Dispatcher):
                 self._redelivered += 1
                 self._requeue(request, now)
             else:
-                self._refuse(request, Refusal.WORKER_DIED)
+                self.refuse(request, Refusal.WORKER_DIED)
         worker.held.clear()
         if tell:
             self.command(worker_id, worker.dialect, "disconnect")

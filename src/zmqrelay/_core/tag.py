@@ -53,6 +53,8 @@ class Status(enum.IntEnum):
     """The worker holding the request died, and the request may not be sent again."""
     PARTIAL = 6
     """The body is one part of a streamed reply; more parts follow, the last with ``OK``."""
+    FORBIDDEN = 7
+    """The broker refused the request: its authorisation policy forbids it."""
 
 
 class Tag(NamedTuple):
