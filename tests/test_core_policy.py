@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from test_core_balancer import MAJORTOMO, take
 from zmqrelay._core import tag
 from zmqrelay._core.balancer import Balancer
-from zmqrelay._core.policy import Policy, PolicyError, parse
+from zmqrelay._core.policy import Policy, parse
+from zmqrelay.errors import PolicyError
 
 POLICY = """
 # who may call what

@@ -11,10 +11,12 @@ Clients connect to the broker's ROUTER *frontend*, workers connect (never bind) 
 
 from zmqrelay._aio.broker import Broker, Endpoints
 from zmqrelay._aio.client import AsyncClient, RetryPolicy
+from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.worker import AsyncWorker, FramesHandler, Handler, is_redelivery, time_left
 from zmqrelay._core.balancer import BalancerStatistics
 from zmqrelay._core.client import ClientStatistics
 from zmqrelay._core.relay import BrokerStatistics
+from zmqrelay._core.security import SecurityStatistics
 from zmqrelay._core.worker import WorkerStatistics
 from zmqrelay.errors import (
     BrokerBusy,
@@ -22,8 +24,10 @@ from zmqrelay.errors import (
     DeadlineExceeded,
     EndpointError,
     Forbidden,
+    KeyFileError,
     LocalProtocolError,
     NoWorkers,
+    PolicyError,
     ProtocolError,
     RemoteError,
     RemoteProtocolError,
@@ -44,20 +48,24 @@ __all__ = [
     "BrokerStatistics",
     "ClientStatistics",
     "ClosedError",
+    "CurveKeyPair",
     "DeadlineExceeded",
     "EndpointError",
     "Endpoints",
     "Forbidden",
     "FramesHandler",
     "Handler",
+    "KeyFileError",
     "LocalProtocolError",
     "NoWorkers",
+    "PolicyError",
     "ProtocolError",
     "RemoteError",
     "RemoteProtocolError",
     "RequestRefused",
     "RequestTimeout",
     "RetryPolicy",
+    "SecurityStatistics",
     "WorkerDied",
     "WorkerStatistics",
     "ZmqRelayError",

@@ -26,8 +26,10 @@ __all__ = [
     "DeadlineExceeded",
     "EndpointError",
     "Forbidden",
+    "KeyFileError",
     "LocalProtocolError",
     "NoWorkers",
+    "PolicyError",
     "ProtocolError",
     "RemoteError",
     "RemoteProtocolError",
@@ -113,3 +115,11 @@ class EndpointError(ZmqRelayError, OSError):
 
 class ClosedError(ZmqRelayError):
     """The broker, worker or client was closed, or used before it was started."""
+
+
+class KeyFileError(ZmqRelayError, ValueError):
+    """A CURVE key file or key directory cannot be read; the message names the file."""
+
+
+class PolicyError(ZmqRelayError, ValueError):
+    """An authorisation policy cannot be read; the message names the file and the line."""

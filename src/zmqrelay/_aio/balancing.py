@@ -17,6 +17,11 @@ from anyio.lowlevel import checkpoint
 from zmqrelay._aio import sockets
 from zmqrelay._core.balancer import Balancer
 
+Name = Callable[[str], str | None]
+"""From a message's User-Id to the name of its sender's key, if that key is allowed now."""
+Names = tuple[Name, Name]
+"""The clients' and the workers'."""
+
 
 async def serve(
     balancer: Balancer,
@@ -25,12 +30,15 @@ async def serve(
     *,
     batch_size: int,
     intake: bool = True,
+    names: Names | None = None,
 ) -> None:
     """Serve ``balancer`` on the two ROUTER sockets until cancelled.
 
     With ``intake`` false (a broker draining), take no new requests, and return once no
-    request is pending.
+    request is pending. A secured balancer takes each message with its sender's key name:
+    ``names`` turn the User-Id of a client's and of a worker's message into it.
     """
+    client_name, worker_name = names if names is not None else (None, None)
     loop = asyncio.get_running_loop()
     front, back = sockets.shadow(frontend), sockets.shadow(backend)
     front_events, back_events = front.getsockopt, back.getsockopt
@@ -38,10 +46,15 @@ async def serve(
     async with sockets.Readiness(front, back) as readiness:
         while True:
             now = loop.time()
-            full = _drain(back, balancer.from_worker, balancer, front, back, batch, now)
+            full = _drain(
+                back, balancer.from_worker, worker_name, balancer, front, back, batch, now
+            )
             if intake:
                 full = (
-                    _drain(front, balancer.from_client, balancer, front, back, batch, now) or full
+                    _drain(
+                        front, balancer.from_client, client_name, balancer, front, back, batch, now
+                    )
+                    or full
                 )
             wake = balancer.next_wakeup()
             if wake is not None and wake <= now:
@@ -65,7 +78,8 @@ async def serve(
 
 def _drain(
     sock: sockets.SyncSocket,
-    feed: Callable[[list[bytes], float], None],
+    feed: Callable[[list[bytes], float, str | None], None],
+    name: Name | None,
     balancer: Balancer,
     front: sockets.SyncSocket,
     back: sockets.SyncSocket,
@@ -77,17 +91,28 @@ def _drain(
     Returns true when a whole batch came (there may be more). What the balancer says goes out
     once per batch, or at once when it says so (:attr:`Balancer.send_now`).
     """
-    recv = sockets.recv_message
     to_clients, to_workers = balancer.to_clients, balancer.to_workers
     whole = True
-    for _ in batch:
-        frames = recv(sock)
-        if frames is None:
-            whole = False
-            break
-        feed(frames, now)
-        if balancer.send_now:
-            _send(balancer, front, back, now)
+    if name is None:
+        recv = sockets.recv_message
+        for _ in batch:
+            frames = recv(sock)
+            if frames is None:
+                whole = False
+                break
+            feed(frames, now, None)
+            if balancer.send_now:
+                _send(balancer, front, back, now)
+    else:
+        recv_from = sockets.recv_message_from
+        for _ in batch:
+            received = recv_from(sock)
+            if received is None:
+                whole = False
+                break
+            feed(received[0], now, name(received[1]))
+            if balancer.send_now:
+                _send(balancer, front, back, now)
     if to_workers or to_clients:
         _send(balancer, front, back, now)
     return whole

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from functools import partial
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import anyio
@@ -12,14 +13,17 @@ import anyio.abc
 import zmq
 import zmq.asyncio
 
-from zmqrelay._aio import balancing, sockets
+from zmqrelay._aio import balancing, curve, sockets
+from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.proxy import ProxyEngine
 from zmqrelay._aio.relay import PythonRelay
 from zmqrelay._aio.service import Service, boundary_errors
+from zmqrelay._core import policy
 from zmqrelay._core.balancer import Balancer, BalancerStatistics
 from zmqrelay._core.endpoints import connectable
+from zmqrelay._core.policy import Policy
 from zmqrelay._core.relay import BrokerStatistics, ProxyTraffic, RelayCounters
-from zmqrelay.errors import ClosedError
+from zmqrelay.errors import ClosedError, PolicyError
 
 Engine = Literal["libzmq", "python"]
 Mode = Literal["relay", "load-balancing"]
@@ -92,6 +96,19 @@ class Broker(Service):
         request_timeout: load-balancing: the deadline of a request whose client set none (a
             plain REQ client, say): past it, the request ends in a ``DEADLINE`` refusal, so no
             client waits for ever on a worker that died unseen. ``None``: no such deadline.
+        curve_secret_key: the broker's CURVE key pair (a :class:`CurveKeyPair`, or the path
+            of its ``.key_secret`` file): both sockets then take CURVE peers only, encrypted,
+            and authenticated as below (see ``docs/security.md``).
+        client_keys: a directory of ``*.key`` files: the clients allowed on the frontend.
+            ``None``: any CURVE client (encrypted, not authenticated).
+        worker_keys: the same for workers on the backend; a client key is not a worker key.
+        authorization: load-balancing: a policy file (TOML) saying which client keys may call
+            which services and which worker keys may serve them.
+        handshake_timeout: seconds a peer has to complete its CURVE handshake.
+
+    Raises:
+        KeyFileError: a key file or a key directory cannot be read.
+        PolicyError: the policy file cannot be read.
 
     Example::
 
@@ -124,6 +141,11 @@ class Broker(Service):
         queue_timeout: float = 5.0,
         redeliveries: int = 0,
         request_timeout: float | None = 60.0,
+        curve_secret_key: CurveKeyPair | str | Path | None = None,
+        client_keys: str | Path | None = None,
+        worker_keys: str | Path | None = None,
+        authorization: str | Path | None = None,
+        handshake_timeout: float = 5.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -132,6 +154,16 @@ class Broker(Service):
         if mode not in ("relay", "load-balancing"):
             raise ValueError(f"mode must be 'relay' or 'load-balancing', not {mode!r}")
         self._mode: Mode = mode
+        if curve_secret_key is None and (client_keys or worker_keys or authorization):
+            raise ValueError("client_keys, worker_keys and authorization need curve_secret_key")
+        if authorization is not None and mode != "load-balancing":
+            raise ValueError("authorization applies to services: it needs mode='load-balancing'")
+        self._guard = (
+            None
+            if curve_secret_key is None
+            else curve.Guard(curve_secret_key, client_keys, worker_keys, handshake_timeout)
+        )
+        self._authorization = None if authorization is None else Path(authorization)
         self._balancer = Balancer(
             heartbeat_interval=heartbeat_interval,
             liveness=liveness,
@@ -140,7 +172,9 @@ class Broker(Service):
             redeliveries=redeliveries,
             request_timeout=request_timeout,
             first_token=secrets.randbits(64),
+            secured=self._guard is not None,
         )
+        self._balancer.policy = self._read_policy()
         super().__init__()
         self._frontend = frontend
         self._backend = backend
@@ -177,6 +211,34 @@ class Broker(Service):
             raise ClosedError(f"the broker is {self._state}: it has not bound its endpoints")
         return self._endpoints
 
+    def _read_policy(self) -> Policy | None:
+        if self._authorization is None:
+            return None
+        try:
+            text = self._authorization.read_text()
+        except OSError as exc:
+            raise PolicyError(f"{self._authorization}: {exc.strerror}") from None
+        return policy.parse(text, str(self._authorization))
+
+    def reload_keys(self) -> None:
+        """Read the key directories and the policy file again (``zmqrelay broker`` on SIGHUP).
+
+        Peers already connected stay connected. A key no longer allowed is refused at its
+        next handshake and, in load-balancing mode, at its next message (its requests end in
+        :class:`~zmqrelay.Forbidden`; a worker is told DISCONNECT).
+
+        Raises:
+            KeyFileError: a key file cannot be read: the keys allowed stay as they were.
+            PolicyError: the policy cannot be read: it stays as it was.
+            ValueError: the broker does not use CURVE.
+        """
+        if self._guard is None:
+            raise ValueError("the broker does not use CURVE: it has no keys to reload")
+        new_policy = self._read_policy()  # both read before either changes
+        self._guard.reload()
+        self._balancer.policy = new_policy
+        logger.info("keys reloaded: %s", "; ".join(self._guard.describe()))
+
     def statistics(self) -> BrokerStatistics | BalancerStatistics:
         """A snapshot of the broker's counters, of a type that depends on the mode.
 
@@ -186,17 +248,18 @@ class Broker(Service):
             if stats.mode == "load-balancing":
                 print(stats.scheduler.workers)
         """
+        security = None if self._guard is None else self._guard.statistics()
         if self._mode == "load-balancing":
-            return self._balancer.statistics()
+            return self._balancer.statistics()._replace(security=security)
         if self._engine == "python":
-            return self._counters.snapshot()
+            return self._counters.snapshot()._replace(security=security)
         traffic = self._proxy.traffic() if self._proxy else ProxyTraffic(0, 0, 0, 0)
         if self._drain is not None:  # replies relayed in the loop after the proxy stopped
             traffic = traffic._replace(
                 reply_frames=traffic.reply_frames + self._drain.drained_frames,
                 reply_bytes=traffic.reply_bytes + self._drain.drained_bytes,
             )
-        stats = self._counters.snapshot(traffic)
+        stats = self._counters.snapshot(traffic)._replace(security=security)
         if self._proxy is not None and self._proxy.undelivered:
             stats = stats._replace(
                 undelivered_requests=stats.undelivered_requests + self._proxy.undelivered
@@ -232,7 +295,10 @@ class Broker(Service):
         context = sockets.get_context(self._context)
         opened: list[sockets.AsyncSocket] = []
         bound: list[tuple[sockets.AsyncSocket, str]] = []
+        guard = self._guard
         try:
+            if guard is not None:  # ZAP answers before the first peer can connect
+                curve.attach(context, guard)
             frontend = sockets.open_socket(
                 context,
                 zmq.ROUTER,
@@ -240,6 +306,7 @@ class Broker(Service):
                 router_mandatory=self._engine == "python" or self._mode == "load-balancing",
                 max_message_size=self._max_message_size,
                 high_water_mark=self._high_water_mark,
+                options=guard.server_options("clients") if guard else (),
             )
             opened.append(frontend)
             balanced = self._mode == "load-balancing"
@@ -249,6 +316,7 @@ class Broker(Service):
                 router_mandatory=balanced,
                 max_message_size=self._max_message_size,
                 high_water_mark=self._high_water_mark,
+                options=guard.server_options("workers") if guard else (),
             )
             opened.append(backend)
             if balanced:
@@ -274,18 +342,26 @@ class Broker(Service):
                 self._endpoints.frontend,
                 self._endpoints.backend,
             )
-            with boundary_errors("broker"):
-                if self._mode == "load-balancing":
-                    await self._serve_balanced(frontend, backend, task_status)
-                elif self._engine == "python":
-                    await self._serve(frontend, backend, task_status)
-                else:
-                    await self._serve_with_proxy(context, frontend, backend, task_status)
+            if guard is not None:
+                logger.info("CURVE: %s", "; ".join(guard.describe()))
+            with boundary_errors("broker"), curve.watching(guard, frontend, backend) as watch:
+                async with anyio.create_task_group() as watchers:
+                    for task in watch:
+                        watchers.start_soon(task)
+                    if self._mode == "load-balancing":
+                        await self._serve_balanced(frontend, backend, task_status)
+                    elif self._engine == "python":
+                        await self._serve(frontend, backend, task_status)
+                    else:
+                        await self._serve_with_proxy(context, frontend, backend, task_status)
+                    watchers.cancel_scope.cancel()
         finally:
             # Free for a new broker to bind once run() returns, even when cancelled.
             await sockets.unbind(bound)
             for sock in opened:
                 sockets.close(sock, self._linger)
+            if guard is not None:
+                curve.detach(context, guard)
             self._finish()
             if self._endpoints is not None:
                 logger.info("broker stopped: %s", self.statistics())
@@ -316,10 +392,19 @@ class Broker(Service):
         task_status: anyio.abc.TaskStatus[Endpoints],
     ) -> None:
         balancer, batch_size = self._balancer, self._batch_size
+        guard = self._guard
+        names = (guard.namer("clients"), guard.namer("workers")) if guard else None
         try:
             async with anyio.create_task_group() as phase:
                 phase.start_soon(
-                    partial(balancing.serve, balancer, frontend, backend, batch_size=batch_size)
+                    partial(
+                        balancing.serve,
+                        balancer,
+                        frontend,
+                        backend,
+                        batch_size=batch_size,
+                        names=names,
+                    )
                 )
                 assert self._endpoints is not None
                 self._report_ready(task_status, self._endpoints)
@@ -328,7 +413,7 @@ class Broker(Service):
             self._state = "draining"
             with anyio.move_on_after(self._drain_timeout):
                 await balancing.serve(
-                    balancer, frontend, backend, batch_size=batch_size, intake=False
+                    balancer, frontend, backend, batch_size=batch_size, intake=False, names=names
                 )
         finally:
             balancer.abandon()

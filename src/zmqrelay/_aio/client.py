@@ -10,6 +10,7 @@ import secrets
 from collections import deque
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import EllipsisType
 from typing import Literal, overload
 
@@ -21,8 +22,9 @@ import zmq.asyncio
 from anyio.lowlevel import checkpoint
 
 from zmqrelay._aio import sockets
+from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.mdpclient import Sessions
-from zmqrelay._aio.service import Service, boundary_errors
+from zmqrelay._aio.service import Service, boundary_errors, curve_options
 from zmqrelay._core import mdp, tag
 from zmqrelay._core.client import ClientStatistics, Correlator, Reply
 from zmqrelay._core.worker import check_body
@@ -159,6 +161,10 @@ class AsyncClient(Service):
             carry no request id).
         max_sockets: with a Majordomo ``protocol``, the most requests in flight at once (so
             sockets open); more wait their turn, within their timeout.
+        curve_keys: this client's CURVE key pair (a :class:`~zmqrelay.CurveKeyPair`, or the
+            path of its ``.key_secret`` file), for a broker that takes CURVE peers only.
+        curve_server_key: the broker's public key (Z85 bytes, a key pair, or the path of its
+            ``.key`` file); given with ``curve_keys``.
 
     Requests name a service with ``request(service, body)``; ``request(body)`` asks the
     broker's default service (the only one a relay-mode broker has).
@@ -178,7 +184,10 @@ class AsyncClient(Service):
         retry: RetryPolicy | None = None,
         protocol: Protocol = "zmqrelay",
         max_sockets: int = 64,
+        curve_keys: CurveKeyPair | str | Path | None = None,
+        curve_server_key: CurveKeyPair | bytes | str | Path | None = None,
     ) -> None:
+        self._socket_options = curve_options(curve_keys, curve_server_key)
         variant = mdp.as_variant(protocol)
         if variant is None and protocol != "zmqrelay":
             raise ValueError(f"unknown protocol {protocol!r}")
@@ -614,6 +623,7 @@ class AsyncClient(Service):
                     self._linger,
                     self._correlator,  # keeps the counters
                     self._max_sockets,
+                    self._socket_options,
                 )
                 try:
                     sessions.prepare()  # connects one socket: a bad endpoint fails here

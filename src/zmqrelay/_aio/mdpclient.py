@@ -49,8 +49,10 @@ class Sessions:
         linger: float,
         counts: Counts,
         max_sockets: int,
+        options: Sequence[tuple[int, int | bytes]] = (),
     ) -> None:
         self._counts = counts
+        self._options = options
         # Not a CapacityLimiter: its tokens belong to a task, and an exchange (an async
         # generator) may be finished in another (a stream left early is closed by the loop).
         self._limiter = anyio.Semaphore(max_sockets)
@@ -68,7 +70,7 @@ class Sessions:
         if self._idle:
             sock = self._idle.pop()
         else:
-            sock = sockets.open_socket(self._context, zmq.DEALER)
+            sock = sockets.open_socket(self._context, zmq.DEALER, options=self._options)
             try:
                 sockets.connect(sock, self._endpoint)
             except BaseException:

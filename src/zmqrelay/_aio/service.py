@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -12,7 +13,8 @@ import anyio.abc
 import zmq
 import zmq.asyncio
 
-from zmqrelay._aio import sockets
+from zmqrelay._aio import curve, sockets
+from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay.errors import ClosedError
 
 T = TypeVar("T")
@@ -28,6 +30,7 @@ class Service:
 
     _kind = "service"
     _linger = 0.0
+    _socket_options: list[tuple[int, int | bytes]] = []  # noqa: RUF012 - replaced, never changed
 
     def __init__(self) -> None:
         self._state = "new"
@@ -84,7 +87,10 @@ class Service:
         self._claim()
         try:
             sock = sockets.open_socket(
-                sockets.get_context(context), zmq.DEALER, routing_id=routing_id
+                sockets.get_context(context),
+                zmq.DEALER,
+                routing_id=routing_id,
+                options=self._socket_options,
             )
             try:
                 sockets.connect(sock, endpoint)
@@ -134,6 +140,23 @@ class Service:
         with boundary_errors(self._kind):
             await task_group.__aexit__(None, None, None)
         return None
+
+
+def curve_options(
+    keys: CurveKeyPair | str | Path | None,
+    server_key: CurveKeyPair | bytes | str | Path | None,
+) -> list[tuple[int, int | bytes]]:
+    """A client's or a worker's CURVE socket options: none, or both keys.
+
+    Raises:
+        ValueError: one key without the other.
+        KeyFileError: a key file cannot be read.
+    """
+    if keys is None and server_key is None:
+        return []
+    if keys is None or server_key is None:
+        raise ValueError("CURVE needs both curve_keys and curve_server_key")
+    return curve.client_options(keys, server_key)
 
 
 @contextmanager

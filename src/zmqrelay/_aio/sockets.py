@@ -12,7 +12,7 @@ import asyncio
 import ctypes
 import errno
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Literal, cast
 
@@ -74,8 +74,9 @@ def open_socket(
     router_mandatory: bool = False,
     max_message_size: int | None = None,
     high_water_mark: int | None = None,
+    options: Sequence[tuple[int, int | bytes]] = (),
 ) -> AsyncSocket:
-    """A new ``zmq.asyncio`` socket of ``kind`` with zmqrelay's options set.
+    """A new ``zmq.asyncio`` socket of ``kind`` with zmqrelay's options set (and ``options``).
 
     Raises:
         ClosedError: the context is terminated.
@@ -85,17 +86,17 @@ def open_socket(
         sock = context.socket(kind)
     except zmq.ZMQError as exc:
         raise ClosedError(f"cannot open a socket: {exc}") from exc
-    options: list[tuple[int, int | bytes]] = []
+    settings: list[tuple[int, int | bytes]] = list(options)
     if routing_id is not None:
-        options.append((zmq.ROUTING_ID, routing_id))
+        settings.append((zmq.ROUTING_ID, routing_id))
     if router_mandatory:
-        options.append((zmq.ROUTER_MANDATORY, 1))
+        settings.append((zmq.ROUTER_MANDATORY, 1))
     if max_message_size is not None:
-        options.append((zmq.MAXMSGSIZE, max_message_size))
+        settings.append((zmq.MAXMSGSIZE, max_message_size))
     if high_water_mark is not None:
-        options += [(zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark)]
+        settings += [(zmq.SNDHWM, high_water_mark), (zmq.RCVHWM, high_water_mark)]
     try:
-        for option, value in options:
+        for option, value in settings:
             sock.setsockopt(option, value)
     except zmq.ZMQError as exc:
         sock.close(linger=0)
@@ -196,6 +197,21 @@ def recv_message(sock: SyncSocket) -> list[bytes] | None:
         frame = recv(NOBLOCK, copy=False)
         frames.append(frame.bytes)
     return frames
+
+
+def recv_message_from(sock: SyncSocket) -> tuple[list[bytes], str] | None:
+    """As :func:`recv_message`, with the User-Id its sender authenticated as (CURVE: its key)."""
+    recv = sock.recv
+    try:
+        frame = recv(NOBLOCK, copy=False)
+    except zmq.Again:
+        return None
+    user = str(frame.get("User-Id"))
+    frames = [frame.bytes]
+    while frame.more:
+        frame = recv(NOBLOCK, copy=False)
+        frames.append(frame.bytes)
+    return frames, user
 
 
 def send_message(sock: SyncSocket, frames: list[bytes]) -> bool:

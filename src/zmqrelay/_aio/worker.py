@@ -10,6 +10,7 @@ import math
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, Literal, overload
 
 import anyio
@@ -20,7 +21,8 @@ import zmq.asyncio
 from anyio.lowlevel import checkpoint
 
 from zmqrelay._aio import sockets
-from zmqrelay._aio.service import Service
+from zmqrelay._aio.curve import CurveKeyPair
+from zmqrelay._aio.service import Service, curve_options
 from zmqrelay._core import lbwire, mdp, tag
 from zmqrelay._core.worker import Answerable, Request, WorkerStatistics, decode_request
 from zmqrelay.errors import ClosedError, LocalProtocolError, NoWorkers, RemoteProtocolError
@@ -147,6 +149,8 @@ class AsyncWorker(Service):
         liveness: int = 3,
         service: str | bytes | None = None,
         protocol: Protocol = "zmqrelay",
+        curve_keys: CurveKeyPair | str | Path | None = None,
+        curve_server_key: CurveKeyPair | bytes | str | Path | None = None,
     ) -> None: ...
 
     @overload
@@ -166,6 +170,8 @@ class AsyncWorker(Service):
         liveness: int = 3,
         service: str | bytes | None = None,
         protocol: Protocol = "zmqrelay",
+        curve_keys: CurveKeyPair | str | Path | None = None,
+        curve_server_key: CurveKeyPair | bytes | str | Path | None = None,
     ) -> None: ...
 
     def __init__(
@@ -184,7 +190,10 @@ class AsyncWorker(Service):
         liveness: int = 3,
         service: str | bytes | None = None,
         protocol: Protocol = "zmqrelay",
+        curve_keys: CurveKeyPair | str | Path | None = None,
+        curve_server_key: CurveKeyPair | bytes | str | Path | None = None,
     ) -> None:
+        self._socket_options = curve_options(curve_keys, curve_server_key)
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         variant = mdp.as_variant(protocol)

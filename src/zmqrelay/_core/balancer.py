@@ -33,6 +33,7 @@ from zmqrelay._core.policy import Policy
 from zmqrelay._core.refusal import Refusal
 from zmqrelay._core.request import Request
 from zmqrelay._core.scheduler import Scheduler, SchedulerStatistics
+from zmqrelay._core.security import SecurityStatistics
 from zmqrelay._core.workers import Worker
 
 logger = logging.getLogger("zmqrelay.broker")
@@ -78,6 +79,8 @@ class BalancerStatistics(NamedTuple):
     forbidden_workers: int = 0
     """Workers told DISCONNECT because the policy does not let them serve the service they
     registered for, or their key is no longer allowed."""
+    security: SecurityStatistics | None = None
+    """What CURVE refused; ``None`` when the broker does not use CURVE."""
 
 
 class Balancer:

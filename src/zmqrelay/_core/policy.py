@@ -26,14 +26,12 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Literal
 
+from zmqrelay.errors import PolicyError
+
 Side = Literal["clients", "workers"]
 
 _SIDES: tuple[Side, ...] = ("clients", "workers")
 _CACHE_LIMIT = 10_000
-
-
-class PolicyError(ValueError):
-    """A policy that cannot be read: the message names the source and the line."""
 
 
 @dataclass(frozen=True)

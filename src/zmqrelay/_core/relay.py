@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from zmqrelay._core.security import SecurityStatistics
+
 
 class BrokerStatistics(NamedTuple):
     """A snapshot of a relay-mode :class:`~zmqrelay.Broker`'s counters.
@@ -54,6 +56,8 @@ class BrokerStatistics(NamedTuple):
     """Frames passed to clients."""
     reply_bytes: int | None
     """Bytes in those frames."""
+    security: SecurityStatistics | None = None
+    """What CURVE refused; ``None`` when the broker does not use CURVE."""
 
 
 class ProxyTraffic(NamedTuple):
