@@ -30,6 +30,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
+from zmqrelay._aio import sockets
 from zmqrelay._core.security import SecurityStatistics
 from zmqrelay.errors import KeyFileError
 
@@ -334,7 +335,7 @@ def watching(
     if guard is None:
         yield []
         return
-    monitors = [sock.get_monitor_socket(_FAILED) for sock in socks]
+    monitors = [sockets.monitor(sock, _FAILED) for sock in socks]
 
     async def count(monitor: zmq.asyncio.Socket) -> None:
         while True:

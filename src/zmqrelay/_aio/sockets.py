@@ -12,6 +12,7 @@ import asyncio
 import ctypes
 import errno
 import os
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Literal, cast
@@ -147,6 +148,20 @@ def connect(sock: AsyncSocket, endpoint: str) -> None:
         sock.connect(endpoint)
 
 
+def monitor(sock: AsyncSocket, events: int) -> AsyncSocket:
+    """A PAIR socket that receives ``sock``'s monitor ``events``.
+
+    Close it, and call ``sock.disable_monitor()``, when done. Unlike pyzmq's ``get_monitor_socket``, whose address is made from the socket's file
+    descriptor, each monitor has an address of its own: libzmq releases a monitor's address
+    after ``disable_monitor()`` returns, and a new socket may get the same descriptor.
+    """
+    address = f"inproc://zmqrelay-monitor-{uuid.uuid4().hex}"
+    sock.monitor(address, events)
+    pair = sock.context.socket(zmq.PAIR)
+    pair.connect(address)
+    return cast(AsyncSocket, pair)
+
+
 async def unbind(bound: list[tuple[AsyncSocket, str]], timeout: float = 1.0) -> None:
     """Unbind each socket from its endpoint; return once the endpoints can be bound again.
 
@@ -162,16 +177,16 @@ async def unbind(bound: list[tuple[AsyncSocket, str]], timeout: float = 1.0) -> 
             if sock.closed:
                 continue
             listening = not endpoint.startswith("inproc://")
-            monitor = sock.get_monitor_socket(zmq.EVENT_CLOSED) if listening else None
+            watch = monitor(sock, zmq.EVENT_CLOSED) if listening else None
             try:
                 with suppress(zmq.ZMQError):  # not bound (any more): nothing to wait for
                     sock.unbind(endpoint)
-                    if monitor is not None:
-                        await monitor.recv_multipart()  # the one listener, closed
+                    if watch is not None:
+                        await watch.recv_multipart()  # the one listener, closed
             finally:
-                if monitor is not None:
+                if watch is not None:
                     sock.disable_monitor()
-                    monitor.close(linger=0)
+                    watch.close(linger=0)
 
 
 def close(sock: AsyncSocket, linger: float) -> None:
