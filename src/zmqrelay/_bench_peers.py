@@ -18,11 +18,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
 import zmq
 import zmq.asyncio
+import zmq.auth
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
@@ -30,6 +32,41 @@ _MORE = int(zmq.RCVMORE)
 _MORE_FLAG = int(zmq.SNDMORE)
 _STAMP = struct.Struct("<q")
 _COUNTER = struct.Struct("=Q")
+
+
+CURVE_ENV = "ZMQRELAY_BENCH_CURVE"
+"""Set to a folder of ``broker``, ``client`` and ``worker`` key pairs, every peer uses CURVE."""
+
+
+def _curve_folder() -> Path | None:
+    folder = os.environ.get(CURVE_ENV)
+    return Path(folder) if folder else None
+
+
+def _secure(sock: zmq.Socket[bytes], role: Literal["broker", "client", "worker"]) -> None:
+    """Give ``sock`` CURVE options for its role, if the bench uses CURVE."""
+    folder = _curve_folder()
+    if folder is None:
+        return
+    broker = zmq.auth.load_certificate(folder / "broker.key_secret")
+    if role == "broker":
+        sock.curve_server = True
+        sock.curve_secretkey = broker[1] or b""
+        return
+    public, secret = zmq.auth.load_certificate(folder / f"{role}s" / f"{role}.key_secret")
+    sock.curve_serverkey = broker[0]
+    sock.curve_publickey, sock.curve_secretkey = public, secret or b""
+
+
+def _curve_options(role: Literal["client", "worker"]) -> dict[str, Any]:
+    """AsyncClient's or AsyncWorker's CURVE arguments, if the bench uses CURVE."""
+    folder = _curve_folder()
+    if folder is None:
+        return {}
+    return {
+        "curve_keys": folder / f"{role}s" / f"{role}.key_secret",
+        "curve_server_key": folder / "broker.key",
+    }
 
 
 def _announce(frontend: zmq.Socket[bytes], backend: zmq.Socket[bytes]) -> None:
@@ -42,6 +79,8 @@ def _bound_pair(
 ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
     frontend = context.socket(zmq.ROUTER)
     backend = context.socket(zmq.DEALER)
+    _secure(frontend, "broker")
+    _secure(backend, "broker")
     frontend.bind("tcp://127.0.0.1:*")
     backend.bind("tcp://127.0.0.1:*")
     return frontend, backend
@@ -90,6 +129,7 @@ def serve_python_lb() -> None:
     frontend, backend = _bound_pair(zmq.Context())
     backend.close(linger=0)
     backend = frontend.context.socket(zmq.ROUTER)
+    _secure(backend, "broker")
     backend.bind("tcp://127.0.0.1:*")
     _announce(frontend, backend)
     ready: deque[bytes] = deque()
@@ -118,6 +158,8 @@ def serve_python_lb_lowlevel(batch: int = 512) -> None:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     frontend = context.socket(zmq.ROUTER)
     backend = context.socket(zmq.ROUTER)
+    _secure(frontend, "broker")
+    _secure(backend, "broker")
     frontend.bind("tcp://127.0.0.1:*")
     backend.bind("tcp://127.0.0.1:*")
     _announce(frontend, backend)
@@ -208,6 +250,7 @@ def _serve_mdp_echo(endpoint: str, work: float, sockets: int) -> None:
     last_sent: dict[zmq.Socket[bytes], float] = {}
     for _ in range(sockets):
         sock = context.socket(zmq.DEALER)
+        _secure(sock, "worker")
         sock.connect(endpoint)
         sock.send_multipart(_MDP_READY)
         poller.register(sock, zmq.POLLIN)
@@ -244,6 +287,7 @@ def _serve_guide_c(endpoint: str, sockets: int) -> None:
     threads = []
     for _ in range(sockets):
         sock = context.socket(zmq.DEALER)
+        _secure(sock, "worker")
         sock.connect(endpoint)
         sock.send_multipart([b"", b"READY"])
         thread = threading.Thread(target=zmq.proxy, args=(sock, sock), daemon=True)
@@ -266,6 +310,7 @@ def serve_echo(
     """
     if kind == "guide":
         sock = zmq.Context().socket(zmq.REQ)
+        _secure(sock, "worker")
         sock.connect(endpoint)
         sock.send(b"READY")
         while True:
@@ -275,10 +320,12 @@ def serve_echo(
             sock.send_multipart(message)
     elif kind == "c":
         sock = zmq.Context().socket(zmq.DEALER)
+        _secure(sock, "worker")
         sock.connect(endpoint)
         zmq.proxy(sock, sock)  # a proxy whose two sides are one socket echoes in C
     elif kind == "sync":
         sock = zmq.Context().socket(zmq.DEALER)
+        _secure(sock, "worker")
         sock.connect(endpoint)
         recv, send = sock.recv_multipart, sock.send_multipart
         while True:
@@ -308,13 +355,25 @@ async def _async_echo(endpoint: str, concurrency: int, work: float, kind: str) -
 
     if kind == "async-mdp":
         worker = AsyncWorker(
-            endpoint, echo, frames=True, service=MDP_SERVICE, protocol="majortomo"
+            endpoint,
+            echo,
+            frames=True,
+            service=MDP_SERVICE,
+            protocol="majortomo",
+            **_curve_options("worker"),
         )
     else:
         mode: Literal["relay", "load-balancing"] = (
             "load-balancing" if kind == "async-lb" else "relay"
         )
-        worker = AsyncWorker(endpoint, echo, frames=True, concurrency=concurrency, mode=mode)
+        worker = AsyncWorker(
+            endpoint,
+            echo,
+            frames=True,
+            concurrency=concurrency,
+            mode=mode,
+            **_curve_options("worker"),
+        )
     await worker.run()
 
 
@@ -408,6 +467,7 @@ def _sync_load(
 ) -> tuple[int, array.array[int], float]:
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
+    _secure(sock, "client")
     sock.connect(endpoint)
     clock, pack = time.perf_counter_ns, _STAMP.pack
     recv, send = sock.recv_multipart, sock.send_multipart
@@ -438,6 +498,7 @@ def _c_load(
     """
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = context.socket(zmq.DEALER)
+    _secure(sock, "client")
     sock.connect(endpoint)
     steering, control = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
     steering.bind("inproc://steering")
@@ -473,6 +534,7 @@ def _mdp_load(
     socks = []
     for _ in range(window):
         sock = context.socket(zmq.DEALER)
+        _secure(sock, "client")
         sock.connect(endpoint)
         poller.register(sock, zmq.POLLIN)
         socks.append(sock)
@@ -513,7 +575,8 @@ async def _async_load(
                 return
             measured.record(now, reply)
 
-    async with AsyncClient(endpoint, timeout=30) as client, anyio.create_task_group() as tg:
+    client = AsyncClient(endpoint, timeout=30, **_curve_options("client"))
+    async with client, anyio.create_task_group() as tg:
         for _ in range(window):
             tg.start_soon(keep_one_in_flight, client)
     return measured.result()

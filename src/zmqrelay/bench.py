@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
-from zmqrelay._bench_peers import read_latencies
+from zmqrelay._bench_peers import CURVE_ENV, read_latencies
 
 __all__ = ["BROKERS", "BenchConfig", "BenchResult", "report", "run_bench"]
 
@@ -87,6 +87,9 @@ class BenchConfig:
     duration: float = 3.0
     pin: bool = False
     """Linux: the broker runs on the first CPU, every other party on the others."""
+    curve: bool = False
+    """Every connection uses CURVE (throw-away keys; zmqrelay's broker authenticates both
+    sides; the plain Python and libzmq brokers encrypt, with no ZAP handler to ask)."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,29 @@ def _wait_listening(endpoint: str, deadline: float) -> None:
             return
 
 
+def _make_keys(folder: str) -> None:
+    """Throw-away key pairs for a CURVE bench: the broker's, a client's and a worker's.
+
+    The client's and the worker's are in ``clients`` and ``workers``, the broker's key folders.
+    """
+    from zmqrelay._aio.curve import CurveKeyPair
+
+    CurveKeyPair.create(folder, "broker")
+    CurveKeyPair.create(os.path.join(folder, "clients"), "client")
+    CurveKeyPair.create(os.path.join(folder, "workers"), "worker")
+
+
+def _curve_flags(config: BenchConfig) -> list[str]:
+    folder = os.environ.get(CURVE_ENV)
+    if not config.curve or folder is None:
+        return []
+    return [
+        "--curve-secret-key", os.path.join(folder, "broker.key_secret"),
+        "--client-keys", os.path.join(folder, "clients"),
+        "--worker-keys", os.path.join(folder, "workers"),
+    ]  # fmt: skip
+
+
 def _start_broker(
     config: BenchConfig, started: list[subprocess.Popen[str]]
 ) -> tuple[int, str, str]:
@@ -200,6 +226,7 @@ def _start_broker(
             "--log-level", "INFO", "broker", "--engine", engine, "--mode", mode,
             "--drain-timeout", "0",
             "--frontend", "tcp://127.0.0.1:0", "--backend", "tcp://127.0.0.1:0",
+            *_curve_flags(config),
         )  # fmt: skip
     elif config.broker in (
         "proxy", "python-loop", "python-lb", "python-lb-lowlevel", "majortomo", "nats"
@@ -245,10 +272,16 @@ def run_bench(
 ) -> BenchResult:
     """Start the broker, workers and clients of ``config``, measure, stop them all."""
     label = config.broker if config.broker_command is None else config.broker or "external"
+    if config.curve:
+        label += "+curve"
     if config.broker == "nats":  # NATS talks only to its own peers: nats-py's, in Python
         config = replace(config, worker_kind="nats", client_kind="nats")
     size = max(config.size, 8)
-    with _processes() as started, tempfile.TemporaryDirectory(prefix="zmqrelay-bench-") as tmp:
+    with (
+        _processes() as started,
+        tempfile.TemporaryDirectory(prefix="zmqrelay-bench-") as tmp,
+        _curve_environment(config, tmp),
+    ):
         pid, frontend, backend = _start_broker(config, started)
         workers = [
             subprocess.Popen(
@@ -315,6 +348,27 @@ def run_bench(
     )
 
 
+@contextmanager
+def _curve_environment(config: BenchConfig, tmp: str) -> Iterator[None]:
+    """With ``config.curve``, keys in ``tmp`` and every party told of them (environment)."""
+    if not config.curve:
+        yield
+        return
+    if config.broker in ("majortomo", "nats") or config.broker_command is not None:
+        raise ValueError(f"the bench cannot run {config.broker} with CURVE")
+    folder = os.path.join(tmp, "keys")
+    _make_keys(folder)
+    before = os.environ.get(CURVE_ENV)
+    os.environ[CURVE_ENV] = folder
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[CURVE_ENV]
+        else:
+            os.environ[CURVE_ENV] = before
+
+
 def _sleep_with_progress(seconds: float, what: str, progress: Callable[[str], None]) -> None:
     end = time.monotonic() + seconds
     while (left := end - time.monotonic()) > 0:
@@ -328,12 +382,12 @@ def report(results: Sequence[BenchResult], *, as_json: bool = False) -> str:
         return json.dumps([result.as_dict() for result in results], indent=2)
     proxy = next((result for result in results if result.broker == "proxy"), None)
     header = (
-        f"{'broker':<16}{'req/s':>10}{'p50 µs':>9}{'p99 µs':>9}{'p99.9 µs':>10}"
+        f"{'broker':<20}{'req/s':>10}{'p50 µs':>9}{'p99 µs':>9}{'p99.9 µs':>10}"
         f"{'broker CPU µs/req':>19}{'worker':>8}{'client':>8}"
     )
     lines = [header]
     lines.extend(
-        f"{result.broker:<16}{result.requests_per_second:>10,.0f}"
+        f"{result.broker:<20}{result.requests_per_second:>10,.0f}"
         f"{result.latency_p50_us:>9.0f}{result.latency_p99_us:>9.0f}"
         f"{result.latency_p999_us:>10.0f}"
         f"{result.cpu_per_request_us(result.broker_cpu_seconds):>19.1f}"
@@ -343,7 +397,7 @@ def report(results: Sequence[BenchResult], *, as_json: bool = False) -> str:
     )
     if proxy is not None:
         lines.append("")
-        lines.append(f"{'vs proxy':<16}{'req/s':>10}{'p50':>9}{'broker CPU/req':>19}")
+        lines.append(f"{'vs proxy':<20}{'req/s':>10}{'p50':>9}{'broker CPU/req':>19}")
         for result in results:
             if result is proxy:
                 continue
@@ -352,7 +406,7 @@ def report(results: Sequence[BenchResult], *, as_json: bool = False) -> str:
             cpu = result.broker_cpu_seconds / max(result.requests, 1)
             proxy_cpu = proxy.broker_cpu_seconds / max(proxy.requests, 1)
             lines.append(
-                f"{result.broker:<16}{throughput:>9.2f}x{latency:>8.2f}x"
+                f"{result.broker:<20}{throughput:>9.2f}x{latency:>8.2f}x"
                 f"{cpu / proxy_cpu if proxy_cpu else float('nan'):>18.2f}x"
             )
     return "\n".join(lines)

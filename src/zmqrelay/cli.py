@@ -354,6 +354,12 @@ async def _request(
     is_flag=True,
     help="Linux: the broker on the first CPU, the other parties on the rest.",
 )
+@click.option(
+    "--curve",
+    is_flag=True,
+    help="Also run each broker with CURVE on every connection (throw-away keys; zmqrelay's "
+    "brokers authenticate both sides, the others only encrypt), reported as BROKER+curve.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench(
     brokers: Sequence[str],
@@ -371,6 +377,7 @@ def bench(
     warmup: float,
     duration: float,
     pin: bool,
+    curve: bool,
     as_json: bool,
 ) -> None:
     """Measure throughput, latency and CPU per request; every party is a process of its own."""
@@ -396,6 +403,8 @@ def bench(
         configs.append(load)
     if compare and all(config.broker != compare for config in configs):
         configs.append(replace(load, broker=compare))
+    if curve:  # each with CURVE right after it without, so that they share the conditions
+        configs = [twin for config in configs for twin in (config, replace(config, curve=True))]
     show = _progress_line if sys.stderr.isatty() and not as_json else lambda _: None
     results = [run_bench(config, progress=show) for config in configs]
     click.echo(report(results, as_json=as_json))

@@ -151,9 +151,10 @@ def connect(sock: AsyncSocket, endpoint: str) -> None:
 def monitor(sock: AsyncSocket, events: int) -> AsyncSocket:
     """A PAIR socket that receives ``sock``'s monitor ``events``.
 
-    Close it, and call ``sock.disable_monitor()``, when done. Unlike pyzmq's ``get_monitor_socket``, whose address is made from the socket's file
-    descriptor, each monitor has an address of its own: libzmq releases a monitor's address
-    after ``disable_monitor()`` returns, and a new socket may get the same descriptor.
+    Close it, and call ``sock.disable_monitor()``, when done. Unlike pyzmq's
+    ``get_monitor_socket``, whose address is made from the socket's file descriptor, each
+    monitor has an address of its own: libzmq releases a monitor's address after
+    ``disable_monitor()`` returns, and a new socket may get the same descriptor.
     """
     address = f"inproc://zmqrelay-monitor-{uuid.uuid4().hex}"
     sock.monitor(address, events)
