@@ -6,10 +6,12 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -17,7 +19,7 @@ from anyio.abc import ByteReceiveStream, Process
 from click.testing import CliRunner
 
 from peers import echo_handler
-from zmqrelay import AsyncWorker, Broker
+from zmqrelay import AsyncWorker, Broker, CurveKeyPair
 from zmqrelay.cli import cli
 from zmqrelay.testing import LeakCheckingContext
 
@@ -156,6 +158,35 @@ async def test_broker_command_serves_and_stops_on_a_signal(
             process.kill()
             await process.wait()
         await process.aclose()
+
+
+def test_keys_generate_writes_a_pair_and_never_overwrites_it(tmp_path: Path) -> None:
+    folder = tmp_path / "clients"
+    result = CliRunner().invoke(cli, ["keys", "generate", str(folder), "alice"])
+    assert result.exit_code == 0, result.output
+    public, secret = folder / "alice.key", folder / "alice.key_secret"
+    assert result.output.splitlines() == [str(public), str(secret)]
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    pair = CurveKeyPair.load(secret)
+    assert pair.secret
+    assert CurveKeyPair.load(public) == CurveKeyPair(pair.public)
+    before = public.read_bytes(), secret.read_bytes()
+
+    again = CliRunner().invoke(cli, ["keys", "generate", str(folder), "alice"])
+    assert again.exit_code == 1
+    assert f"Error: {public} exists" in again.output
+    assert (public.read_bytes(), secret.read_bytes()) == before
+
+    public.unlink()  # half a pair is not overwritten either
+    assert CliRunner().invoke(cli, ["keys", "generate", str(folder), "alice"]).exit_code == 1
+    assert secret.read_bytes() == before[1]
+
+
+def test_keys_generate_takes_a_plain_name(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["keys", "generate", str(tmp_path), "../alice"])
+    assert result.exit_code == 2
+    assert "a file name without a directory" in result.output
+    assert list(tmp_path.parent.glob("alice.key*")) == []
 
 
 def test_bench_measures_zmqrelay_against_the_proxy() -> None:

@@ -1,4 +1,4 @@
-"""The ``zmqrelay`` command: run a broker, run the demo, send a request.
+"""The ``zmqrelay`` command: run a broker, run the demo, send a request, make CURVE keys.
 
 Every option can also come from an environment variable, named in ``--help``
 (``ZMQRELAY_FRONTEND``, ``ZMQRELAY_BACKEND``, ...).
@@ -7,10 +7,12 @@ Every option can also come from an environment variable, named in ``--help``
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TypeVar, TypeVarTuple, cast
 
 import anyio
@@ -19,6 +21,7 @@ import click
 from zmqrelay import __version__
 from zmqrelay._aio.broker import Broker, Engine, Mode
 from zmqrelay._aio.client import AsyncClient, Protocol
+from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._bench_core import Peers, run_core_bench
 from zmqrelay._bench_peers import (
     generate_load,
@@ -289,6 +292,41 @@ async def _request(
         async for part in client.stream_frames(service, frames):
             for frame in part:
                 click.echo(frame.decode("utf-8", "backslashreplace"))
+
+
+@cli.group()
+def keys() -> None:
+    """Make CURVE keys for a broker, its clients and its workers."""
+
+
+@keys.command("generate")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), metavar="DIR")
+@click.argument("name")
+def keys_generate(directory: Path, name: str) -> None:
+    """Write a new CURVE key pair in DIR and print the paths of its two files.
+
+    NAME.key holds the public key, to hand out (a broker allows a client or a worker by finding
+    its NAME.key in --client-keys or --worker-keys); NAME.key_secret holds the pair, to keep,
+    readable by its owner only. An existing pair is never overwritten.
+    """
+    if not name or name.startswith(".") or Path(name).name != name:
+        raise click.BadParameter(f"{name!r}: a file name without a directory", param_hint="NAME")
+    for path in (directory / f"{name}.key", directory / f"{name}.key_secret"):
+        if path.exists() or path.is_symlink():
+            raise click.ClickException(f"{path} exists: keys are never overwritten")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # Files start readable by their owner only: the secret one is, even before its chmod.
+        mask = os.umask(0o077)
+        try:
+            public, secret = CurveKeyPair.create(directory, name)
+        finally:
+            os.umask(mask)
+        public.chmod(0o666 & ~mask)
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or directory}: {exc.strerror}") from exc
+    click.echo(public)
+    click.echo(secret)
 
 
 @cli.command()
