@@ -11,6 +11,8 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -187,6 +189,233 @@ def test_keys_generate_takes_a_plain_name(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "a file name without a directory" in result.output
     assert list(tmp_path.parent.glob("alice.key*")) == []
+
+
+def _garbage(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('curve\n    public-key = "not a key"\n')
+    return path
+
+
+@pytest.mark.parametrize("bad", ["secret key", "public key only", "client key", "policy"])
+def test_broker_with_a_bad_key_file_or_policy_fails_at_start_naming_it(
+    tmp_path: Path, bad: str
+) -> None:
+    public, secret = CurveKeyPair.create(tmp_path / "broker", "broker")
+    clients = _key_pairs(tmp_path / "clients", "alice")
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[clients]\nalice = ['echo']\n")
+    if bad == "secret key":
+        named = secret = _garbage(tmp_path / "garbage.key_secret")
+    elif bad == "public key only":
+        named = secret = public
+    elif bad == "client key":
+        named = _garbage(clients / "mallory.key")
+    else:
+        named = policy
+        policy.write_text("[clients]\nalice = ['echo'\n")
+    options = ["--frontend", "inproc://front", "--backend", "inproc://back"]
+    options += ["--mode", "load-balancing", "--curve-secret-key", str(secret)]
+    options += ["--client-keys", str(clients), "--authorization", str(policy)]
+    result = CliRunner().invoke(cli, ["broker", *options])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)  # a message, not a traceback
+    (line,) = result.output.splitlines()
+    assert line.startswith("Error: ")
+    assert str(named) in line
+
+
+def test_request_needs_both_curve_keys(tmp_path: Path) -> None:
+    _, secret = CurveKeyPair.create(tmp_path, "alice")
+    result = CliRunner().invoke(cli, ["request", "--curve-key", str(secret), "Hello"])
+    assert result.exit_code == 2
+    assert "CURVE needs both --curve-key and --curve-server-key" in result.output
+
+
+class _Log:
+    """A process's standard error, read line by line as far as a test waits."""
+
+    def __init__(self, stream: ByteReceiveStream) -> None:
+        self._stream = stream
+        self.text = b""
+        self._read = 0
+
+    async def line(self, marker: bytes) -> bytes:
+        """The next line holding ``marker``, after those returned so far."""
+        with anyio.fail_after(20):
+            while True:
+                end = self.text.find(b"\n", self._read)
+                while end != -1:
+                    line, self._read = self.text[self._read : end], end + 1
+                    if marker in line:
+                        return line
+                    end = self.text.find(b"\n", self._read)
+                self.text += await self._stream.receive()
+
+    async def rest(self) -> bytes:
+        """What the process writes after the last line returned, until it closes the stream."""
+        with anyio.fail_after(20):
+            async for chunk in self._stream:
+                self.text += chunk
+        return self.text[self._read :]
+
+
+@dataclass
+class _BrokerProcess:
+    process: Process
+    log: _Log
+    frontend: str
+    backend: str
+
+
+@asynccontextmanager
+async def _broker_process(
+    *options: str, env: dict[str, str] | None = None
+) -> AsyncIterator[_BrokerProcess]:
+    """``zmqrelay broker`` on free loopback ports, serving; killed on the way out if need be."""
+    command = [*ZMQRELAY, "broker", "--frontend", "tcp://127.0.0.1:0"]
+    command += ["--backend", "tcp://127.0.0.1:0", *options]
+    process = await anyio.open_process(command, env={**os.environ, **(env or {})}, stdout=None)
+    try:
+        assert process.stderr is not None
+        log = _Log(process.stderr)
+        line = await log.line(b"serving:")
+        frontend, backend = (found.decode() for found in re.findall(rb"tcp://[\d.]+:\d+", line))
+        yield _BrokerProcess(process, log, frontend, backend)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.aclose()
+
+
+async def _stop_broker(broker: _BrokerProcess) -> bytes:
+    """Stop the broker with SIGTERM; what it logged from then on (it must exit with 0)."""
+    status = await _stop(broker.process, signal.SIGTERM)
+    rest = await broker.log.rest()
+    assert status == 0, broker.log.text.decode()
+    return rest
+
+
+async def _request_as(
+    broker: _BrokerProcess, keys: Path, name: str, timeout: float = 30
+) -> subprocess.CompletedProcess[bytes]:
+    """``zmqrelay request Hello`` with the key pair ``keys/NAME.key_secret``.
+
+    The broker's key comes from the environment, to try that way too.
+    """
+    command = [*ZMQRELAY, "request", "--connect", broker.frontend, "--timeout", str(timeout)]
+    command += ["--curve-key", str(keys / f"{name}.key_secret"), "Hello"]
+    env = {**os.environ, "ZMQRELAY_CURVE_SERVER_KEY": str(keys / "broker.key")}
+    with anyio.fail_after(timeout + 20):  # the process starts slowly on a loaded machine
+        return await anyio.run_process(command, env=env, check=False)
+
+
+def _assert_served(result: subprocess.CompletedProcess[bytes]) -> None:
+    assert (result.returncode, result.stdout) == (0, b"World Hello\n"), result.stderr
+
+
+def _assert_refused(result: subprocess.CompletedProcess[bytes]) -> None:
+    """The request timed out: a CURVE client refused by the broker hears nothing back."""
+    assert result.returncode == 1, result.stdout
+    assert b"RequestTimeout" in result.stderr, result.stderr
+
+
+def _key_pairs(folder: Path, *names: str) -> Path:
+    """Create NAME.key and NAME.key_secret in ``folder`` for each name; ``folder``."""
+    for name in names:
+        CurveKeyPair.create(folder, name)
+    return folder
+
+
+def _refusals(log: bytes) -> dict[str, int]:
+    """The peers refused, from the statistics a broker logs when it stops."""
+    (line,) = (line for line in log.splitlines() if b"broker stopped" in line)
+    return {key.decode(): int(value) for key, value in re.findall(rb"(\w+_refused)=(\d+)", line)}
+
+
+@pytest.mark.asyncio
+async def test_curve_broker_serves_the_keys_it_allows_and_refuses_others(
+    context: LeakCheckingContext, tmp_path: Path
+) -> None:
+    keys = _key_pairs(tmp_path / "keys", "broker", "alice", "mallory", "w")
+    clients = tmp_path / "clients"
+    clients.mkdir()
+    (clients / "alice.key").write_bytes((keys / "alice.key").read_bytes())
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    (workers / "w.key").write_bytes((keys / "w.key").read_bytes())
+    options = ["--curve-secret-key", str(keys / "broker.key_secret")]
+    options += ["--worker-keys", str(workers), "--handshake-timeout", "2"]
+    async with _broker_process(*options, env={"ZMQRELAY_CLIENT_KEYS": str(clients)}) as broker:
+        # Logged before the broker reports ready, so before "serving:".
+        curve = f"CURVE: clients: 1 keys from {clients}; workers: 1 keys from {workers}"
+        assert curve.encode() in broker.log.text
+        served: Counter[str] = Counter()
+        async with AsyncWorker(
+            broker.backend,
+            echo_handler("w", served),
+            context=context,
+            curve_keys=keys / "w.key_secret",
+            curve_server_key=keys / "broker.key",
+        ):
+            _assert_served(await _request_as(broker, keys, "alice"))
+            _assert_refused(await _request_as(broker, keys, "mallory", timeout=1))
+            mallory = CurveKeyPair.load(keys / "mallory.key").public
+            assert b"a client key " + mallory in await broker.log.line(b"refused")
+        assert served == {"w": 1}
+        refused = _refusals(await _stop_broker(broker))
+        assert refused["clients_refused"] >= 1  # a client may try its handshake again
+        assert refused["workers_refused"] == 0
+
+
+@pytest.mark.asyncio
+async def test_sighup_reloads_the_keys_and_keeps_the_old_ones_when_a_file_is_bad(
+    context: LeakCheckingContext, tmp_path: Path
+) -> None:
+    keys = _key_pairs(tmp_path / "keys", "broker", "alice", "bob", "w")
+    clients = tmp_path / "clients"
+    clients.mkdir()
+    for name in ("alice", "bob"):
+        (clients / f"{name}.key").write_bytes((keys / f"{name}.key").read_bytes())
+    options = ["--curve-secret-key", str(keys / "broker.key_secret")]
+    async with _broker_process(*options, "--client-keys", str(clients)) as broker:
+        # No --worker-keys: any CURVE worker, and the log says so at the default level.
+        assert b"workers: any CURVE key (encrypted, not authenticated)" in broker.log.text
+        async with AsyncWorker(
+            broker.backend,
+            echo_handler("w", Counter()),
+            context=context,
+            curve_keys=keys / "w.key_secret",
+            curve_server_key=keys / "broker.key",
+        ):
+            _assert_served(await _request_as(broker, keys, "bob"))
+
+            (clients / "bob.key").unlink()
+            broker.process.send_signal(signal.SIGHUP)
+            await broker.log.line(b"keys reloaded: clients: 1 keys from")
+            _assert_refused(await _request_as(broker, keys, "bob", timeout=1))
+            bob = CurveKeyPair.load(keys / "bob.key").public
+            assert b"a client key " + bob in await broker.log.line(b"refused")
+            _assert_served(await _request_as(broker, keys, "alice"))
+
+            _garbage(clients / "eve.key")
+            broker.process.send_signal(signal.SIGHUP)
+            line = await broker.log.line(b"SIGHUP: KeyFileError")
+            assert str(clients / "eve.key").encode() in line
+            assert line.endswith(b"still serving with the keys and the policy as they were")
+            _assert_served(await _request_as(broker, keys, "alice"))
+            _assert_refused(await _request_as(broker, keys, "bob", timeout=1))
+        # Refusals are logged at most every 10 s, but all are counted: bob's twice at least.
+        assert _refusals(await _stop_broker(broker))["clients_refused"] >= 2
+
+
+@pytest.mark.asyncio
+async def test_sighup_without_curve_has_nothing_to_reload() -> None:
+    async with _broker_process() as broker:
+        broker.process.send_signal(signal.SIGHUP)
+        await broker.log.line(b"SIGHUP: nothing to reload")
+        await _stop_broker(broker)  # still running: SIGHUP would have ended it by default
 
 
 def test_bench_measures_zmqrelay_against_the_proxy() -> None:

@@ -10,7 +10,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar, TypeVarTuple, cast
@@ -158,6 +159,50 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     help="Disconnect clients and workers that send larger frames (bytes).",
     show_envvar=True,
 )
+@click.option(
+    "--curve-secret-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    envvar="ZMQRELAY_CURVE_SECRET_KEY",
+    help="CURVE: the broker's key pair (a .key_secret file, see 'zmqrelay keys generate'); "
+    "both sockets then take CURVE peers only, encrypted.",
+    show_envvar=True,
+)
+@click.option(
+    "--client-keys",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    envvar="ZMQRELAY_CLIENT_KEYS",
+    help="CURVE: a directory of *.key files, the clients allowed [default: any CURVE client, "
+    "encrypted but not authenticated].",
+    show_envvar=True,
+)
+@click.option(
+    "--worker-keys",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    envvar="ZMQRELAY_WORKER_KEYS",
+    help="CURVE: a directory of *.key files, the workers allowed [default: any CURVE worker, "
+    "encrypted but not authenticated].",
+    show_envvar=True,
+)
+@click.option(
+    "--authorization",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    envvar="ZMQRELAY_AUTHORIZATION",
+    help="CURVE, load-balancing: a policy file (TOML) saying which client keys may call which "
+    "services and which worker keys may serve them.",
+    show_envvar=True,
+)
+@click.option(
+    "--handshake-timeout",
+    type=click.FloatRange(0.001, 3600),
+    default=5.0,
+    envvar="ZMQRELAY_HANDSHAKE_TIMEOUT",
+    help="CURVE: seconds a peer has to complete its handshake.",
+    show_envvar=True,
+)
 def broker(
     frontend: str,
     backend: str,
@@ -171,30 +216,51 @@ def broker(
     request_timeout: float,
     engine: Engine,
     max_message_size: int | None,
+    curve_secret_key: Path | None,
+    client_keys: Path | None,
+    worker_keys: Path | None,
+    authorization: Path | None,
+    handshake_timeout: float,
 ) -> None:
     """Run a broker (relay or load-balancing, see --mode) until SIGINT or SIGTERM.
 
     It first finishes the requests in flight (--drain-timeout); a second signal stops it at once.
+    SIGHUP reads the CURVE keys and the policy again; if they cannot be read, the broker logs
+    why and keeps the ones it has.
     """
-    instance = Broker(
-        frontend=frontend,
-        backend=backend,
-        drain_timeout=drain_timeout,
-        max_message_size=max_message_size,
-        engine=engine,
-        mode=mode,
-        redeliveries=redeliveries,
-        heartbeat_interval=heartbeat_interval,
-        liveness=liveness,
-        queue_limit=queue_limit,
-        queue_timeout=queue_timeout,
-        request_timeout=request_timeout,
-    )
-    _run(_serve_until_signalled, instance)
+    if curve_secret_key is None and (client_keys or worker_keys or authorization):
+        raise click.UsageError(
+            "--client-keys, --worker-keys and --authorization need --curve-secret-key"
+        )
+    if authorization is not None and mode != "load-balancing":
+        raise click.UsageError(
+            "--authorization applies to services: it needs --mode load-balancing"
+        )
+    with _one_line_errors():  # a key file or the policy cannot be read
+        instance = Broker(
+            frontend=frontend,
+            backend=backend,
+            drain_timeout=drain_timeout,
+            max_message_size=max_message_size,
+            engine=engine,
+            mode=mode,
+            redeliveries=redeliveries,
+            heartbeat_interval=heartbeat_interval,
+            liveness=liveness,
+            queue_limit=queue_limit,
+            queue_timeout=queue_timeout,
+            request_timeout=request_timeout,
+            curve_secret_key=curve_secret_key,
+            client_keys=client_keys,
+            worker_keys=worker_keys,
+            authorization=authorization,
+            handshake_timeout=handshake_timeout,
+        )
+    _run(_serve_until_signalled, instance, curve_secret_key is not None)
 
 
-async def _serve_until_signalled(instance: Broker) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _serve_until_signalled(instance: Broker, curve: bool) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with anyio.create_task_group() as tg:
             endpoints = await tg.start(instance.run)
             logger.info(
@@ -205,6 +271,9 @@ async def _serve_until_signalled(instance: Broker) -> None:
             stopping = False
             async for signum in signals:
                 name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    _reload_keys(instance, curve)
+                    continue
                 if stopping:
                     logger.info("%s again: stopping now", name)
                     tg.cancel_scope.cancel()
@@ -217,6 +286,22 @@ async def _serve_until_signalled(instance: Broker) -> None:
 async def _close_then_stop(instance: Broker, scope: anyio.CancelScope) -> None:
     await instance.aclose()
     scope.cancel()
+
+
+def _reload_keys(instance: Broker, curve: bool) -> None:
+    """SIGHUP: read the CURVE keys and the policy again; if that fails, serve on with the old."""
+    if not curve:
+        logger.warning("SIGHUP: nothing to reload: the broker runs without --curve-secret-key")
+        return
+    logger.info("SIGHUP: reloading the CURVE keys and the policy")
+    try:
+        instance.reload_keys()  # logs what it reloaded
+    except ZmqRelayError as exc:  # KeyFileError, PolicyError: nothing was changed
+        logger.error(  # noqa: TRY400 - one line, no traceback: the message says it all
+            "SIGHUP: %s: %s; still serving with the keys and the policy as they were",
+            type(exc).__name__,
+            exc,
+        )
 
 
 @cli.command()
@@ -272,9 +357,32 @@ def demo(transport: str, clients: int, workers: int, requests: int) -> None:
     default="zmqrelay",
     help="Speak Majordomo to another Majordomo broker (needs --service).",
 )
+@click.option(
+    "--curve-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    envvar="ZMQRELAY_CURVE_KEY",
+    help="CURVE: this client's key pair (a .key_secret file), for a broker that takes CURVE "
+    "peers only (needs --curve-server-key).",
+    show_envvar=True,
+)
+@click.option(
+    "--curve-server-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    envvar="ZMQRELAY_CURVE_SERVER_KEY",
+    help="CURVE: the broker's public key (its .key file).",
+    show_envvar=True,
+)
 @click.argument("frames", nargs=-1, required=True)
 def request(
-    connect: str, timeout: float, service: str, protocol: Protocol, frames: Sequence[str]
+    connect: str,
+    timeout: float,
+    service: str,
+    protocol: Protocol,
+    curve_key: Path | None,
+    curve_server_key: Path | None,
+    frames: Sequence[str],
 ) -> None:
     """Send one request (one frame per argument) and print the reply, a frame per line.
 
@@ -282,13 +390,36 @@ def request(
     """
     if protocol != "zmqrelay" and not service:
         raise click.UsageError("a Majordomo request names a --service")
-    _run(_request, connect, timeout, service, protocol, [frame.encode() for frame in frames])
+    if (curve_key is None) != (curve_server_key is None):
+        raise click.UsageError("CURVE needs both --curve-key and --curve-server-key")
+    _run(
+        _request,
+        connect,
+        timeout,
+        service,
+        protocol,
+        [frame.encode() for frame in frames],
+        curve_key,
+        curve_server_key,
+    )
 
 
 async def _request(
-    endpoint: str, timeout: float, service: str, protocol: Protocol, frames: list[bytes]
+    endpoint: str,
+    timeout: float,
+    service: str,
+    protocol: Protocol,
+    frames: list[bytes],
+    curve_key: Path | None,
+    curve_server_key: Path | None,
 ) -> None:
-    async with AsyncClient(endpoint, timeout=timeout, protocol=protocol) as client:
+    async with AsyncClient(
+        endpoint,
+        timeout=timeout,
+        protocol=protocol,
+        curve_keys=curve_key,
+        curve_server_key=curve_server_key,
+    ) as client:
         async for part in client.stream_frames(service, frames):
             for frame in part:
                 click.echo(frame.decode("utf-8", "backslashreplace"))
@@ -544,8 +675,15 @@ def bench_client(
 
 def _run(function: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
     """``anyio.run`` that reports zmqrelay's errors as a one-line message and exit status 1."""
-    try:
+    with _one_line_errors():
         return anyio.run(function, *args)
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Report zmqrelay's errors as a one-line message and exit status 1, without a traceback."""
+    try:
+        yield
     except ZmqRelayError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
     except BaseExceptionGroup as group:
