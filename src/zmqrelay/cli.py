@@ -7,7 +7,6 @@ Every option can also come from an environment variable, named in ``--help``
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -36,7 +35,7 @@ from zmqrelay._bench_peers import (
 )
 from zmqrelay._demo import run_demo
 from zmqrelay.bench import BROKERS, BenchConfig, report, run_bench
-from zmqrelay.errors import ZmqRelayError
+from zmqrelay.errors import KeyFileError, ZmqRelayError
 
 logger = logging.getLogger("zmqrelay.cli")
 
@@ -440,20 +439,10 @@ def keys_generate(directory: Path, name: str) -> None:
     its NAME.key in --client-keys or --worker-keys); NAME.key_secret holds the pair, to keep,
     readable by its owner only. An existing pair is never overwritten.
     """
-    if not name or name.startswith(".") or Path(name).name != name:
-        raise click.BadParameter(f"{name!r}: a file name without a directory", param_hint="NAME")
-    for path in (directory / f"{name}.key", directory / f"{name}.key_secret"):
-        if path.exists() or path.is_symlink():
-            raise click.ClickException(f"{path} exists: keys are never overwritten")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        # Files start readable by their owner only: the secret one is, even before its chmod.
-        mask = os.umask(0o077)
-        try:
-            public, secret = CurveKeyPair.create(directory, name)
-        finally:
-            os.umask(mask)
-        public.chmod(0o666 & ~mask)
+        public, secret = CurveKeyPair.create(directory, name)
+    except KeyFileError as exc:
+        raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         raise click.ClickException(f"{exc.filename or directory}: {exc.strerror}") from exc
     click.echo(public)

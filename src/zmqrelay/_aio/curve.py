@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -91,12 +92,27 @@ class CurveKeyPair:
     def create(cls, directory: str | Path, name: str) -> tuple[Path, Path]:
         """Write a new pair as ``NAME.key`` and ``NAME.key_secret`` in ``directory``.
 
-        Returns the two paths: the public file, to hand out, and the secret one, to keep.
+        The secret file is readable by its owner only from the moment it exists. Returns the
+        two paths: the public file, to hand out, and the secret one, to keep.
+
+        Raises:
+            KeyFileError: ``name`` is not a plain file name, or the pair (or half of it)
+                exists already: keys are never overwritten.
+            OSError: the files cannot be written.
         """
+        if not name or name.startswith(".") or Path(name).name != name:
+            raise KeyFileError(f"{name!r}: a key's name is a file name, without a directory")
         folder = Path(directory)
+        for path in (folder / f"{name}.key", folder / f"{name}.key_secret"):
+            if path.exists() or path.is_symlink():
+                raise KeyFileError(f"{path} exists: keys are never overwritten")
         folder.mkdir(parents=True, exist_ok=True)
-        public, secret = zmq.auth.create_certificates(folder, name)
-        Path(secret).chmod(0o600)
+        mask = os.umask(0o077)  # process-wide, for as long as two small files take to write
+        try:
+            public, secret = zmq.auth.create_certificates(folder, name)
+        finally:
+            os.umask(mask)
+        Path(public).chmod(0o666 & ~mask)
         return Path(public), Path(secret)
 
 
@@ -212,9 +228,6 @@ class Guard:
                 were.
         """
         self.keyrings = self._load()
-        for side, keyring in self.keyrings.items():
-            if keyring is not None:
-                logger.info("%s: %d keys allowed, from %s", side, len(keyring), keyring.source)
 
     def describe(self) -> Iterator[str]:
         """What each side allows, for the log."""
