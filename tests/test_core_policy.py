@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -132,3 +134,16 @@ def test_a_secured_broker_without_a_policy_takes_any_allowed_key() -> None:
     balancer.from_client(mdp_request(b"echo"), 0.0, "OTHER")
     _, workers = take(balancer)
     assert workers[-1][0] == b"W"
+
+
+def test_the_policy_in_the_docs_reads_as_it_says() -> None:
+    page = (Path(__file__).parent.parent / "docs" / "security.md").read_text()
+    text = page.split("```toml\n", 1)[1].split("```", 1)[0]
+    policy = parse(text, "docs/security.md")
+    assert policy.may_call("billing", b"invoice")
+    assert policy.may_call("billing", b"resize.png")
+    assert not policy.may_call("billing", b"admin")
+    assert policy.may_call("ops-1", b"admin")
+    assert policy.may_serve("resizer-1", b"resize.png")
+    assert not policy.may_serve("resizer-1", b"invoice")
+    assert policy.may_serve("invoicer", b"invoice")
