@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 import zmq
 import zmq.asyncio
@@ -135,23 +136,28 @@ async def test_allowed_peers_are_served_and_strangers_are_not(
         keys.broker(context, mode, engine) as broker,
         keys.worker(context, broker.endpoints.backend, mode),
         keys.client(context, broker.endpoints.frontend) as alice,
-        # A key the broker does not know, on either side; a client key used by a worker.
+        # A key the broker does not know, on either side; a worker key used by a client, and
+        # a client key used by a worker.
         keys.client(
             context, broker.endpoints.frontend, "mallory", "others", timeout=0.5
         ) as mallory,
+        keys.client(
+            context, broker.endpoints.frontend, "w1", "workers", timeout=0.5
+        ) as worker_key,
         keys.worker(context, broker.endpoints.backend, mode, "mallory", "others"),
         keys.worker(context, broker.endpoints.backend, mode, "bob", "clients"),
     ):
         await eventually(lambda: security(broker).workers_refused >= 2)
-        with pytest.raises(RequestTimeout):
-            await mallory.request(b"let me in")
-        await eventually(lambda: security(broker).clients_refused >= 1)
+        for stranger in (mallory, worker_key):
+            with pytest.raises(RequestTimeout):
+                await stranger.request(b"let me in")
+        await eventually(lambda: security(broker).clients_refused >= 2)
         # The impostor workers never got a request: every one reaches w1.
         for number in range(20):
             assert await alice.request(b"hi %d" % number) == b"HI %d" % number
     stats = security(broker)
     print(f"\n{mode}/{engine}: {stats}")
-    assert stats.clients_refused >= 1
+    assert stats.clients_refused >= 2
     assert stats.workers_refused >= 2
 
 
@@ -206,6 +212,35 @@ async def test_a_plain_pyzmq_req_client_and_rep_worker_with_curve_work_through_i
         finally:
             rep.close(linger=0)
             req.close(linger=0)
+
+
+async def test_its_client_and_worker_work_through_any_curve_broker(
+    context: LeakCheckingContext, keys: Keys
+) -> None:
+    """libzmq's own proxy, with CURVE and no ZAP handler, as another broker would be."""
+    proxy_context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    frontend, backend = proxy_context.socket(zmq.ROUTER), proxy_context.socket(zmq.DEALER)
+    secret = keys.pair("broker", "broker").secret
+    for sock in (frontend, backend):
+        sock.curve_server, sock.curve_secretkey, sock.linger = True, secret, 0
+    front = frontend.bind_to_random_port("tcp://127.0.0.1")
+    back = backend.bind_to_random_port("tcp://127.0.0.1")
+    steering, steered = proxy_context.socket(zmq.PAIR), proxy_context.socket(zmq.PAIR)
+    steering.bind("inproc://steer")
+    steered.connect("inproc://steer")
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                anyio.to_thread.run_sync, zmq.proxy_steerable, frontend, backend, None, steered
+            )
+            async with (
+                keys.worker(context, f"tcp://127.0.0.1:{back}", "relay"),
+                keys.client(context, f"tcp://127.0.0.1:{front}") as client,
+            ):
+                assert await client.request(b"through") == b"THROUGH"
+            steering.send(b"TERMINATE")
+    finally:
+        proxy_context.destroy(linger=0)
 
 
 POLICY = """
