@@ -371,3 +371,69 @@ def test_anyio_tests_in_asyncio_auto_mode_are_pointed_to_relay_harness(
         ]
     )
     result.stdout.no_fnmatch_line("*different loop*")
+
+
+def test_a_curve_marker_runs_the_broker_with_throw_away_keys(pytester: pytest.Pytester) -> None:
+    """The configured inproc gives way to tcp; a marked ipc stays ipc; the factory likewise."""
+    ini(pytester, asyncio_mode="strict", zmqrelay_transport="inproc")
+    pytester.makepyfile(
+        """
+        import pytest
+        from zmqrelay import RequestTimeout
+
+        async def echo(request: bytes) -> bytes:
+            return request
+
+        @pytest.mark.asyncio
+        @pytest.mark.zmqrelay(curve=True, mode="load-balancing")
+        async def test_sealed(relay_broker, relay_worker, relay_client):
+            assert relay_broker.endpoints.frontend.startswith("tcp://")
+            assert relay_broker.broker.statistics().security.clients_refused == 0
+            await relay_worker(echo, service="echo")
+            assert await relay_client.request("echo", b"sealed") == b"sealed"
+            stranger = await relay_broker.connect_client(
+                curve_keys=relay_broker.curve.stranger("mallory"), timeout=0.3
+            )
+            with pytest.raises(RequestTimeout):
+                await stranger.request("echo", b"let me in")
+
+        @pytest.mark.asyncio
+        @pytest.mark.zmqrelay(curve=True, transport="ipc")
+        async def test_sealed_ipc(relay_broker, relay_worker, relay_client):
+            assert relay_broker.endpoints.frontend.startswith("ipc://")
+            await relay_worker(echo)
+            assert await relay_client.request(b"ipc") == b"ipc"
+
+        @pytest.mark.asyncio
+        async def test_factory(relay_broker, relay_broker_factory):
+            assert relay_broker.curve is None
+            sealed = await relay_broker_factory(curve=True)
+            assert sealed.endpoints.frontend.startswith("tcp://")
+            await sealed.start_worker(echo)
+            client = await sealed.connect_client()
+            assert await client.request(b"factory") == b"factory"
+        """
+    )
+    run(pytester).assert_outcomes(passed=3)
+
+
+def test_a_curve_marker_skips_with_an_external_broker(pytester: pytest.Pytester) -> None:
+    ini(pytester, asyncio_mode="strict")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        @pytest.mark.zmqrelay(curve=True)
+        async def test_sealed(relay_broker):
+            pass
+        """
+    )
+    result = run(
+        pytester,
+        "-rs",
+        "--zmqrelay-frontend=tcp://127.0.0.1:5555",
+        "--zmqrelay-backend=tcp://127.0.0.1:5556",
+    )
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*asks for a broker with curve=True*"])

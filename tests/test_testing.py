@@ -9,6 +9,7 @@ import anyio
 import pytest
 import zmq
 
+import zmqrelay
 from peers import eventually
 from zmqrelay import AsyncClient, RequestTimeout
 from zmqrelay.pytest_plugin import WorkerFactory
@@ -305,3 +306,48 @@ async def test_an_external_harness_takes_the_mode_and_no_other_broker_option(
         await harness.start_worker(echo)  # follows the mode it was told
         client = await harness.connect_client()
         assert await client.request(b"told", timeout=2) == b"told"
+
+
+@pytest.mark.parametrize("mode", ["relay", "load-balancing"])
+async def test_a_curve_harness_serves_its_own_peers_and_refuses_strangers(
+    context: LeakCheckingContext, mode: str
+) -> None:
+    async with relay_harness(context=context, curve=True, mode=mode) as harness:
+        assert harness.curve is not None
+        assert harness.endpoints.frontend.startswith("tcp://")  # inproc is never secured
+        await harness.start_worker(echo)
+        client = await harness.connect_client()
+        assert await client.request(b"sealed") == b"sealed"
+        stranger = await harness.connect_client(
+            curve_keys=harness.curve.stranger("mallory"), timeout=0.3
+        )
+        with pytest.raises(RequestTimeout):
+            await stranger.request(b"let me in")
+        security = harness.statistics().security
+        assert security is not None
+        assert security.clients_refused >= 1
+
+
+async def test_a_key_allowed_while_running_is_served(context: LeakCheckingContext) -> None:
+    async with relay_harness(context=context, curve=True, transport="ipc") as harness:
+        await harness.start_worker(echo)
+        bob = await harness.connect_client(curve_keys=harness.allow_key("client", "bob"))
+        assert await bob.request(b"new here") == b"new here"
+        with pytest.raises(zmqrelay.KeyFileError, match="never overwritten"):
+            harness.allow_key("client", "bob")
+
+
+async def test_curve_harness_mistakes_are_usage_errors(
+    context: LeakCheckingContext, relay_broker: BrokerHarness, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="does not secure inproc"):
+        async with relay_harness(context=context, curve=True, transport="inproc"):
+            pass
+    with pytest.raises(ValueError, match="external broker"):
+        async with relay_harness(context=context, curve=True, external=relay_broker.endpoints):
+            pass
+    with pytest.raises(ValueError, match="one too many"):
+        async with relay_harness(context=context, curve=True, client_keys=tmp_path):
+            pass
+    with pytest.raises(RuntimeError, match="does not use CURVE"):
+        relay_broker.allow_key("worker", "w2")

@@ -19,7 +19,8 @@ The fixtures (all function-scoped, for ``async`` tests run by pytest-asyncio):
 
 The transport of the in-process broker comes from, in this order of precedence, the marker
 ``@pytest.mark.zmqrelay(transport="tcp")``, the ini option ``zmqrelay_transport``, the option
-``--zmqrelay-transport``, and is ``inproc`` otherwise. ``--zmqrelay-frontend`` and
+``--zmqrelay-transport``, and is ``inproc`` otherwise (``tcp`` for a broker marked
+``curve=True``, since libzmq does not secure inproc). ``--zmqrelay-frontend`` and
 ``--zmqrelay-backend`` (or ``ZMQRELAY_TEST_FRONTEND`` and ``ZMQRELAY_TEST_BACKEND``) point the
 fixtures at a broker that is already running instead; ``--zmqrelay-mode`` (or
 ``ZMQRELAY_TEST_MODE``) says its mode, when known. A test whose marker asks for broker options
@@ -105,8 +106,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """Declare the ``zmqrelay`` marker."""
     config.addinivalue_line(
         "markers",
-        "zmqrelay(transport=None, **broker_options): how the zmqrelay fixtures start the "
-        "in-process broker for this test (transport: inproc, ipc or tcp; options: Broker's); "
+        "zmqrelay(transport=None, curve=False, **broker_options): how the zmqrelay fixtures "
+        "start the in-process broker for this test (transport: inproc, ipc or tcp; curve: "
+        "CURVE with throw-away keys; options: Broker's); "
         "with an external broker, a test whose options it may not honour is skipped",
     )
 
@@ -116,18 +118,24 @@ def _marker_options(request: pytest.FixtureRequest) -> dict[str, Any]:
     return dict(marker.kwargs) if marker is not None else {}
 
 
-def _transport(request: pytest.FixtureRequest, marked: dict[str, Any]) -> str:
-    transport = (
-        marked.pop("transport", None)
-        or request.config.getini("zmqrelay_transport")
-        or request.config.getoption("zmqrelay_transport")
-        or "inproc"
-    )
-    if transport not in TRANSPORTS:
+def _transport(request: pytest.FixtureRequest, marked: dict[str, Any]) -> str | None:
+    """The transport asked for, or ``None`` for the harness's default.
+
+    A CURVE broker (``curve=True``) cannot listen on inproc, so the configured default gives
+    way to it there; only the marker's own transport is kept as it is.
+    """
+    transport = marked.pop("transport", None)
+    if transport is None:
+        transport = request.config.getini("zmqrelay_transport") or request.config.getoption(
+            "zmqrelay_transport"
+        )
+        if marked.get("curve") and transport == "inproc":
+            transport = None
+    if transport is not None and transport not in TRANSPORTS:
         raise pytest.UsageError(
             f"zmqrelay transport must be one of {TRANSPORTS}, not {transport!r}"
         )
-    return str(transport)
+    return str(transport) if transport else None
 
 
 class _ExternalBroker(NamedTuple):
@@ -262,7 +270,7 @@ def _broker_variant() -> Callable[..., AsyncIterator[BrokerHarness]]:
         transport = _transport(request, options)
         external = _external(request.config)
         if external is not None:  # the marker asks for nothing more (see relay_broker)
-            mode = {"mode": external.mode} if external.mode is not None else {}
+            mode: dict[str, Any] = {} if external.mode is None else {"mode": external.mode}
             harness_context = relay_harness(
                 context=zmqrelay_context, external=external.endpoints, **mode
             )
@@ -284,12 +292,12 @@ def _factory_variant() -> Callable[..., AsyncIterator[BrokerFactory]]:
         async with contextlib.AsyncExitStack() as stack:
 
             async def start(*, transport: str | None = None, **options: Any) -> BrokerHarness:
+                if transport is None and not (
+                    options.get("curve") and default_transport == "inproc"
+                ):
+                    transport = default_transport
                 return await stack.enter_async_context(
-                    relay_harness(
-                        transport=transport or default_transport,
-                        context=zmqrelay_context,
-                        **options,
-                    )
+                    relay_harness(transport=transport, context=zmqrelay_context, **options)
                 )
 
             yield start

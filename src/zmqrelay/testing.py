@@ -30,7 +30,8 @@ import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, Generic, NamedTuple, TypeVar, cast
+from pathlib import Path
+from typing import Any, Generic, Literal, NamedTuple, TypeVar, cast
 
 import anyio
 import zmq
@@ -38,6 +39,7 @@ import zmq.asyncio
 
 from zmqrelay._aio.broker import Broker, Endpoints, Mode
 from zmqrelay._aio.client import AsyncClient
+from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.service import Service
 from zmqrelay._aio.worker import AsyncWorker
 from zmqrelay._core.balancer import BalancerStatistics
@@ -50,6 +52,7 @@ __all__ = [
     "Hosted",
     "LeakCheckingContext",
     "SocketLeakError",
+    "ThrowAwayKeys",
     "WorkerHandle",
     "relay_harness",
     "running",
@@ -323,6 +326,55 @@ class WorkerHandle:
             await anyio.sleep(self._delay)
 
 
+class ThrowAwayKeys:
+    """CURVE key pairs made for one harness, in a folder removed with it.
+
+    The broker's pair, and a client's and a worker's that the broker allows (as ``client``
+    and ``worker``, the names a policy file gives them). More with :meth:`stranger`, or with
+    :meth:`BrokerHarness.allow_key` for peers the broker allows.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.broker = self.make("broker", "broker")
+        self.client = self.make("clients", "client")
+        self.worker = self.make("workers", "worker")
+
+    def __repr__(self) -> str:
+        return f"<ThrowAwayKeys in {self.folder}>"
+
+    @property
+    def client_keys(self) -> Path:
+        """The folder of the clients' public keys the broker allows."""
+        return self.folder / "clients"
+
+    @property
+    def worker_keys(self) -> Path:
+        """The folder of the workers' public keys the broker allows."""
+        return self.folder / "workers"
+
+    def make(self, subfolder: str, name: str) -> CurveKeyPair:
+        """A new key pair, written as ``NAME.key`` and ``NAME.key_secret`` in ``subfolder``.
+
+        Raises:
+            KeyFileError: ``name`` is taken in ``subfolder``, or is not a plain file name.
+        """
+        _, secret = CurveKeyPair.create(self.folder / subfolder, name)
+        return CurveKeyPair.load(secret)
+
+    def stranger(self, name: str) -> CurveKeyPair:
+        """A new key pair the broker does not know (for testing refusals)."""
+        return self.make("strangers", name)
+
+    def broker_options(self) -> dict[str, Any]:
+        """The :class:`~zmqrelay.Broker` options that make it use these keys."""
+        return {
+            "curve_secret_key": self.broker,
+            "client_keys": self.client_keys,
+            "worker_keys": self.worker_keys,
+        }
+
+
 class BrokerHarness:
     """An in-process broker, or an external one, with workers and clients attached.
 
@@ -338,9 +390,12 @@ class BrokerHarness:
         backend: str,
         external: bool = False,
         broker_options: dict[str, Any] | None = None,
+        curve: ThrowAwayKeys | None = None,
     ) -> None:
         self.context = context
         self.external = external
+        self.curve = curve
+        """The harness's CURVE keys, when its broker uses CURVE (``curve=True``)."""
         self._frontend = frontend
         self._backend = backend
         self._broker_options = broker_options or {}
@@ -382,12 +437,12 @@ class BrokerHarness:
         """
         if self.external:
             raise RuntimeError(self._unavailable("cannot start a broker"))
+        options = dict(self._broker_options)
+        if self.curve is not None:
+            options.update(self.curve.broker_options())
         hosted = Hosted(
-            Broker(
-                frontend=self._frontend, backend=self._backend, context=self.context,
-                **self._broker_options,
-            )
-        )  # fmt: skip
+            Broker(frontend=self._frontend, backend=self._backend, context=self.context, **options)
+        )
         broker = await hosted.start()
         self._broker = hosted
         self.endpoints = broker.endpoints
@@ -441,6 +496,7 @@ class BrokerHarness:
                 relay-mode broker (which would never hand the worker a request).
         """
         self._follow_the_broker(options)
+        self._secure(options, "worker")
         handle: WorkerHandle
 
         async def gated(result: Awaitable[Any]) -> Any:
@@ -481,7 +537,9 @@ class BrokerHarness:
     async def connect_client(self, **options: Any) -> AsyncClient:
         """A running :class:`~zmqrelay.AsyncClient` connected to the broker's frontend.
 
-        ``options`` go to the client; its ``timeout`` is 10 seconds unless given.
+        ``options`` go to the client; its ``timeout`` is 10 seconds unless given. With CURVE
+        (``curve=True``), it uses the client key pair the broker allows, unless given
+        ``curve_keys=``.
 
         Raises:
             ValueError: a Majordomo ``protocol`` for a relay-mode broker (whose workers
@@ -494,6 +552,7 @@ class BrokerHarness:
                 f"harness's broker is in relay mode: {_LOAD_BALANCING_HINT}"
             )
         options.setdefault("timeout", 10.0)
+        self._secure(options, "client")
         hosted = Hosted(AsyncClient(self.endpoints.frontend, context=self.context, **options))
         self._clients.append(hosted)
         return await hosted.start()
@@ -511,6 +570,25 @@ class BrokerHarness:
         for _, worker in reversed(self._workers):
             await worker.stop(graceful=False)
         self._workers.clear()
+
+    def allow_key(self, side: Literal["client", "worker"], name: str) -> CurveKeyPair:
+        """A new key pair that the broker allows on ``side``: written, then keys reloaded.
+
+        Raises:
+            RuntimeError: the harness's broker does not use CURVE (``curve=True``).
+            KeyFileError: ``name`` is taken on that side.
+        """
+        if self.curve is None:
+            raise RuntimeError("this harness's broker does not use CURVE: give curve=True")
+        pair = self.curve.make(f"{side}s", name)
+        if self._broker is not None:
+            self._broker.service.reload_keys()
+        return pair
+
+    def _secure(self, options: dict[str, Any], side: Literal["client", "worker"]) -> None:
+        if self.curve is not None:
+            options.setdefault("curve_keys", getattr(self.curve, side))
+            options.setdefault("curve_server_key", self.curve.broker.public)
 
     def _follow_the_broker(self, options: dict[str, Any]) -> None:
         """Give a worker's ``options`` the broker's mode (and heartbeat), unless set."""
@@ -547,11 +625,12 @@ _LOAD_BALANCING_HINT = (
 @asynccontextmanager
 async def relay_harness(
     *,
-    transport: str = "inproc",
+    transport: str | None = None,
     context: zmq.asyncio.Context | None = None,
     external: Endpoints | None = None,
     frontend: str | None = None,
     backend: str | None = None,
+    curve: bool = False,
     **broker_options: Any,
 ) -> AsyncIterator[BrokerHarness]:
     """Run a broker in-process (or use an external one) for the duration of the block.
@@ -559,22 +638,30 @@ async def relay_harness(
     Args:
         transport: where the in-process broker listens: ``"inproc"`` (the default, no
             ports; peers must share ``context``), ``"ipc"`` (a temporary folder) or ``"tcp"``
-            (loopback, ports chosen by the system and reported in ``harness.endpoints``).
+            (loopback, ports chosen by the system and reported in ``harness.endpoints``; the
+            default with ``curve``).
         context: the zmq context for the broker, workers and clients; a new one (terminated
             on the way out) by default.
         external: endpoints of a broker already running elsewhere; then none is started.
         frontend: the endpoint to bind for clients, instead of one chosen for ``transport``.
         backend: the endpoint to bind for workers, likewise.
+        curve: run the broker with CURVE, with throw-away keys (``harness.curve``, a
+            :class:`ThrowAwayKeys`): it allows one client key and one worker key, which the
+            harness's clients and workers use. libzmq secures ``tcp`` and ``ipc`` only.
         broker_options: further keyword arguments for :class:`~zmqrelay.Broker`. With
             ``external``, only ``mode``: the external broker's, when known, for the workers
             to follow (see :meth:`BrokerHarness.start_worker`).
 
     Raises:
         ValueError: an unknown ``transport``; with ``external``, a broker option other than
-            ``mode`` (an external broker is configured where it runs), or an unknown mode.
+            ``mode`` (an external broker is configured where it runs), or an unknown mode;
+            with ``curve``, an external broker, ``inproc``, or keys given as well.
     """
+    transport = transport or ("tcp" if curve else "inproc")
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
+    if curve:
+        _check_curve(transport, external, broker_options)
     if external is not None:
         ignored = ", ".join(sorted(set(broker_options) - {"mode"}))
         if ignored:
@@ -588,8 +675,9 @@ async def relay_harness(
             )
     own_context = context is None
     ctx = zmq.asyncio.Context() if context is None else context
-    folder = tempfile.mkdtemp(prefix="zmqrelay-") if transport == "ipc" else None
+    folder = tempfile.mkdtemp(prefix="zmqrelay-") if transport == "ipc" or curve else None
     try:
+        keys = ThrowAwayKeys(os.path.join(cast(str, folder), "keys")) if curve else None
         if external is not None:
             harness = BrokerHarness(
                 context=ctx,
@@ -605,6 +693,7 @@ async def relay_harness(
                 frontend=frontend or chosen_frontend,
                 backend=backend or chosen_backend,
                 broker_options=broker_options,
+                curve=keys,
             )
             await harness.start_broker()
         try:
@@ -616,6 +705,23 @@ async def relay_harness(
             shutil.rmtree(folder, ignore_errors=True)
         if own_context:
             ctx.term()
+
+
+def _check_curve(transport: str, external: Endpoints | None, options: dict[str, Any]) -> None:
+    if external is not None:
+        raise ValueError(
+            f"curve=True makes keys for an in-process broker, and this harness uses the "
+            f"external broker at {external} (give its clients and workers their keys instead)"
+        )
+    if transport == "inproc":
+        raise ValueError(
+            "curve=True needs transport='tcp' or 'ipc': libzmq does not secure inproc"
+        )
+    given = sorted({"curve_secret_key", "client_keys", "worker_keys"} & set(options))
+    if given:
+        raise ValueError(
+            f"curve=True makes the broker's keys; {', '.join(given)} as well is one too many"
+        )
 
 
 def _endpoints_for(transport: str, folder: str | None) -> tuple[str, str]:
