@@ -53,6 +53,7 @@ def test_testing_names() -> None:
         "LeakCheckingContext",
         "SocketLeakError",
         "TRANSPORTS",
+        "ThrowAwayKeys",
         "WorkerHandle",
         "relay_harness",
         "running",
