@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar, TypeVarTuple, cast
+from typing import NoReturn, TypeVar, TypeVarTuple, cast
 
 import anyio
 import click
+from click.core import ParameterSource
 
 from zmqrelay import __version__
 from zmqrelay._aio.broker import Broker, Engine, Mode
@@ -34,6 +35,8 @@ from zmqrelay._bench_peers import (
     serve_python_loop,
 )
 from zmqrelay._demo import run_demo
+from zmqrelay._logs import LogFormat, formats_json
+from zmqrelay._logs import configure as configure_logging
 from zmqrelay.bench import BROKERS, BenchConfig, report, run_bench
 from zmqrelay.errors import KeyFileError, ZmqRelayError
 
@@ -41,6 +44,54 @@ logger = logging.getLogger("zmqrelay.cli")
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+
+_LOGGING = "zmqrelay.logging"
+"""Where the root context keeps the logging options, for a command's own to change."""
+
+FC = TypeVar("FC", bound=Callable[..., object])
+
+
+def _logging_options(command: FC) -> FC:
+    """``--log-level`` and ``--log-format`` after a long-running command's name too.
+
+    Given there, they win over the same before it (``zmqrelay --log-format json broker``) and
+    over the environment, which the group reads.
+    """
+    for option in (
+        click.option(
+            "--log-format",
+            type=click.Choice(["text", "json"]),
+            default=None,
+            envvar="ZMQRELAY_LOG_FORMAT",
+            help="How to log to standard error: lines of text, or a JSON object per line "
+            "[default: text].",
+            show_envvar=True,
+            expose_value=False,
+            callback=_relog,
+        ),
+        click.option(
+            "--log-level",
+            type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+            default=None,
+            envvar="ZMQRELAY_LOG_LEVEL",
+            help="How much to log to standard error [default: INFO for broker, else WARNING].",
+            show_envvar=True,
+            expose_value=False,
+            callback=_relog,
+        ),
+    ):
+        command = option(command)
+    return command
+
+
+def _relog(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """A command's own logging option, given on the command line: log as it says."""
+    if value is None or ctx.get_parameter_source(param.name or "") != ParameterSource.COMMANDLINE:
+        return  # the group applied the environment already
+    settings = ctx.find_root().meta[_LOGGING]
+    settings[param.name] = value
+    _configure_logging(settings)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -53,14 +104,29 @@ Ts = TypeVarTuple("Ts")
     help="How much to log to standard error [default: INFO for broker, else WARNING].",
     show_envvar=True,
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    envvar="ZMQRELAY_LOG_FORMAT",
+    help="How to log to standard error: lines of text, or a JSON object per line.",
+    show_envvar=True,
+)
 @click.pass_context
-def cli(ctx: click.Context, log_level: str | None) -> None:
-    """zmqrelay: an embeddable ZeroMQ request-reply broker."""
+def cli(ctx: click.Context, log_level: str | None, log_format: LogFormat) -> None:
+    """zmqrelay: an embeddable ZeroMQ request-reply broker.
+
+    The logging options may also follow a long-running command's name (``zmqrelay broker
+    --log-format json``).
+    """
     default = "INFO" if ctx.invoked_subcommand == "broker" else "WARNING"
-    logging.basicConfig(
-        level=(log_level or default).upper(),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    settings = {"log_level": log_level or default, "log_format": log_format}
+    ctx.meta[_LOGGING] = settings
+    _configure_logging(settings)
+
+
+def _configure_logging(settings: dict[str, str]) -> None:
+    configure_logging(settings["log_level"], cast("LogFormat", settings["log_format"]))
 
 
 @cli.command()
@@ -202,6 +268,7 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     help="CURVE: seconds a peer has to complete its handshake.",
     show_envvar=True,
 )
+@_logging_options
 def broker(
     frontend: str,
     backend: str,
@@ -266,6 +333,7 @@ async def _serve_until_signalled(instance: Broker, curve: bool) -> None:
                 "serving: clients connect to %s, workers to %s",
                 endpoints.frontend,
                 endpoints.backend,
+                extra={"frontend": endpoints.frontend, "backend": endpoints.backend},
             )
             stopping = False
             async for signum in signals:
@@ -274,10 +342,12 @@ async def _serve_until_signalled(instance: Broker, curve: bool) -> None:
                     _reload_keys(instance, curve)
                     continue
                 if stopping:
-                    logger.info("%s again: stopping now", name)
+                    logger.info("%s again: stopping now", name, extra={"signal": name})
                     tg.cancel_scope.cancel()
                     break
-                logger.info("%s: finishing requests in flight, then stopping", name)
+                logger.info(
+                    "%s: finishing requests in flight, then stopping", name, extra={"signal": name}
+                )
                 stopping = True
                 tg.start_soon(_close_then_stop, instance, tg.cancel_scope)
 
@@ -300,6 +370,7 @@ def _reload_keys(instance: Broker, curve: bool) -> None:
             "SIGHUP: %s: %s; still serving with the keys and the policy as they were",
             type(exc).__name__,
             exc,
+            extra={"error": type(exc).__name__},
         )
 
 
@@ -317,6 +388,7 @@ def _reload_keys(instance: Broker, curve: bool) -> None:
 @click.option(
     "--requests", type=click.IntRange(1, 10_000), default=10, help="Requests per client."
 )
+@_logging_options
 def demo(transport: str, clients: int, workers: int, requests: int) -> None:
     """Run the guide's scenario in one process: 2 clients, 3 workers, 10 requests each."""
     result = anyio.run(
@@ -374,6 +446,7 @@ def demo(transport: str, clients: int, workers: int, requests: int) -> None:
     show_envvar=True,
 )
 @click.argument("frames", nargs=-1, required=True)
+@_logging_options
 def request(
     connect: str,
     timeout: float,
@@ -519,6 +592,7 @@ def keys_generate(directory: Path, name: str) -> None:
     "brokers authenticate both sides, the others only encrypt), reported as BROKER+curve.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_logging_options
 def bench(
     brokers: Sequence[str],
     broker_command: str | None,
@@ -674,7 +748,7 @@ def _one_line_errors() -> Iterator[None]:
     try:
         yield
     except ZmqRelayError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        _fail(exc, exc)
     except BaseExceptionGroup as group:
         ours, rest = group.split(ZmqRelayError)
         if ours is None or rest is not None:
@@ -682,7 +756,16 @@ def _one_line_errors() -> Iterator[None]:
         first = ours.exceptions[0]
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
-        raise click.ClickException(f"{type(first).__name__}: {first}") from group
+        _fail(first, group)
+
+
+def _fail(error: BaseException, cause: BaseException) -> NoReturn:
+    """Exit with status 1 after saying why on one line: a log record when logging JSON."""
+    message = f"{type(error).__name__}: {error}"
+    if formats_json():
+        logger.error(message, extra={"error": type(error).__name__})
+        raise click.exceptions.Exit(1) from cause
+    raise click.ClickException(message) from cause
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -14,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import os
 import threading
-import time
 import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Iterator, Mapping
@@ -35,12 +33,7 @@ from zmqrelay._aio import sockets
 from zmqrelay._core.security import SecurityStatistics
 from zmqrelay.errors import KeyFileError
 
-logger = logging.getLogger("zmqrelay.security")
-
 Side = Literal["clients", "workers"]
-
-_LOG_INTERVAL = 10.0
-"""Seconds between two warnings about refused peers (a flood of them logs one)."""
 
 
 def _checked(key: bytes, where: str) -> bytes:
@@ -210,8 +203,8 @@ class Guard:
         self._sides = {domain: side for side, domain in self.domains.items()}
         self._lock = threading.Lock()  # the ZAP handler counts in its thread
         self._refused: dict[Side, int] = {"clients": 0, "workers": 0}
-        self._unlogged = 0
-        self._logged_at = -math.inf
+        self.last_refused: dict[Side, bytes] = {}
+        """The last key refused on each side (for the log)."""
         self.handshakes_failed = 0
 
     def _load(self) -> dict[Side, Keyring | None]:
@@ -236,6 +229,13 @@ class Guard:
                 yield f"{side}: any CURVE key (encrypted, not authenticated)"
             else:
                 yield f"{side}: {len(keyring)} keys from {keyring.source}"
+
+    def key_counts(self) -> dict[str, int | None]:
+        """The keys each side allows, for the log's fields (``None``: any key)."""
+        return {
+            f"{side[:-1]}_keys": None if keyring is None else len(keyring)
+            for side, keyring in self.keyrings.items()
+        }
 
     def server_options(self, side: Side) -> list[tuple[int, int | bytes]]:
         """The socket options of the broker's socket for ``side``."""
@@ -266,20 +266,14 @@ class Guard:
         keyring = self.keyrings[side]
         if keyring is None or keyring.name_of(key) is not None:
             return True
-        with self._lock:
+        with self._lock:  # logged by the broker, throttled (see zmqrelay._aio.droplog)
             self._refused[side] += 1
-            self._unlogged += 1
-            now = time.monotonic()
-            if now - self._logged_at >= _LOG_INTERVAL:
-                logger.warning(
-                    "refused %d peer(s) with keys not allowed since the last report; the last: "
-                    "%s key %s",
-                    self._unlogged,
-                    "a client" if side == "clients" else "a worker",
-                    key.decode("ascii", "replace"),
-                )
-                self._logged_at, self._unlogged = now, 0
+            self.last_refused[side] = key
         return False
+
+    def drops(self) -> dict[str, int]:
+        """What was refused so far, by kind: the counters a throttled log reads."""
+        return self.statistics()._asdict()
 
     def statistics(self) -> SecurityStatistics:
         """What was refused so far."""

@@ -108,6 +108,16 @@ class Dispatcher:
         """Requests queued or in flight, whose client still waits."""
         return self.queued + sum(not request.ended for request in self.in_flight.values())
 
+    @property
+    def late_replies(self) -> int:
+        """Replies dropped because their request had ended (a deadline passed)."""
+        return self._late
+
+    @property
+    def unknown_replies(self) -> int:
+        """Replies dropped because their worker does not hold their request."""
+        return self._unknown
+
     def reply_unknown(self) -> None:
         """A reply came from a worker that is not registered: it is dropped and counted."""
         self._unknown += 1
