@@ -69,9 +69,25 @@ def test_every_occurrence_is_reported_once_an_interval_has_passed(
     for _, report in reports:
         reported[report.kind] += report.occurrences
     assert reported + Counter(throttle.waiting()) == occurred
-    for report in throttle.due(now + interval):
+    waiting = throttle.waiting()
+    flushed = throttle.flush(now)
+    assert {report.kind: report.occurrences for report in flushed} == waiting
+    assert throttle.flush(now) == []
+    for report in flushed:
         reported[report.kind] += report.occurrences
     assert (reported, throttle.waiting()) == (occurred, {})
+
+
+@given(histories, intervals)
+def test_what_waits_is_reported_once_its_interval_has_passed(
+    history: list[tuple[float, tuple[str, str, int]]], interval: float
+) -> None:
+    throttle = Throttle(interval)
+    _, _, now = _replay(throttle, history)
+    waiting = throttle.waiting()
+    due = throttle.due(now + interval)
+    assert {report.kind: report.occurrences for report in due} == waiting
+    assert throttle.waiting() == {}
 
 
 @given(histories, intervals, kinds, st.integers(min_value=1, max_value=5))

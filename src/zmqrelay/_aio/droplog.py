@@ -65,15 +65,22 @@ async def report(
 ) -> None:
     """Read ``counts`` every :data:`POLL_INTERVAL` and log what the throttle lets through.
 
-    ``detail`` says what is known of the last drop of a kind. Runs until cancelled.
+    ``detail`` says what is known of the last drop of a kind. Runs until cancelled; then
+    reads the counters a last time and logs every count not logged yet, interval or not, so
+    that nothing goes unsaid (one more line per kind, once).
     """
     interval, poll_interval = INTERVAL, POLL_INTERVAL
     throttle = Throttle(interval)
-    while True:
-        totals = counts()
-        for line in throttle.read(totals, anyio.current_time()):
+    try:
+        while True:
+            totals = counts()
+            for line in throttle.read(totals, anyio.current_time()):
+                _log(line, totals[line.kind], detail(line.kind), interval)
+            await anyio.sleep(poll_interval)
+    finally:
+        totals, now = counts(), anyio.current_time()
+        for line in throttle.read(totals, now) + throttle.flush(now):
             _log(line, totals[line.kind], detail(line.kind), interval)
-        await anyio.sleep(poll_interval)
 
 
 def _log(line: Report, total: int, detail: Detail | None, interval: float) -> None:

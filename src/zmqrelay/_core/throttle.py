@@ -35,7 +35,8 @@ class Throttle:
 
     Two reports of one kind are always at least ``interval`` apart; occurrences in between
     wait, counted, for the next report, which comes with the next occurrence or reading after
-    the interval, or from :meth:`due`.
+    the interval, or from :meth:`due`; :meth:`flush` reports them all at once, as a last
+    word.
     """
 
     def __init__(self, interval: float) -> None:
@@ -81,6 +82,15 @@ class Throttle:
         interval, reported = self.interval, self._reported
         ready = [kind for kind in self._waiting if now - reported[kind] >= interval]
         return [report for kind in ready if (report := self.add(kind, now, 0)) is not None]
+
+    def flush(self, now: float) -> list[Report]:
+        """Reports of every occurrence that waits, interval or not: for a last word."""
+        return [Report(kind, count, now - self._reported[kind]) for kind, count in self._drain()]
+
+    def _drain(self) -> list[tuple[str, int]]:
+        waiting = list(self._waiting.items())
+        self._waiting.clear()
+        return waiting
 
     def waiting(self) -> dict[str, int]:
         """Occurrences not reported yet, per kind."""
