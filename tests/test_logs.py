@@ -358,3 +358,17 @@ async def test_the_environment_asks_for_json_and_a_failed_start_is_a_json_line_t
     assert lines[-1]["level"] == "ERROR"
     assert lines[-1]["error"] == "EndpointError"
     assert "cannot bind 'nonsense'" in lines[-1]["message"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("before", "after"), [("json", "text"), ("text", "json")])
+async def test_the_format_after_the_command_wins(before: str, after: str) -> None:
+    command = [sys.executable, "-m", "zmqrelay", "--log-format", before, "broker"]
+    command += ["--log-format", after, "--frontend", "nonsense", "--backend", "inproc://b"]
+    with anyio.fail_after(30):
+        result = await anyio.run_process(command, check=False)
+    assert result.returncode == 1
+    if after == "json":
+        assert _json_lines(result.stderr)[-1]["error"] == "EndpointError"
+    else:
+        assert result.stderr.startswith(b"Error: EndpointError: ")
