@@ -4,7 +4,8 @@ Nothing is logged where messages pass: the broker counts every drop there alread
 statistics). A task reads those counters every :data:`POLL_INTERVAL` seconds and logs what a
 :class:`~zmqrelay._core.throttle.Throttle` lets through: the first drop of a kind at its first
 reading, then at most one line per kind every :data:`INTERVAL` seconds, with the count since
-the line before. Each line carries its figures as fields (``extra``) for a JSON log.
+the line before; when the broker stops, what was counted since the last line of each kind.
+Each line carries its figures as fields (``extra``), for a JSON log.
 """
 
 from __future__ import annotations
@@ -41,13 +42,15 @@ WARNING, INFO = logging.WARNING, logging.INFO
 KINDS: dict[str, Kind] = {
     "malformed_requests": Kind(_broker, WARNING, "malformed requests dropped"),
     "malformed_replies": Kind(_broker, WARNING, "malformed replies dropped"),
-    "protocol_violations": Kind(_broker, WARNING, "workers cut off for breaking their protocol"),
+    "protocol_violations": Kind(
+        _broker, WARNING, "worker messages dropped: they broke their protocol"
+    ),
     "unknown_replies": Kind(_broker, INFO, "replies dropped: their worker holds no such request"),
     "late_replies": Kind(_broker, INFO, "late replies dropped: their request had ended"),
     "unroutable_replies": Kind(_broker, WARNING, "replies dropped: their client is gone"),
     "congested_replies": Kind(_broker, WARNING, "replies dropped: their client's queue was full"),
     "forbidden_requests": Kind(_broker, WARNING, "requests refused by the policy (Forbidden)"),
-    "forbidden_workers": Kind(_broker, WARNING, "workers refused by the policy"),
+    "forbidden_workers": Kind(_broker, WARNING, "worker messages refused by the policy"),
     "clients_refused": Kind(_security, WARNING, "client handshakes refused: key not allowed"),
     "workers_refused": Kind(_security, WARNING, "worker handshakes refused: key not allowed"),
     "handshakes_failed": Kind(
