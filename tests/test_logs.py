@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -372,3 +373,25 @@ async def test_the_format_after_the_command_wins(before: str, after: str) -> Non
         assert _json_lines(result.stderr)[-1]["error"] == "EndpointError"
     else:
         assert result.stderr.startswith(b"Error: EndpointError: ")
+
+
+@pytest.mark.asyncio
+async def test_the_zap_handlers_debug_lines_are_throttled_too(
+    context: LeakCheckingContext, caplog: pytest.LogCaptureFixture, keys: Keys
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="zmqrelay.zap")
+    async with keys.broker(context, "relay", "python") as broker:
+        front = broker.endpoints.frontend
+        for attempt in range(1, 6):  # five handshakes, each refused
+            async with keys.client(context, front, "mallory", "others", timeout=5) as mallory:
+                with anyio.move_on_after(0.05):
+                    await mallory.request(b"let me in")
+                await eventually(partial(_refused, broker, attempt))
+    denied = [record for record in caplog.records if "DENIED" in record.getMessage()]
+    assert len(denied) == 1
+
+
+def _refused(broker: Broker, at_least: int) -> bool:
+    security = broker.statistics().security
+    assert security is not None
+    return security.clients_refused >= at_least

@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Iterator, Mapping
@@ -31,6 +32,7 @@ from zmq.utils import z85
 
 from zmqrelay._aio import sockets
 from zmqrelay._core.security import SecurityStatistics
+from zmqrelay._core.throttle import Throttle
 from zmqrelay.errors import KeyFileError
 
 Side = Literal["clients", "workers"]
@@ -285,11 +287,43 @@ class Guard:
             )
 
 
+_ZAP_LOG_INTERVAL = 10.0
+"""Seconds between two lines of one kind from pyzmq's ZAP handler."""
+
+
+class _Throttled(logging.Filter):
+    """Lets each kind of line (its format) through at most once per interval, with a count.
+
+    pyzmq's ZAP handler logs every handshake (at DEBUG): peers must not be able to flood the
+    log through it.
+    """
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self._throttle = Throttle(interval)
+        self._lock = threading.Lock()  # the ZAP handler logs in its thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether the line goes out; when it does, it says how many like it did not."""
+        with self._lock:
+            line = self._throttle.add(str(record.msg), time.monotonic())
+        if line is None:
+            return False
+        if line.occurrences > 1:
+            record.msg = f"{record.msg} (and {line.occurrences - 1} more like it since the last)"
+            record.__dict__["count"] = line.occurrences
+        return True
+
+
+_zap_log = logging.getLogger("zmqrelay.zap")
+_zap_log.addFilter(_Throttled(_ZAP_LOG_INTERVAL))
+
+
 class _Shared:
     """A context's ZAP handler and the guards that use it."""
 
     def __init__(self, context: zmq.asyncio.Context) -> None:
-        self.authenticator = ThreadAuthenticator(context, log=logging.getLogger("zmqrelay.zap"))
+        self.authenticator = ThreadAuthenticator(context, log=_zap_log)
         self.authenticator.start()
         self.users = 0
 
