@@ -202,6 +202,14 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     help="CURVE: seconds a peer has to complete its handshake.",
     show_envvar=True,
 )
+@click.option(
+    "--metrics-address",
+    metavar="HOST:PORT",
+    envvar="ZMQRELAY_METRICS_ADDRESS",
+    help="Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (needs "
+    "zmqrelay[metrics]; port 0: any free port, logged).",
+    show_envvar=True,
+)
 def broker(
     frontend: str,
     backend: str,
@@ -220,6 +228,7 @@ def broker(
     worker_keys: Path | None,
     authorization: Path | None,
     handshake_timeout: float,
+    metrics_address: str | None,
 ) -> None:
     """Run a broker (relay or load-balancing, see --mode) until SIGINT or SIGTERM.
 
@@ -235,7 +244,7 @@ def broker(
         raise click.UsageError(
             "--authorization applies to services: it needs --mode load-balancing"
         )
-    with _one_line_errors():  # a key file or the policy cannot be read
+    with _one_line_errors(), _usage_errors():  # a key file, the policy, the metrics address
         instance = Broker(
             frontend=frontend,
             backend=backend,
@@ -254,6 +263,7 @@ def broker(
             worker_keys=worker_keys,
             authorization=authorization,
             handshake_timeout=handshake_timeout,
+            metrics=metrics_address,
         )
     _run(_serve_until_signalled, instance, curve_secret_key is not None)
 
@@ -683,6 +693,15 @@ def _one_line_errors() -> Iterator[None]:
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
         raise click.ClickException(f"{type(first).__name__}: {first}") from group
+
+
+@contextmanager
+def _usage_errors() -> Iterator[None]:
+    """Report an option's bad value, or a missing extra, as a usage error."""
+    try:
+        yield
+    except (ValueError, ImportError) as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 def main(argv: Sequence[str] | None = None) -> None:
