@@ -6,13 +6,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 import pytest
 import zmq
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from peers import lb_broker, raw_socket
@@ -372,3 +373,49 @@ async def test_a_plain_peer_flood_of_garbage_is_counted_as_malformed(
                     await anyio.sleep(0.01)
         finally:
             garbage.close()
+
+
+@pytest.mark.asyncio
+async def test_a_registry_served_from_another_thread_reads_the_broker_between_its_steps(
+    context: LeakCheckingContext,
+) -> None:
+    """prometheus_client's own server scrapes in a thread of its own, under load."""
+    registry = CollectorRegistry()
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    try:
+        async with (
+            lb_broker(context, metrics=registry) as broker,
+            AsyncWorker(
+                broker.endpoints.backend, shout, context=context, mode="load-balancing",
+                concurrency=8, heartbeat_interval=0.1,
+            ),
+            AsyncClient(broker.endpoints.frontend, context=context) as client,
+        ):  # fmt: skip
+            done = anyio.Event()
+
+            async def load() -> None:
+                async with anyio.create_task_group() as tg:
+                    for n in range(2000):
+                        tg.start_soon(client.request, f"{n}".encode())
+                done.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(load)
+                scrapes = 0
+                while not done.is_set() or scrapes < 3:
+                    text = await anyio.to_thread.run_sync(_fetch, url)
+                    scrapes += 1
+                    assert "zmqrelay_requests_total" in text
+            samples = parse(await anyio.to_thread.run_sync(_fetch, url))
+        replies = value(samples, "zmqrelay_requests_total", service="(default)", outcome="reply")
+        assert replies == 2000
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return str(answer.read().decode())

@@ -528,6 +528,12 @@ def keys_generate(directory: Path, name: str) -> None:
     help="Also run each broker with CURVE on every connection (throw-away keys; zmqrelay's "
     "brokers authenticate both sides, the others only encrypt), reported as BROKER+curve.",
 )
+@click.option(
+    "--metrics",
+    is_flag=True,
+    help="Also run each zmqrelay broker with Prometheus metrics on, scraped once a second, "
+    "reported as BROKER+metrics.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench(
     brokers: Sequence[str],
@@ -546,6 +552,7 @@ def bench(
     duration: float,
     pin: bool,
     curve: bool,
+    metrics: bool,
     as_json: bool,
 ) -> None:
     """Measure throughput, latency and CPU per request; every party is a process of its own."""
@@ -573,6 +580,16 @@ def bench(
         configs.append(replace(load, broker=compare))
     if curve:  # each with CURVE right after it without, so that they share the conditions
         configs = [twin for config in configs for twin in (config, replace(config, curve=True))]
+    if metrics:  # likewise, for the zmqrelay brokers
+        configs = [
+            twin
+            for config in configs
+            for twin in (
+                (config, replace(config, metrics=True))
+                if config.broker.startswith("zmqrelay") and config.broker_command is None
+                else (config,)
+            )
+        ]
     show = _progress_line if sys.stderr.isatty() and not as_json else lambda _: None
     results = [run_bench(config, progress=show) for config in configs]
     click.echo(report(results, as_json=as_json))
