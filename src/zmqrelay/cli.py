@@ -607,14 +607,27 @@ def bench(
 @click.option(
     "--requests", type=click.IntRange(1, 10**9), default=200_000, help="Requests to feed."
 )
-def bench_core(peers: Sequence[str], workers: int, window: int, requests: int) -> None:
+@click.option(
+    "--metrics", is_flag=True, help="Also run each with the counters metrics read, after it."
+)
+def bench_core(
+    peers: Sequence[str], workers: int, window: int, requests: int, metrics: bool
+) -> None:
     """Measure the load-balancing core alone: no sockets, no event loop, one process."""
-    click.echo(f"{'peers':<12}{'req/s':>12}{'µs/request':>12}")
+    click.echo(f"{'peers':<22}{'req/s':>12}{'µs/request':>12}")
     for kind in peers or ("guide", "zmqrelay", "majortomo"):
-        result = run_core_bench(
-            cast("Peers", kind), workers=workers, window=window, requests=requests
-        )
-        click.echo(f"{kind:<12}{result.requests_per_second:>12,.0f}{result.us_per_request:>12.2f}")
+        for measured in (False, True) if metrics else (False,):
+            result = run_core_bench(
+                cast("Peers", kind),
+                workers=workers,
+                window=window,
+                requests=requests,
+                metrics=measured,
+            )
+            name = f"{kind}+metrics" if measured else kind
+            click.echo(
+                f"{name:<22}{result.requests_per_second:>12,.0f}{result.us_per_request:>12.2f}"
+            )
 
 
 def _progress_line(text: str) -> None:

@@ -13,7 +13,7 @@ from typing import Literal
 from zmqrelay._core import frontend
 from zmqrelay._core.backlog import Backlog
 from zmqrelay._core.dialects import Dialect
-from zmqrelay._core.metrics import OUTCOME_INDEX, RequestMetrics
+from zmqrelay._core.metrics import OUTCOME_INDEX, RequestMetrics, ServiceMetrics
 from zmqrelay._core.refusal import Refusal
 from zmqrelay._core.request import Request
 from zmqrelay._core.tag import Status
@@ -123,6 +123,11 @@ class Dispatcher:
             service = self.services[name] = Service(name)
         return service
 
+    def _counted(self, service: Service) -> ServiceMetrics:
+        assert self.metrics is not None
+        counted = service.counted = self.metrics.of(service.name)
+        return counted
+
     def _retire_if_idle(self, service: Service) -> None:
         # A service that holds neither workers nor requests is dropped: requests naming ever
         # new services leave nothing behind once they end.
@@ -146,9 +151,9 @@ class Dispatcher:
         worker.last_sent = now
         self.in_flight[token] = request
         self.requests_forwarded += 1
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.of(request.service).queue_wait.observe(now - request.enqueued_at)
+        if self.metrics is not None:
+            counted = service.counted or self._counted(service)
+            counted.queue_wait.observe(now - request.enqueued_at)
         self.to_workers.append((worker.dialect.request(worker_id, request, now), token))
 
     def _dispatch_queued(self, service: Service, now: float) -> None:
