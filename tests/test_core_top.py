@@ -326,6 +326,17 @@ def test_one_scrape_gives_the_gauges_and_no_rates() -> None:
     }
 
 
+def test_a_broker_with_no_services_yet_has_a_totals_row_of_zeros() -> None:
+    declared = ["zmqrelay_requests", "zmqrelay_workers"]
+    view = TopView.from_scrapes(Scrape.of(0, [info()], declared), Scrape.of(1, [info()], declared))
+    assert view.services == ()
+    assert view.total is not None
+    assert (view.total.requests_per_second, view.total.workers) == (0.0, 0.0)
+    assert all(
+        isinstance(value, float) for value in (view.total.refused_per_second, view.total.workers)
+    )
+
+
 def test_a_relay_broker_shows_what_each_direction_carried() -> None:
     def relay(at: float, frames: int, size: int) -> Scrape:
         samples: list[Sample] = [info("relay", "libzmq")]

@@ -306,7 +306,7 @@ class ServiceRow:
         """Requests ended per second, whatever their outcome."""
         if self.outcomes_per_second is None:
             return None
-        return sum(self.outcomes_per_second.values())
+        return sum(self.outcomes_per_second.values(), 0.0)
 
     @property
     def errors_per_second(self) -> float | None:
@@ -321,9 +321,12 @@ class ServiceRow:
         if self.outcomes_per_second is None:
             return None
         return sum(
-            rate
-            for outcome, rate in self.outcomes_per_second.items()
-            if outcome not in ("reply", "error")
+            (
+                rate
+                for outcome, rate in self.outcomes_per_second.items()
+                if outcome not in ("reply", "error")
+            ),
+            0.0,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -459,7 +462,7 @@ class _Rates:
 
     def total(self, name: str) -> float:
         """The rate of every series together."""
-        return sum(self.counter(name).values())
+        return sum(self.counter(name).values(), 0.0)
 
     def by(self, name: str, label: str) -> dict[str, float]:
         """The rates summed by one label's value."""
@@ -536,7 +539,7 @@ def _service_rows(
         def level(gauge: str) -> float | None:
             if gauge not in levels:
                 return None
-            return sum(levels[gauge][service] for service in services)
+            return sum((levels[gauge][service] for service in services), 0.0)
 
         return ServiceRow(
             service=name,
