@@ -303,8 +303,8 @@ def run_live(url: str, *, interval: float, timeout: float, console: Console) -> 
                 now = datetime.now().strftime("%H:%M:%S")
                 status, trouble = f"{now}, every {interval:g} s; Ctrl-C quits", False
             show(render(view, url=url, status=status, trouble=trouble))
-            due = max(due + interval, time.monotonic())
-            time.sleep(due - time.monotonic())
+            due = max(due + interval, time.monotonic())  # late: no catching up in a burst
+            time.sleep(max(0.0, due - time.monotonic()))
 
 
 @contextmanager
