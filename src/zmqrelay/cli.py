@@ -33,6 +33,7 @@ from zmqrelay._bench_peers import (
     serve_python_lb_lowlevel,
     serve_python_loop,
 )
+from zmqrelay._core.top import metrics_url
 from zmqrelay._demo import run_demo
 from zmqrelay.bench import BROKERS, BenchConfig, report, run_bench
 from zmqrelay.errors import KeyFileError, ZmqRelayError
@@ -457,6 +458,65 @@ def keys_generate(directory: Path, name: str) -> None:
         raise click.ClickException(f"{exc.filename or directory}: {exc.strerror}") from exc
     click.echo(public)
     click.echo(secret)
+
+
+@cli.command()
+@click.argument("url", envvar="ZMQRELAY_METRICS_URL")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.05, 3600),
+    default=2.0,
+    envvar="ZMQRELAY_TOP_INTERVAL",
+    help="Seconds between scrapes; the rates are averaged over it.",
+    show_envvar=True,
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.01, 600),
+    default=5.0,
+    help="Seconds to wait for the endpoint's answer.",
+)
+@click.option(
+    "--once", is_flag=True, help="Scrape twice, --interval apart, print the view and exit."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON document instead of the table (implies --once).",
+)
+def top(url: str, interval: float, timeout: float, once: bool, as_json: bool) -> None:
+    """Show a running broker's request rates, latencies, queues and workers, live.
+
+    URL is the broker's metrics endpoint (zmqrelay broker --metrics-address), as
+    http://HOST:PORT/metrics or HOST:PORT; it may come from ZMQRELAY_METRICS_URL. The view is
+    scraped again every --interval seconds until Ctrl-C. Needs the 'top' extra:
+    pip install 'zmqrelay[top]'.
+    """
+    try:
+        from zmqrelay import _top  # here: without 'zmqrelay top', the extra costs nothing
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in ("rich", "prometheus_client"):
+            raise
+        raise click.ClickException(
+            f"zmqrelay top needs the 'top' extra ({missing} is not installed): "
+            "pip install 'zmqrelay[top]'"
+        ) from None
+    try:
+        endpoint = metrics_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="URL") from None
+    console = _top.make_console()
+    try:
+        if once or as_json:
+            _top.run_once(
+                endpoint, interval=interval, timeout=timeout, as_json=as_json, console=console
+            )
+        else:
+            _top.run_live(endpoint, interval=interval, timeout=timeout, console=console)
+    except _top.ScrapeError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()
