@@ -419,3 +419,45 @@ async def test_a_registry_served_from_another_thread_reads_the_broker_between_it
 def _fetch(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as answer:
         return str(answer.read().decode())
+
+
+@pytest.mark.asyncio
+async def test_top_reads_a_real_broker(context: LeakCheckingContext) -> None:
+    """zmqrelay top's figures from two scrapes of a broker serving requests in between."""
+    from zmqrelay._core.top import TopView
+    from zmqrelay._top import render_text
+    from zmqrelay._top import scrape as top_scrape
+
+    async with (
+        lb_broker(context, metrics="127.0.0.1:0", queue_timeout=0) as broker,
+        AsyncWorker(
+            broker.endpoints.backend, shout, context=context, mode="load-balancing",
+            service="shout", concurrency=4, heartbeat_interval=0.1,
+        ),
+        AsyncClient(broker.endpoints.frontend, context=context) as client,
+    ):  # fmt: skip
+        url = broker.metrics_url
+        assert url is not None
+        before = await anyio.to_thread.run_sync(top_scrape, url)
+        for _ in range(50):
+            await client.request("shout", b"hi")
+        with pytest.raises(RemoteError):
+            await client.request("shout", b"boom")
+        with pytest.raises(NoWorkers):
+            await client.request("fax", b"x")
+        after = await anyio.to_thread.run_sync(top_scrape, url)
+    view = TopView.from_scrapes(before, after)
+    assert view.services is not None
+    rows = {row.service: row for row in view.services}
+    seconds = after.at - before.at
+    shout_row, fax = rows["shout"], rows["fax"]
+    assert shout_row.outcomes_per_second is not None
+    assert shout_row.outcomes_per_second["reply"] * seconds == pytest.approx(50)
+    assert shout_row.outcomes_per_second["error"] * seconds == pytest.approx(1)
+    assert fax.refused_per_second is not None
+    assert fax.refused_per_second * seconds == pytest.approx(1)
+    assert shout_row.workers == 1
+    assert shout_row.latency.p50 is not None
+    screen = render_text(before, after, url=url, width=130)
+    assert "load-balancing broker" in screen
+    assert any(line.startswith("shout ") for line in screen.splitlines())
