@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -518,3 +519,30 @@ def test_bench_measures_nats_with_its_own_python_peers() -> None:
     assert run["broker"] == "nats"
     assert run["requests"] > 0
     assert run["latency_p50_us"] > 0
+
+
+@pytest.mark.asyncio
+async def test_broker_serves_metrics_on_the_address_given() -> None:
+    async with _broker_process(
+        "--mode", "load-balancing", "--metrics-address", "127.0.0.1:0"
+    ) as broker:
+        # Logged before "serving:", once the endpoint is up.
+        url = re.findall(rb"metrics served on (http://\S+)", broker.log.text)[0].decode()
+        command = [*ZMQRELAY, "request", "--connect", broker.frontend, "-s", "nobody", "x"]
+        with anyio.fail_after(60):
+            result = await anyio.run_process(command, check=False)
+        assert b"NoWorkers" in result.stderr, result.stderr
+        scraped = await anyio.to_thread.run_sync(_fetch, url)
+        assert 'zmqrelay_requests_total{outcome="no_workers",service="nobody"} 1.0' in scraped
+        await _stop_broker(broker)
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return str(answer.read().decode())
+
+
+def test_a_bad_metrics_address_is_a_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["broker", "--metrics-address", "9464"])
+    assert result.exit_code == 2
+    assert "HOST:PORT" in result.output

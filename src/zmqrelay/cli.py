@@ -34,6 +34,7 @@ from zmqrelay._bench_peers import (
     serve_python_lb_lowlevel,
     serve_python_loop,
 )
+from zmqrelay._core.top import metrics_url
 from zmqrelay._demo import run_demo
 from zmqrelay._logs import LogFormat, formats_json
 from zmqrelay._logs import configure as configure_logging
@@ -268,6 +269,14 @@ def _configure_logging(settings: dict[str, str]) -> None:
     help="CURVE: seconds a peer has to complete its handshake.",
     show_envvar=True,
 )
+@click.option(
+    "--metrics-address",
+    metavar="HOST:PORT",
+    envvar="ZMQRELAY_METRICS_ADDRESS",
+    help="Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (needs "
+    "zmqrelay[metrics]; port 0: any free port, logged).",
+    show_envvar=True,
+)
 @_logging_options
 def broker(
     frontend: str,
@@ -287,6 +296,7 @@ def broker(
     worker_keys: Path | None,
     authorization: Path | None,
     handshake_timeout: float,
+    metrics_address: str | None,
 ) -> None:
     """Run a broker (relay or load-balancing, see --mode) until SIGINT or SIGTERM.
 
@@ -302,7 +312,7 @@ def broker(
         raise click.UsageError(
             "--authorization applies to services: it needs --mode load-balancing"
         )
-    with _one_line_errors():  # a key file or the policy cannot be read
+    with _one_line_errors(), _usage_errors():  # a key file, the policy, the metrics address
         instance = Broker(
             frontend=frontend,
             backend=backend,
@@ -321,6 +331,7 @@ def broker(
             worker_keys=worker_keys,
             authorization=authorization,
             handshake_timeout=handshake_timeout,
+            metrics=metrics_address,
         )
     _run(_serve_until_signalled, instance, curve_secret_key is not None)
 
@@ -523,6 +534,65 @@ def keys_generate(directory: Path, name: str) -> None:
 
 
 @cli.command()
+@click.argument("url", envvar="ZMQRELAY_METRICS_URL")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.05, 3600),
+    default=2.0,
+    envvar="ZMQRELAY_TOP_INTERVAL",
+    help="Seconds between scrapes; the rates are averaged over it.",
+    show_envvar=True,
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.01, 600),
+    default=5.0,
+    help="Seconds to wait for the endpoint's answer.",
+)
+@click.option(
+    "--once", is_flag=True, help="Scrape twice, --interval apart, print the view and exit."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON document instead of the table (implies --once).",
+)
+def top(url: str, interval: float, timeout: float, once: bool, as_json: bool) -> None:
+    """Show a running broker's request rates, latencies, queues and workers, live.
+
+    URL is the broker's metrics endpoint (zmqrelay broker --metrics-address), as
+    http://HOST:PORT/metrics or HOST:PORT; it may come from ZMQRELAY_METRICS_URL. The view is
+    scraped again every --interval seconds until Ctrl-C. Needs the 'top' extra:
+    pip install 'zmqrelay[top]'.
+    """
+    try:
+        from zmqrelay import _top  # here: without 'zmqrelay top', the extra costs nothing
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in ("rich", "prometheus_client"):
+            raise
+        raise click.ClickException(
+            f"zmqrelay top needs the 'top' extra ({missing} is not installed): "
+            "pip install 'zmqrelay[top]'"
+        ) from None
+    try:
+        endpoint = metrics_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="URL") from None
+    console = _top.make_console()
+    try:
+        if once or as_json:
+            _top.run_once(
+                endpoint, interval=interval, timeout=timeout, as_json=as_json, console=console
+            )
+        else:
+            _top.run_live(endpoint, interval=interval, timeout=timeout, console=console)
+    except _top.ScrapeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command()
 @click.option(
     "--broker",
     "brokers",
@@ -591,6 +661,12 @@ def keys_generate(directory: Path, name: str) -> None:
     help="Also run each broker with CURVE on every connection (throw-away keys; zmqrelay's "
     "brokers authenticate both sides, the others only encrypt), reported as BROKER+curve.",
 )
+@click.option(
+    "--metrics",
+    is_flag=True,
+    help="Also run each zmqrelay broker with Prometheus metrics on, scraped once a second, "
+    "reported as BROKER+metrics.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_logging_options
 def bench(
@@ -610,6 +686,7 @@ def bench(
     duration: float,
     pin: bool,
     curve: bool,
+    metrics: bool,
     as_json: bool,
 ) -> None:
     """Measure throughput, latency and CPU per request; every party is a process of its own."""
@@ -637,6 +714,16 @@ def bench(
         configs.append(replace(load, broker=compare))
     if curve:  # each with CURVE right after it without, so that they share the conditions
         configs = [twin for config in configs for twin in (config, replace(config, curve=True))]
+    if metrics:  # likewise, for the zmqrelay brokers
+        configs = [
+            twin
+            for config in configs
+            for twin in (
+                (config, replace(config, metrics=True))
+                if config.broker.startswith("zmqrelay") and config.broker_command is None
+                else (config,)
+            )
+        ]
     show = _progress_line if sys.stderr.isatty() and not as_json else lambda _: None
     results = [run_bench(config, progress=show) for config in configs]
     click.echo(report(results, as_json=as_json))
@@ -654,14 +741,27 @@ def bench(
 @click.option(
     "--requests", type=click.IntRange(1, 10**9), default=200_000, help="Requests to feed."
 )
-def bench_core(peers: Sequence[str], workers: int, window: int, requests: int) -> None:
+@click.option(
+    "--metrics", is_flag=True, help="Also run each with the counters metrics read, after it."
+)
+def bench_core(
+    peers: Sequence[str], workers: int, window: int, requests: int, metrics: bool
+) -> None:
     """Measure the load-balancing core alone: no sockets, no event loop, one process."""
-    click.echo(f"{'peers':<12}{'req/s':>12}{'µs/request':>12}")
+    click.echo(f"{'peers':<22}{'req/s':>12}{'µs/request':>12}")
     for kind in peers or ("guide", "zmqrelay", "majortomo"):
-        result = run_core_bench(
-            cast("Peers", kind), workers=workers, window=window, requests=requests
-        )
-        click.echo(f"{kind:<12}{result.requests_per_second:>12,.0f}{result.us_per_request:>12.2f}")
+        for measured in (False, True) if metrics else (False,):
+            result = run_core_bench(
+                cast("Peers", kind),
+                workers=workers,
+                window=window,
+                requests=requests,
+                metrics=measured,
+            )
+            name = f"{kind}+metrics" if measured else kind
+            click.echo(
+                f"{name:<22}{result.requests_per_second:>12,.0f}{result.us_per_request:>12.2f}"
+            )
 
 
 def _progress_line(text: str) -> None:
@@ -766,6 +866,15 @@ def _fail(error: BaseException, cause: BaseException) -> NoReturn:
         logger.error(message, extra={"error": type(error).__name__})
         raise click.exceptions.Exit(1) from cause
     raise click.ClickException(message) from cause
+
+
+@contextmanager
+def _usage_errors() -> Iterator[None]:
+    """Report an option's bad value, or a missing extra, as a usage error."""
+    try:
+        yield
+    except (ValueError, ImportError) as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 def main(argv: Sequence[str] | None = None) -> None:

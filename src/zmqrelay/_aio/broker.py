@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import anyio
 import anyio.abc
@@ -21,9 +23,15 @@ from zmqrelay._aio.service import Service, boundary_errors
 from zmqrelay._core import policy
 from zmqrelay._core.balancer import Balancer, BalancerStatistics
 from zmqrelay._core.endpoints import connectable
+from zmqrelay._core.metrics import Address
 from zmqrelay._core.policy import Policy
 from zmqrelay._core.relay import BrokerStatistics, ProxyTraffic, RelayCounters
 from zmqrelay.errors import ClosedError, PolicyError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from zmqrelay._aio.metrics import BrokerCollector
 
 Engine = Literal["libzmq", "python"]
 Mode = Literal["relay", "load-balancing"]
@@ -105,10 +113,17 @@ class Broker(Service):
         authorization: load-balancing: a policy file (TOML) saying which client keys may call
             which services and which worker keys may serve them.
         handshake_timeout: seconds a peer has to complete its CURVE handshake.
+        metrics: Prometheus metrics (needs ``zmqrelay[metrics]``; see
+            ``docs/observability.md``): ``"HOST:PORT"`` serves them over HTTP at
+            ``/metrics`` (port 0: any free port, see :attr:`metrics_url`), with the process's
+            own; a ``prometheus_client.CollectorRegistry`` gets the broker's metrics
+            registered into it while the broker runs, for an application that serves its
+            registry itself. ``None`` (the default): nothing is measured.
 
     Raises:
         KeyFileError: a key file or a key directory cannot be read.
         PolicyError: the policy file cannot be read.
+        ImportError: ``metrics`` without ``prometheus-client`` installed.
 
     Example::
 
@@ -146,6 +161,7 @@ class Broker(Service):
         worker_keys: str | Path | None = None,
         authorization: str | Path | None = None,
         handshake_timeout: float = 5.0,
+        metrics: str | CollectorRegistry | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -189,6 +205,26 @@ class Broker(Service):
         self._proxy: ProxyEngine | None = None
         self._drain: PythonRelay | None = None
         self._endpoints: Endpoints | None = None
+        self._metrics_address: Address | None = None
+        self._metrics_registry: CollectorRegistry | None = None
+        self._metrics_bound: Address | None = None
+        if metrics is not None:
+            self._measure(metrics)
+
+    def _measure(self, metrics: str | CollectorRegistry) -> None:
+        try:
+            from zmqrelay._aio import metrics as exposition  # noqa: F401 - fail now, not at run
+        except ImportError as exc:
+            raise ImportError(
+                f"Broker(metrics=...) needs prometheus-client: pip install 'zmqrelay[metrics]' "
+                f"({exc})"
+            ) from exc
+        if isinstance(metrics, str):
+            self._metrics_address = Address.parse(metrics)
+        else:
+            self._metrics_registry = metrics
+        if self._mode == "load-balancing":
+            self._balancer.measure()
 
     def __repr__(self) -> str:
         where = (
@@ -210,6 +246,30 @@ class Broker(Service):
         if self._endpoints is None:
             raise ClosedError(f"the broker is {self._state}: it has not bound its endpoints")
         return self._endpoints
+
+    @property
+    def mode(self) -> Mode:
+        """The routing mode: ``"relay"`` or ``"load-balancing"``."""
+        return self._mode
+
+    @property
+    def engine(self) -> Engine:
+        """What moves the frames in relay mode: ``"libzmq"`` or ``"python"``."""
+        return self._engine
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where the broker serves its metrics (``metrics="HOST:PORT"``), once it is ready.
+
+        A wildcard address is given as the loopback address, with the port really bound.
+        ``None`` when the broker serves no metrics, or not yet.
+        """
+        bound = self._metrics_bound
+        if bound is None:
+            return None
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(bound.host, bound.host)
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{bound.port}/metrics"
 
     def _read_policy(self) -> Policy | None:
         if self._authorization is None:
@@ -361,7 +421,11 @@ class Broker(Service):
             )
             if guard is not None:
                 logger.info("CURVE: %s", "; ".join(guard.describe()), extra=guard.key_counts())
-            with boundary_errors("broker"), curve.watching(guard, frontend, backend) as watch:
+            with (
+                boundary_errors("broker"),
+                curve.watching(guard, frontend, backend) as watch,
+                self._collected() as collector,
+            ):
                 async with anyio.create_task_group() as watchers:
                     for task in watch:
                         watchers.start_soon(task)
@@ -369,6 +433,14 @@ class Broker(Service):
                     watchers.start_soon(
                         droplog.report, self._drops, droplog.broker_detail(balancer, guard)
                     )
+                    if collector is not None and self._metrics_address is not None:
+                        from zmqrelay._aio import metrics as exposition
+
+                        self._metrics_bound = await watchers.start(
+                            exposition.serve,
+                            self._metrics_address,
+                            exposition.registry_for(collector),
+                        )
                     if self._mode == "load-balancing":
                         await self._serve_balanced(frontend, backend, task_status)
                     elif self._engine == "python":
@@ -387,6 +459,26 @@ class Broker(Service):
             if self._endpoints is not None:
                 stats = self.statistics()
                 logger.info("broker stopped: %s", stats, extra={"statistics": stats})
+
+    @contextmanager
+    def _collected(self) -> Iterator[BrokerCollector | None]:
+        """The broker's metrics collector, registered where asked while the broker runs."""
+        if self._metrics_address is None and self._metrics_registry is None:
+            yield None
+            return
+        from zmqrelay._aio import metrics as exposition
+
+        balancer = self._balancer if self._mode == "load-balancing" else None
+        collector = exposition.BrokerCollector(self, balancer)
+        registry = self._metrics_registry
+        if registry is not None:
+            registry.register(collector)
+        try:
+            yield collector
+        finally:
+            if registry is not None:
+                registry.unregister(collector)
+            self._metrics_bound = None
 
     async def _serve(
         self,

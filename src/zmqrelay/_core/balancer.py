@@ -28,6 +28,7 @@ from typing import Literal, NamedTuple
 
 from zmqrelay._core import dialects, frontend, mdp
 from zmqrelay._core.dispatch import ToClient, ToWorker
+from zmqrelay._core.metrics import RequestMetrics
 from zmqrelay._core.policy import Policy
 from zmqrelay._core.refusal import Refusal
 from zmqrelay._core.request import Request
@@ -329,6 +330,20 @@ class Balancer:
             forbidden_requests=self._forbidden_requests,
             forbidden_workers=self._forbidden_workers,
         )
+
+    @property
+    def metrics(self) -> RequestMetrics | None:
+        """Per-service counters (outcomes, durations, queue waits), if they are kept."""
+        return self.scheduler.metrics
+
+    def measure(self) -> RequestMetrics:
+        """Keep per-service counters from now on (for a metrics endpoint); returns them."""
+        if self.scheduler.metrics is None:
+            self.scheduler.metrics = RequestMetrics()
+            for name in self.scheduler.services:
+                if self.scheduler.services[name].workers:
+                    self.scheduler.metrics.offer(name)
+        return self.scheduler.metrics
 
     # -- rules -----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Literal
 from zmqrelay._core import frontend
 from zmqrelay._core.backlog import Backlog
 from zmqrelay._core.dialects import Dialect
+from zmqrelay._core.metrics import OUTCOME_INDEX, RequestMetrics, ServiceMetrics
 from zmqrelay._core.refusal import Refusal
 from zmqrelay._core.request import Request
 from zmqrelay._core.tag import Status
@@ -24,6 +25,8 @@ ToClient = tuple[list[bytes], Request | None]
 ToWorker = tuple[list[bytes], bytes | None]
 """A message for the backend ROUTER (its first frame names the worker), and the token of the
 request it dispatches, if it does."""
+
+_OUTCOME_OF = {reason: OUTCOME_INDEX[reason.name.lower()] for reason in Refusal}
 
 
 class Dispatcher:
@@ -54,6 +57,8 @@ class Dispatcher:
         self._refused = 0
         self._late = 0
         self._unknown = 0
+        self.metrics: RequestMetrics | None = None
+        """Per-service counters, when the broker exposes metrics."""
 
     def request(self, request: Request, now: float) -> None:
         """A client asks."""
@@ -128,6 +133,11 @@ class Dispatcher:
             service = self.services[name] = Service(name)
         return service
 
+    def _counted(self, service: Service) -> ServiceMetrics:
+        assert self.metrics is not None
+        counted = service.counted = self.metrics.of(service.name)
+        return counted
+
     def _retire_if_idle(self, service: Service) -> None:
         # A service that holds neither workers nor requests is dropped: requests naming ever
         # new services leave nothing behind once they end.
@@ -151,6 +161,9 @@ class Dispatcher:
         worker.last_sent = now
         self.in_flight[token] = request
         self.requests_forwarded += 1
+        if self.metrics is not None:
+            counted = service.counted or self._counted(service)
+            counted.queue_wait.observe(now - request.enqueued_at)
         self.to_workers.append((worker.dialect.request(worker_id, request, now), token))
 
     def _dispatch_queued(self, service: Service, now: float) -> None:
@@ -209,6 +222,9 @@ class Dispatcher:
         """End ``request`` at once with the refusal ``reason``."""
         self._refused += 1
         request.ended = True
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.of(request.service).outcomes[_OUTCOME_OF[reason]] += 1
         self.to_client(frontend.refusal(request, reason), None)
 
     def to_client(self, frames: list[bytes], stream: Request | None) -> None:

@@ -92,6 +92,7 @@ def read_request(
         None if timeout is None else now + timeout,
         allowed,
         now,
+        now,
     )
 
 

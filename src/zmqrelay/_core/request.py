@@ -31,6 +31,8 @@ class Request:
     """Times it may still be sent again if its worker dies."""
     enqueued_at: float
     """When it last joined a queue (the queue timeout counts from then)."""
+    arrived_at: float = 0.0
+    """When the broker read it."""
     redelivery: bool = False
     """Whether a worker held it before and died."""
     ended: bool = False

@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 from zmqrelay._core.dialects import Dialect
 from zmqrelay._core.dispatch import Dispatcher, ToWorker
+from zmqrelay._core.metrics import ERROR, REPLY, ServiceGauges
 from zmqrelay._core.refusal import Refusal
 from zmqrelay._core.request import Request
 from zmqrelay._core.tag import Status
@@ -105,6 +106,9 @@ class Scheduler(Dispatcher):
             worker = None
         if worker is None:
             service = self._service(service_name)
+            if self.metrics is not None:
+                self.metrics.offer(service_name)
+                service.counted = None  # it may have a label of its own now
             worker = Worker(worker_id, dialect, service, credits, now, now, dialect.patient)
             self.workers[worker_id] = worker
             service.workers[worker_id] = worker
@@ -214,6 +218,11 @@ class Scheduler(Dispatcher):
         else:
             self._delivered += 1
             request.ended = True
+            if self.metrics is not None:
+                service = worker.service
+                counted = service.counted or self._counted(service)
+                counted.outcomes[ERROR if status == Status.ERROR else REPLY] += 1
+                counted.duration.observe(now - request.arrived_at)
             self._deliver(request, status, body)
         if not worker.leaving:
             worker.credits += 1
@@ -278,6 +287,28 @@ class Scheduler(Dispatcher):
             services=len(self.services),
             mmi_requests=mmi_requests,
         )
+
+    def gauges(self) -> list[tuple[bytes, ServiceGauges]]:
+        """Each service's workers, free credits, queue and requests in flight, now."""
+        gauges = []
+        for name, service in self.services.items():
+            workers = service.workers.values()
+            gauges.append(
+                (
+                    name,
+                    ServiceGauges(
+                        workers=len(service.workers),
+                        credits_free=sum(worker.credits for worker in workers),
+                        queued=service.queued,
+                        in_flight=sum(
+                            not request.ended
+                            for worker in workers
+                            for request in worker.held.values()
+                        ),
+                    ),
+                )
+            )
+        return gauges
 
     # -- internals -------------------------------------------------------------------------
 
