@@ -312,7 +312,7 @@ def broker(
         raise click.UsageError(
             "--authorization applies to services: it needs --mode load-balancing"
         )
-    with _one_line_errors(), _usage_errors():  # a key file, the policy, the metrics address
+    with _usage_errors(), _one_line_errors():  # a key file, the policy; the metrics address
         instance = Broker(
             frontend=frontend,
             backend=backend,
