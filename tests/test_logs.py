@@ -23,9 +23,10 @@ import pytest
 import zmq
 from anyio.abc import ByteReceiveStream
 
+import zmqrelay
 from peers import eventually, raw_socket
 from test_security import POLICY, Keys
-from zmqrelay import AsyncClient, AsyncWorker, Broker, Forbidden, RequestTimeout
+from zmqrelay import AsyncClient, AsyncWorker, Broker, Forbidden, NoWorkers, RequestTimeout
 from zmqrelay._aio import droplog
 from zmqrelay._aio.broker import Engine, Mode
 from zmqrelay._core.throttle import Report, Throttle
@@ -400,3 +401,55 @@ def _refused(broker: Broker, at_least: int) -> bool:
     security = broker.statistics().security
     assert security is not None
     return security.clients_refused >= at_least
+
+
+@pytest.mark.asyncio
+async def test_refusals_are_logged_by_reason_a_line_per_interval(
+    context: LeakCheckingContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = Broker(
+        frontend="inproc://f", backend="inproc://b", context=context, mode="load-balancing",
+        drain_timeout=0, queue_timeout=0,
+    )  # fmt: skip
+    async with broker, AsyncClient("inproc://f", context=context, timeout=5) as client:
+        for _ in range(2_000):  # no worker offers the service
+            with pytest.raises(NoWorkers):
+                await client.request("fax", b"x")
+    logged = lines(caplog, "no_workers_refusals")
+    assert reported(caplog, "no_workers_refusals") == 2_000  # the last said as it stopped
+    assert 1 <= len(logged) <= 2 + (logged[-1].created - logged[0].created) / INTERVAL
+    assert "requests refused: no live worker offered their service" in logged[0].message
+    assert logged[0].levelno == logging.WARNING
+
+
+@pytest.mark.asyncio
+async def test_a_handler_that_always_raises_logs_a_line_per_interval_per_exception_type(
+    context: LeakCheckingContext,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from zmqrelay._aio import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "_MALFORMED_LOG_INTERVAL", INTERVAL)
+
+    async def fails(request: bytes) -> bytes:
+        raise (ValueError if request == b"v" else KeyError)(request)
+
+    async with Broker(frontend="inproc://f", backend="inproc://b", context=context):
+        worker = AsyncWorker("inproc://b", fails, context=context, concurrency=8)
+        async with worker, AsyncClient("inproc://f", context=context, timeout=5) as client:
+            # Replaced at construction: the shortened interval applies.
+            worker._error_log = Throttle(INTERVAL)
+            for n in range(1_000):
+                with pytest.raises(zmqrelay.RemoteError):
+                    await client.request(b"v" if n % 2 else b"k")
+    logged = lines(caplog, "handler_errors")
+    by_type: dict[str, int] = {}
+    for record in logged:
+        by_type[record.error_type] = by_type.get(record.error_type, 0) + record.count  # type: ignore[attr-defined]
+    assert by_type == {"ValueError": 500, "KeyError": 500}
+    first = logged[0]
+    assert first.exc_info is not None  # the first comes with its traceback
+    assert "then at most a line per" in first.getMessage()
+    spread = logged[-1].created - first.created
+    assert len(logged) <= 2 * (2 + spread / INTERVAL)

@@ -51,13 +51,21 @@ KINDS: dict[str, Kind] = {
     "congested_replies": Kind(_broker, WARNING, "replies dropped: their client's queue was full"),
     "forbidden_requests": Kind(_broker, WARNING, "requests refused by the policy (Forbidden)"),
     "forbidden_workers": Kind(_broker, WARNING, "worker messages refused by the policy"),
+    "busy_refusals": Kind(
+        _broker, WARNING, "requests refused as busy: queue full, or no worker free in time"
+    ),
+    "no_workers_refusals": Kind(
+        _broker, WARNING, "requests refused: no live worker offered their service in time"
+    ),
+    "deadline_refusals": Kind(_broker, INFO, "requests ended at their deadline"),
+    "worker_died_refusals": Kind(_broker, WARNING, "requests ended: their worker died"),
     "clients_refused": Kind(_security, WARNING, "client handshakes refused: key not allowed"),
     "workers_refused": Kind(_security, WARNING, "worker handshakes refused: key not allowed"),
     "handshakes_failed": Kind(
         _security, WARNING, "handshakes failed (plain text, garbage, wrong server key, silence)"
     ),
 }  # fmt: skip
-"""Every kind of drop the broker logs, by the name of its counter."""
+"""Every kind of drop and refusal the broker logs, by the name of its counter."""
 
 Detail = tuple[str, dict[str, object]]
 """Words on the last drop of a kind, and the same as fields."""

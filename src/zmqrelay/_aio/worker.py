@@ -24,13 +24,14 @@ from zmqrelay._aio import sockets
 from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.service import Service, curve_options
 from zmqrelay._core import lbwire, mdp, tag
-from zmqrelay._core.throttle import Throttle
+from zmqrelay._core.throttle import Report, Throttle
 from zmqrelay._core.worker import Answerable, Request, WorkerStatistics, decode_request
 from zmqrelay.errors import ClosedError, LocalProtocolError, NoWorkers, RemoteProtocolError
 
 logger = logging.getLogger("zmqrelay.worker")
 _MALFORMED_LOG_INTERVAL = 10.0
-"""Seconds between two warnings about malformed requests (a flood of them logs one)."""
+"""Seconds between two warnings about malformed requests (a flood of them logs one), and
+between two errors about handlers that raised the same exception type."""
 _MALFORMED = "malformed_requests"
 
 Mode = Literal["relay", "load-balancing"]
@@ -229,6 +230,9 @@ class AsyncWorker(Service):
         self._handler_errors = 0
         self._malformed_requests = 0
         self._malformed_log = Throttle(_MALFORMED_LOG_INTERVAL)
+        self._error_log = Throttle(_MALFORMED_LOG_INTERVAL)
+        """Handlers that raised, by exception type: a client that makes the handler raise
+        on every request fills no disk."""
         self._refused_requests = 0
         self._aborted = False
         self._run_scope: anyio.CancelScope | None = None
@@ -318,6 +322,7 @@ class AsyncWorker(Service):
                             await self._idle.wait()
                     task_group.cancel_scope.cancel()
             finally:
+                self._last_word()
                 while self._queue:  # taken from the socket, never started
                     self._refuse(pump, self._queue.popleft())
                     self._in_flight -= 1
@@ -603,8 +608,24 @@ class AsyncWorker(Service):
 
     def _handler_failed(self, request: Answerable, exc: BaseException) -> list[bytes]:
         self._handler_errors += 1
-        logger.error("handler raised while serving a request", exc_info=exc)
+        kind = type(exc).__qualname__
+        line = self._error_log.add(kind, asyncio.get_running_loop().time())
+        if line is not None:
+            # With the traceback of the last one, at most once per interval per type.
+            _log_handler_errors(line, exc)
         return request.error(type(exc).__name__, str(exc))
+
+    def _last_word(self) -> None:
+        """Log what the throttles still hold back, once, as the worker stops."""
+        now = asyncio.get_running_loop().time()
+        for line in self._error_log.flush(now):
+            _log_handler_errors(line, None)
+        for line in self._malformed_log.flush(now):
+            logger.warning(
+                "%d malformed request(s) since the last report",
+                line.occurrences,
+                extra={"kind": _MALFORMED, "count": line.occurrences, "seconds": line.since},
+            )
 
     def _goodbye(self, pump: sockets.Pump) -> None:
         """A stopping Majordomo worker says DISCONNECT once its last reply has gone.
@@ -680,3 +701,24 @@ class AsyncWorker(Service):
         if self._run_scope is not None:
             self._run_scope.cancel()
         await self._closed.wait()
+
+
+def _log_handler_errors(line: Report, exc: BaseException | None) -> None:
+    """Handlers raised ``line.kind``: the first at once, then a line per interval at most."""
+    if line.since is None:
+        message = "handler raised while serving a request (then at most a line per %g s for %s)"
+        args: tuple[object, ...] = (_MALFORMED_LOG_INTERVAL, line.kind)
+    else:
+        message = "handlers raised %s %d time(s) in %.1f s" + ("; the last:" if exc else "")
+        args = (line.kind, line.occurrences, line.since)
+    logger.error(
+        message,
+        *args,
+        exc_info=exc,
+        extra={
+            "kind": "handler_errors",
+            "error_type": line.kind,
+            "count": line.occurrences,
+            "seconds": line.since,
+        },
+    )

@@ -310,6 +310,10 @@ class Balancer:
             "congested_replies": scheduler.backlog.dropped,
             "forbidden_requests": self._forbidden_requests,
             "forbidden_workers": self._forbidden_workers,
+            "busy_refusals": scheduler.refusals[Refusal.BUSY],
+            "no_workers_refusals": scheduler.refusals[Refusal.NO_WORKERS],
+            "deadline_refusals": scheduler.refusals[Refusal.DEADLINE],
+            "worker_died_refusals": scheduler.refusals[Refusal.WORKER_DIED],
         }
 
     def statistics(self) -> BalancerStatistics:

@@ -57,6 +57,8 @@ class Dispatcher:
         self._refused = 0
         self._late = 0
         self._unknown = 0
+        self.refusals = dict.fromkeys(Refusal, 0)
+        """Requests refused so far, by reason."""
         self.metrics: RequestMetrics | None = None
         """Per-service counters, when the broker exposes metrics."""
 
@@ -221,6 +223,7 @@ class Dispatcher:
     def refuse(self, request: Request, reason: Refusal) -> None:
         """End ``request`` at once with the refusal ``reason``."""
         self._refused += 1
+        self.refusals[reason] += 1
         request.ended = True
         metrics = self.metrics
         if metrics is not None:
