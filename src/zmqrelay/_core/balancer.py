@@ -28,7 +28,7 @@ import logging
 from typing import Literal, NamedTuple
 
 from zmqrelay._core import dialects, frontend, mdp
-from zmqrelay._core.dispatch import ToClient, ToWorker
+from zmqrelay._core.dispatch import ToClient, ToWorker, Waited
 from zmqrelay._core.metrics import RequestMetrics
 from zmqrelay._core.policy import Policy
 from zmqrelay._core.refusal import Refusal
@@ -42,7 +42,7 @@ logger = logging.getLogger("zmqrelay.broker")
 Unreachable = Literal["full", "gone"]
 """Why a send failed: the peer's queue takes no more now, or no peer has that routing id."""
 
-__all__ = ["Balancer", "BalancerStatistics", "ToClient", "ToWorker", "Unreachable"]
+__all__ = ["Balancer", "BalancerStatistics", "ToClient", "ToWorker", "Unreachable", "Waited"]
 
 
 class BalancerStatistics(NamedTuple):
@@ -320,6 +320,15 @@ class Balancer:
                 if self.scheduler.services[name].workers:
                     self.scheduler.metrics.offer(name)
         return self.scheduler.metrics
+
+    def record_waits(self) -> list[Waited]:
+        """Record how long each request with a trace context waits, from now on.
+
+        For a tracing broker: returns the list the socket loop takes them from.
+        """
+        if self.scheduler.waits is None:
+            self.scheduler.waits = []
+        return self.scheduler.waits
 
     # -- rules -----------------------------------------------------------------------------
 
