@@ -21,8 +21,8 @@ Name = Callable[[str], str | None]
 """From a message's User-Id to the name of its sender's key, if that key is allowed now."""
 Names = tuple[Name, Name]
 """The clients' and the workers'."""
-Spans = Callable[[float], None]
-"""Turns the waits the balancer recorded into spans (a tracing broker), given the time."""
+Spans = Callable[[], None]
+"""Turns the waits the balancer recorded into spans (a tracing broker)."""
 
 
 async def serve(
@@ -66,7 +66,7 @@ async def serve(
                 _send(balancer, front, back, now)
                 wake = balancer.next_wakeup()
             if spans is not None:
-                spans(now)
+                spans()
             if not intake and not balancer.pending:
                 return
             if full:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Iterator
@@ -542,8 +543,8 @@ class Broker(Service):
         from zmqrelay._aio.tracing import BrokerTracing
 
         waits = self._balancer.record_waits()
-        emit = BrokerTracing(chosen_provider(self._tracing)).emit
-        return lambda now: emit(waits, now) if waits else None
+        emit = BrokerTracing(chosen_provider(self._tracing), asyncio.get_running_loop().time).emit
+        return lambda: emit(waits) if waits else None
 
     async def _serve_with_proxy(
         self,

@@ -14,12 +14,12 @@ raised or how the broker refused it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextvars import Token
 from importlib.metadata import PackageNotFoundError, version
 
 from opentelemetry import propagate, trace
-from opentelemetry.context import Context
+from opentelemetry.context import Context, attach, detach
 from opentelemetry.trace import Span, SpanKind, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
@@ -123,27 +123,29 @@ class WorkerTracing:
         if service:
             self._attributes["rpc.service"] = _service_label(service)
 
-    @contextmanager
-    def handling(self, context: bytes, redelivery: bool) -> Iterator[None]:
-        """The handler runs inside: its own spans are children of the request's."""
+    def start(self, context: bytes, redelivery: bool) -> tuple[Span, Token[Context]]:
+        """The span of a request that came with ``context``, made current.
+
+        The handler's own spans are its children. (Not a context manager, which costs more:
+        this runs for every request.)
+        """
         attributes = self._attributes
         if redelivery:
             attributes = {**attributes, "zmqrelay.redelivery": True}
-        with self._tracer.start_as_current_span(
-            self._name,
-            context=_parent(context),
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                yield
-            except BaseException:
-                # The worker stopped, and its client is told WorkerStopped.
-                span.set_attribute("error.type", "WorkerStopped")
-                span.set_status(StatusCode.ERROR, "the worker stopped")
-                raise
+        parent = _parent(context)
+        span = self._tracer.start_span(
+            self._name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+        )
+        return span, attach(trace.set_span_in_context(span, parent))
+
+    @staticmethod
+    def end(span: Span, token: Token[Context], stopped: bool) -> None:
+        """End the span :meth:`start` made (``stopped``: the worker stopped the handler)."""
+        detach(token)
+        if stopped:
+            span.set_attribute("error.type", "WorkerStopped")
+            span.set_status(StatusCode.ERROR, "the worker stopped")
+        span.end()
 
     @staticmethod
     def failed(exc: BaseException | None, type_name: str = "", message: str = "") -> None:
@@ -160,16 +162,19 @@ class BrokerTracing:
     """A load-balancing broker's spans: how long each traced request waited for a worker.
 
     The core records each wait (:class:`~zmqrelay._core.dispatch.Waited`, in the event loop's
-    clock); :meth:`emit` turns them into spans with those times, children of the client's span.
+    clock, ``clock``); :meth:`emit` turns them into spans with those times, children of the
+    client's span.
     """
 
-    def __init__(self, provider: TracerProvider | None) -> None:
+    def __init__(self, provider: TracerProvider | None, clock: Callable[[], float]) -> None:
         self._tracer = _tracer(provider)
+        self._clock = clock
 
-    def emit(self, waits: list[Waited], now: float) -> None:
-        """Turn ``waits`` into spans (and clear it); ``now`` is the event loop's time."""
-        # From the loop's clock to the wall clock's nanoseconds, anew each time (they drift).
-        offset = time.time_ns() - round(now * 1e9)
+    def emit(self, waits: list[Waited]) -> None:
+        """Turn ``waits`` into spans, and clear it."""
+        # From the core's times (the event loop's clock, ``clock``) to the wall clock's
+        # nanoseconds, read together each time: the two clocks drift apart.
+        offset = time.time_ns() - round(self._clock() * 1e9)
         tracer = self._tracer
         for waited in waits:
             parent = _parent(waited.context)

@@ -516,11 +516,17 @@ class AsyncWorker(Service):
     async def _serve(self, pump: sockets.Pump, request: Answerable) -> None:
         try:
             try:
-                if self._tracing is None:
+                tracing = self._tracing
+                if tracing is None:
                     reply = await self._answer(request)
                 else:
-                    with self._tracing.handling(request.context, request.redelivery):
+                    span, token = tracing.start(request.context, request.redelivery)
+                    stopped = True  # unless the handler's answer comes
+                    try:
                         reply = await self._answer(request)
+                        stopped = False
+                    finally:
+                        tracing.end(span, token, stopped)
             except anyio.get_cancelled_exc_class():
                 # The worker is stopping: tell the client now rather than let it time out.
                 self._refuse(pump, request)
