@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Literal
@@ -18,6 +19,8 @@ from typing import Literal
 import anyio
 import pytest
 import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -27,8 +30,11 @@ from opentelemetry.trace import SpanKind, StatusCode
 from peers import eventually, lb_broker, raw_socket, rep_worker, req_client
 from test_majordomo import BlockingContext, blocking_context, echo, majortomo_worker
 from zmqrelay import AsyncClient, AsyncWorker, Broker, NoWorkers, RemoteError
+from zmqrelay._aio.tracing import BrokerTracing, WorkerTracing
 from zmqrelay._core import lbwire, tag
 from zmqrelay._core import trace as context_frame
+from zmqrelay._core.dispatch import Waited
+from zmqrelay._core.refusal import Refusal
 from zmqrelay.testing import LeakCheckingContext, running
 
 pytestmark = pytest.mark.timeout(30)
@@ -579,3 +585,30 @@ def test_the_default_traces_once_the_application_set_a_provider() -> None:
     assert done.stdout.strip() == str(
         ["zmqrelay handle up", "zmqrelay queue up", "zmqrelay request up"]
     )
+
+
+# -- any context, however strange, is survived ----------------------------------------------
+
+fields = st.sampled_from(["traceparent", "tracestate", "baggage", "other"])
+values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=120)
+contexts = st.one_of(
+    st.dictionaries(fields, values, min_size=1).map(context_frame.encode).map(lambda f: f or b""),
+    st.binary(max_size=64).map(lambda tail: context_frame.PREFIX + tail),
+    st.just(b""),
+)
+
+
+DROPPING = TracerProvider(shutdown_on_exit=False)
+"""Spans made and dropped: what matters is that nothing raises."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(contexts, st.booleans())
+def test_no_context_breaks_a_worker_or_a_broker(frame: bytes, redelivery: bool) -> None:
+    provider = DROPPING
+    worker = WorkerTracing(provider, b"echo")
+    span, token = worker.start(frame, redelivery)
+    worker.end(span, token, False)
+    waits = [Waited(frame, b"echo", 1.0, 2.0, redelivery, Refusal.BUSY)]
+    BrokerTracing(provider, time.monotonic).emit(waits)
+    assert waits == []
