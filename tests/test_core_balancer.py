@@ -81,6 +81,27 @@ def test_a_worker_that_breaks_its_protocol_is_disconnected_and_the_rest_are_serv
     assert balancer.scheduler.statistics().workers == 1
 
 
+def test_drops_are_counted_by_kind_and_the_last_violation_is_kept_for_the_log() -> None:
+    balancer = Balancer()
+    balancer.from_worker([b"bad", *MAJORTOMO, b"\x01", b"echo"], 0.0)
+    balancer.from_worker([b"bad", *MAJORTOMO, b"\x01", b"echo"], 0.0)  # READY twice
+    balancer.from_client([b"C", b"no delimiter"], 0.0)
+    balancer.from_worker([b"G", *GUIDE_READY], 0.0)
+    balancer.from_worker([b"G", b"", bytes(8), b"", b"a reply for no request"], 0.0)
+    drops = balancer.drops()
+    assert {kind: count for kind, count in drops.items() if count} == {
+        "malformed_requests": 1,
+        "protocol_violations": 1,
+        "unknown_replies": 1,
+    }
+    assert balancer.last_violation is not None
+    assert balancer.last_violation[0] == b"bad"
+    assert "READY" in balancer.last_violation[1]
+    stats = balancer.statistics()
+    assert stats.malformed_requests == drops["malformed_requests"]
+    assert stats.malformed_replies == drops["protocol_violations"] + drops["unknown_replies"]
+
+
 def test_nothing_is_sent_to_a_worker_after_it_said_disconnect() -> None:
     balancer = Balancer(redeliveries=1)
     balancer.from_worker([b"W", *MAJORTOMO, b"\x01", b"echo"], 0.0)

@@ -80,7 +80,8 @@ def test_labels_read_as_text() -> None:
 
 
 def _assigned(balancer: Balancer) -> Assignment:
-    ((frames, _),) = balancer.to_workers
+    # The request, after any command (a ZRW2 worker's READY is answered with a heartbeat).
+    ((frames, _),) = [entry for entry in balancer.to_workers if entry[1] is not None]
     balancer.to_workers.clear()
     assignment = decode_from_broker(frames[1:])
     assert isinstance(assignment, Assignment)
@@ -143,3 +144,19 @@ def test_metrics_addresses(text: str, address: Address) -> None:
 def test_bad_metrics_addresses(text: str) -> None:
     with pytest.raises(ValueError, match="HOST:PORT"):
         Address.parse(text)
+
+
+def test_a_name_folded_while_only_asked_for_gets_its_label_once_a_worker_offers_it() -> None:
+    balancer = Balancer(queue_timeout=10.0)
+    balancer.scheduler.metrics = metrics = RequestMetrics(offered_limit=1, requested_limit=0)
+    asked = [b"c1", b"", b"MDPC01", b"late", b"x"]
+    balancer.from_client(asked, 0.0)  # waits; counted under (other) when it ends
+    balancer.from_worker([b"w1", *encode_ready(1, b"late")], 1.0)
+    first = _assigned(balancer)
+    balancer.from_worker([b"w1", *first.reply([b"one"])], 2.0)
+    balancer.from_client(asked, 3.0)
+    second = _assigned(balancer)
+    balancer.from_worker([b"w1", *second.reply([b"two"])], 4.0)
+    counted = dict(metrics)
+    assert counted["late"].outcomes[OUTCOMES.index("reply")] == 2
+    assert OTHER not in counted

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -206,3 +207,31 @@ def test_services_example_routes_streams_and_discovers() -> None:
         "resize: NoWorkers: the broker refused the request: no workers (service 'resize')",
         "done",
     ]
+
+
+def test_metrics_app_exposes_the_brokers_metrics_beside_its_own() -> None:
+    deadline = time.monotonic() + START_DEADLINE
+    with started("metrics.py", "--metrics-port", "0") as app:
+        url = app.wait_for(r"^metrics at (http://\S+)$", deadline).group(1)
+        wanted = [
+            'zmqrelay_requests_total{outcome="reply",service="shout"}',
+            'zmqrelay_requests_total{outcome="reply",service="resize"}',
+            'zmqrelay_requests_total{outcome="no_workers",service="fax"}',
+            'zmqrelay_workers{service="resize"} 1.0',
+            'app_jobs_total{result="done"}',
+        ]
+        deadline = time.monotonic() + RUN_DEADLINE
+        while True:  # until every outcome has happened at least once
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                text = answer.read().decode()
+            counted = {
+                line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line and not line.startswith("#")
+            }
+            if all(counted.get(key.rsplit(" ", 1)[0], 0) > 0 for key in wanted):
+                break
+            assert time.monotonic() < deadline, f"not all of {wanted} in:\n{text}"
+            time.sleep(0.2)
+        assert app.stop(signal.SIGINT) == 0
+        assert app.lines[-1] == "stopped"

@@ -6,13 +6,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 import pytest
 import zmq
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from peers import lb_broker, raw_socket
@@ -372,3 +373,91 @@ async def test_a_plain_peer_flood_of_garbage_is_counted_as_malformed(
                     await anyio.sleep(0.01)
         finally:
             garbage.close()
+
+
+@pytest.mark.asyncio
+async def test_a_registry_served_from_another_thread_reads_the_broker_between_its_steps(
+    context: LeakCheckingContext,
+) -> None:
+    """prometheus_client's own server scrapes in a thread of its own, under load."""
+    registry = CollectorRegistry()
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    try:
+        async with (
+            lb_broker(context, metrics=registry) as broker,
+            AsyncWorker(
+                broker.endpoints.backend, shout, context=context, mode="load-balancing",
+                concurrency=8, heartbeat_interval=0.1,
+            ),
+            AsyncClient(broker.endpoints.frontend, context=context) as client,
+        ):  # fmt: skip
+            done = anyio.Event()
+
+            async def load() -> None:
+                async with anyio.create_task_group() as tg:
+                    for n in range(2000):
+                        tg.start_soon(client.request, f"{n}".encode())
+                done.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(load)
+                scrapes = 0
+                while not done.is_set() or scrapes < 3:
+                    text = await anyio.to_thread.run_sync(_fetch, url)
+                    scrapes += 1
+                    assert "zmqrelay_requests_total" in text
+            samples = parse(await anyio.to_thread.run_sync(_fetch, url))
+        replies = value(samples, "zmqrelay_requests_total", service="(default)", outcome="reply")
+        assert replies == 2000
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return str(answer.read().decode())
+
+
+@pytest.mark.asyncio
+async def test_top_reads_a_real_broker(context: LeakCheckingContext) -> None:
+    """zmqrelay top's figures from two scrapes of a broker serving requests in between."""
+    from zmqrelay._core.top import TopView
+    from zmqrelay._top import render_text
+    from zmqrelay._top import scrape as top_scrape
+
+    async with (
+        lb_broker(context, metrics="127.0.0.1:0", queue_timeout=0) as broker,
+        AsyncWorker(
+            broker.endpoints.backend, shout, context=context, mode="load-balancing",
+            service="shout", concurrency=4, heartbeat_interval=0.1,
+        ),
+        AsyncClient(broker.endpoints.frontend, context=context) as client,
+    ):  # fmt: skip
+        url = broker.metrics_url
+        assert url is not None
+        before = await anyio.to_thread.run_sync(top_scrape, url)
+        for _ in range(50):
+            await client.request("shout", b"hi")
+        with pytest.raises(RemoteError):
+            await client.request("shout", b"boom")
+        with pytest.raises(NoWorkers):
+            await client.request("fax", b"x")
+        after = await anyio.to_thread.run_sync(top_scrape, url)
+    view = TopView.from_scrapes(before, after)
+    assert view.services is not None
+    rows = {row.service: row for row in view.services}
+    seconds = after.at - before.at
+    shout_row, fax = rows["shout"], rows["fax"]
+    assert shout_row.outcomes_per_second is not None
+    assert shout_row.outcomes_per_second["reply"] * seconds == pytest.approx(50)
+    assert shout_row.outcomes_per_second["error"] * seconds == pytest.approx(1)
+    assert fax.refused_per_second is not None
+    assert fax.refused_per_second * seconds == pytest.approx(1)
+    assert shout_row.workers == 1
+    assert shout_row.latency.p50 is not None
+    screen = render_text(before, after, url=url, width=130)
+    assert "load-balancing broker" in screen
+    assert any(line.startswith("shout ") for line in screen.splitlines())

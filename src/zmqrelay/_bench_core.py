@@ -72,13 +72,21 @@ def _request(peers: Peers, client: bytes, number: int) -> list[bytes]:
 
 
 def run_core_bench(
-    peers: Peers = "guide", *, workers: int = 64, window: int = 256, requests: int = 100_000
+    peers: Peers = "guide",
+    *,
+    workers: int = 64,
+    window: int = 256,
+    requests: int = 100_000,
+    metrics: bool = False,
 ) -> CoreResult:
     """Feed ``requests`` requests through a balancer, ``window`` in flight at a time.
 
-    Workers take one request at a time, except zmqrelay's, which take ``window`` each.
+    Workers take one request at a time, except zmqrelay's, which take ``window`` each. With
+    ``metrics``, the balancer keeps the per-service counters a metrics endpoint reads.
     """
     balancer = Balancer(first_token=1)
+    if metrics:
+        balancer.measure()
     answer = _worker_answer(peers)
     now = 0.0
     credits = window if peers == "zmqrelay" else 1

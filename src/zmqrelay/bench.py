@@ -26,7 +26,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -37,6 +39,7 @@ __all__ = ["BROKERS", "BenchConfig", "BenchResult", "report", "run_bench"]
 
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 _READY = re.compile(r"serving: clients connect to (\S+), workers to (\S+)")
+_METRICS = re.compile(r"metrics served on (\S+)")
 _START_DEADLINE = 20.0
 
 BROKERS = (
@@ -94,6 +97,8 @@ class BenchConfig:
     curve: bool = False
     """Every connection uses CURVE (throw-away keys; zmqrelay's broker authenticates both
     sides; the plain Python and libzmq brokers encrypt, with no ZAP handler to ask)."""
+    metrics: bool = False
+    """zmqrelay's brokers serve Prometheus metrics, scraped once a second while measured."""
 
 
 @dataclass(frozen=True)
@@ -231,6 +236,7 @@ def _start_broker(
             "--drain-timeout", "0",
             "--frontend", "tcp://127.0.0.1:0", "--backend", "tcp://127.0.0.1:0",
             *_curve_flags(config),
+            *(["--metrics-address", "127.0.0.1:0"] if config.metrics else []),
         )  # fmt: skip
     elif config.broker in (
         "proxy", "python-loop", "python-lb", "python-lb-lowlevel", "majortomo", "nats"
@@ -248,12 +254,34 @@ def _start_broker(
     started.append(broker)
     assert broker.stderr is not None
     for line in broker.stderr:
+        served = _METRICS.search(line)
+        if served:
+            _scrape_every_second(served[1], started)
         match = _READY.search(line)
         if match:
             return broker.pid, match[1], match[2]
         if time.monotonic() > deadline:
             break
     raise RuntimeError(f"the {config.broker} broker did not report its endpoints")
+
+
+def _scrape_every_second(url: str, started: list[subprocess.Popen[str]]) -> None:
+    """Scrape ``url`` once a second until the broker (the last process started) ends.
+
+    As Prometheus would, only more often than it usually does.
+    """
+    broker = started[-1]
+
+    def scrape() -> None:
+        while broker.poll() is None:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as answer:
+                    answer.read()
+            except OSError:
+                pass  # it is stopping
+            time.sleep(1)
+
+    threading.Thread(target=scrape, name="zmqrelay-bench-scrape", daemon=True).start()
 
 
 def _pinned(config: BenchConfig, *, broker: bool) -> Callable[[], None] | None:
@@ -278,6 +306,10 @@ def run_bench(
     label = config.broker if config.broker_command is None else config.broker or "external"
     if config.curve:
         label += "+curve"
+    if config.metrics:
+        if not config.broker.startswith("zmqrelay"):
+            raise ValueError(f"the {config.broker} broker serves no metrics")
+        label += "+metrics"
     if config.broker == "nats":  # NATS talks only to its own peers: nats-py's, in Python
         config = replace(config, worker_kind="nats", client_kind="nats")
     size = max(config.size, 8)

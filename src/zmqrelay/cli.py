@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar, TypeVarTuple, cast
+from typing import NoReturn, TypeVar, TypeVarTuple, cast
 
 import anyio
 import click
+from click.core import ParameterSource
 
 from zmqrelay import __version__
 from zmqrelay._aio.broker import Broker, Engine, Mode
@@ -33,7 +34,10 @@ from zmqrelay._bench_peers import (
     serve_python_lb_lowlevel,
     serve_python_loop,
 )
+from zmqrelay._core.top import metrics_url
 from zmqrelay._demo import run_demo
+from zmqrelay._logs import LogFormat, formats_json
+from zmqrelay._logs import configure as configure_logging
 from zmqrelay.bench import BROKERS, BenchConfig, report, run_bench
 from zmqrelay.errors import KeyFileError, ZmqRelayError
 
@@ -41,6 +45,54 @@ logger = logging.getLogger("zmqrelay.cli")
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+
+_LOGGING = "zmqrelay.logging"
+"""Where the root context keeps the logging options, for a command's own to change."""
+
+FC = TypeVar("FC", bound=Callable[..., object])
+
+
+def _logging_options(command: FC) -> FC:
+    """``--log-level`` and ``--log-format`` after a long-running command's name too.
+
+    Given there, they win over the same before it (``zmqrelay --log-format json broker``) and
+    over the environment, which the group reads.
+    """
+    for option in (
+        click.option(
+            "--log-format",
+            type=click.Choice(["text", "json"]),
+            default=None,
+            envvar="ZMQRELAY_LOG_FORMAT",
+            help="How to log to standard error: lines of text, or a JSON object per line "
+            "[default: text].",
+            show_envvar=True,
+            expose_value=False,
+            callback=_relog,
+        ),
+        click.option(
+            "--log-level",
+            type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+            default=None,
+            envvar="ZMQRELAY_LOG_LEVEL",
+            help="How much to log to standard error [default: INFO for broker, else WARNING].",
+            show_envvar=True,
+            expose_value=False,
+            callback=_relog,
+        ),
+    ):
+        command = option(command)
+    return command
+
+
+def _relog(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """A command's own logging option, given on the command line: log as it says."""
+    if value is None or ctx.get_parameter_source(param.name or "") != ParameterSource.COMMANDLINE:
+        return  # the group applied the environment already
+    settings = ctx.find_root().meta[_LOGGING]
+    settings[param.name] = value
+    _configure_logging(settings)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -53,14 +105,29 @@ Ts = TypeVarTuple("Ts")
     help="How much to log to standard error [default: INFO for broker, else WARNING].",
     show_envvar=True,
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    envvar="ZMQRELAY_LOG_FORMAT",
+    help="How to log to standard error: lines of text, or a JSON object per line.",
+    show_envvar=True,
+)
 @click.pass_context
-def cli(ctx: click.Context, log_level: str | None) -> None:
-    """zmqrelay: an embeddable ZeroMQ request-reply broker."""
+def cli(ctx: click.Context, log_level: str | None, log_format: LogFormat) -> None:
+    """zmqrelay: an embeddable ZeroMQ request-reply broker.
+
+    The logging options may also follow a long-running command's name (``zmqrelay broker
+    --log-format json``).
+    """
     default = "INFO" if ctx.invoked_subcommand == "broker" else "WARNING"
-    logging.basicConfig(
-        level=(log_level or default).upper(),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    settings = {"log_level": log_level or default, "log_format": log_format}
+    ctx.meta[_LOGGING] = settings
+    _configure_logging(settings)
+
+
+def _configure_logging(settings: dict[str, str]) -> None:
+    configure_logging(settings["log_level"], cast("LogFormat", settings["log_format"]))
 
 
 @cli.command()
@@ -210,6 +277,7 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     "zmqrelay[metrics]; port 0: any free port, logged).",
     show_envvar=True,
 )
+@_logging_options
 def broker(
     frontend: str,
     backend: str,
@@ -244,7 +312,7 @@ def broker(
         raise click.UsageError(
             "--authorization applies to services: it needs --mode load-balancing"
         )
-    with _one_line_errors(), _usage_errors():  # a key file, the policy, the metrics address
+    with _usage_errors(), _one_line_errors():  # a key file, the policy; the metrics address
         instance = Broker(
             frontend=frontend,
             backend=backend,
@@ -276,6 +344,7 @@ async def _serve_until_signalled(instance: Broker, curve: bool) -> None:
                 "serving: clients connect to %s, workers to %s",
                 endpoints.frontend,
                 endpoints.backend,
+                extra={"frontend": endpoints.frontend, "backend": endpoints.backend},
             )
             stopping = False
             async for signum in signals:
@@ -284,10 +353,12 @@ async def _serve_until_signalled(instance: Broker, curve: bool) -> None:
                     _reload_keys(instance, curve)
                     continue
                 if stopping:
-                    logger.info("%s again: stopping now", name)
+                    logger.info("%s again: stopping now", name, extra={"signal": name})
                     tg.cancel_scope.cancel()
                     break
-                logger.info("%s: finishing requests in flight, then stopping", name)
+                logger.info(
+                    "%s: finishing requests in flight, then stopping", name, extra={"signal": name}
+                )
                 stopping = True
                 tg.start_soon(_close_then_stop, instance, tg.cancel_scope)
 
@@ -310,6 +381,7 @@ def _reload_keys(instance: Broker, curve: bool) -> None:
             "SIGHUP: %s: %s; still serving with the keys and the policy as they were",
             type(exc).__name__,
             exc,
+            extra={"error": type(exc).__name__},
         )
 
 
@@ -327,6 +399,7 @@ def _reload_keys(instance: Broker, curve: bool) -> None:
 @click.option(
     "--requests", type=click.IntRange(1, 10_000), default=10, help="Requests per client."
 )
+@_logging_options
 def demo(transport: str, clients: int, workers: int, requests: int) -> None:
     """Run the guide's scenario in one process: 2 clients, 3 workers, 10 requests each."""
     result = anyio.run(
@@ -384,6 +457,7 @@ def demo(transport: str, clients: int, workers: int, requests: int) -> None:
     show_envvar=True,
 )
 @click.argument("frames", nargs=-1, required=True)
+@_logging_options
 def request(
     connect: str,
     timeout: float,
@@ -457,6 +531,65 @@ def keys_generate(directory: Path, name: str) -> None:
         raise click.ClickException(f"{exc.filename or directory}: {exc.strerror}") from exc
     click.echo(public)
     click.echo(secret)
+
+
+@cli.command()
+@click.argument("url", envvar="ZMQRELAY_METRICS_URL")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.05, 3600),
+    default=2.0,
+    envvar="ZMQRELAY_TOP_INTERVAL",
+    help="Seconds between scrapes; the rates are averaged over it.",
+    show_envvar=True,
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.01, 600),
+    default=5.0,
+    help="Seconds to wait for the endpoint's answer.",
+)
+@click.option(
+    "--once", is_flag=True, help="Scrape twice, --interval apart, print the view and exit."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON document instead of the table (implies --once).",
+)
+def top(url: str, interval: float, timeout: float, once: bool, as_json: bool) -> None:
+    """Show a running broker's request rates, latencies, queues and workers, live.
+
+    URL is the broker's metrics endpoint (zmqrelay broker --metrics-address), as
+    http://HOST:PORT/metrics or HOST:PORT; it may come from ZMQRELAY_METRICS_URL. The view is
+    scraped again every --interval seconds until Ctrl-C. Needs the 'top' extra:
+    pip install 'zmqrelay[top]'.
+    """
+    try:
+        from zmqrelay import _top  # here: without 'zmqrelay top', the extra costs nothing
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in ("rich", "prometheus_client"):
+            raise
+        raise click.ClickException(
+            f"zmqrelay top needs the 'top' extra ({missing} is not installed): "
+            "pip install 'zmqrelay[top]'"
+        ) from None
+    try:
+        endpoint = metrics_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="URL") from None
+    console = _top.make_console()
+    try:
+        if once or as_json:
+            _top.run_once(
+                endpoint, interval=interval, timeout=timeout, as_json=as_json, console=console
+            )
+        else:
+            _top.run_live(endpoint, interval=interval, timeout=timeout, console=console)
+    except _top.ScrapeError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()
@@ -534,7 +667,14 @@ def keys_generate(directory: Path, name: str) -> None:
     help="Also run each broker with CURVE on every connection (throw-away keys; zmqrelay's "
     "brokers authenticate both sides, the others only encrypt), reported as BROKER+curve.",
 )
+@click.option(
+    "--metrics",
+    is_flag=True,
+    help="Also run each zmqrelay broker with Prometheus metrics on, scraped once a second, "
+    "reported as BROKER+metrics.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_logging_options
 def bench(
     brokers: Sequence[str],
     broker_command: str | None,
@@ -553,6 +693,7 @@ def bench(
     pin: bool,
     tracing: bool,
     curve: bool,
+    metrics: bool,
     as_json: bool,
 ) -> None:
     """Measure throughput, latency and CPU per request; every party is a process of its own."""
@@ -580,6 +721,16 @@ def bench(
         configs.append(replace(load, broker=compare))
     if curve:  # each with CURVE right after it without, so that they share the conditions
         configs = [twin for config in configs for twin in (config, replace(config, curve=True))]
+    if metrics:  # likewise, for the zmqrelay brokers
+        configs = [
+            twin
+            for config in configs
+            for twin in (
+                (config, replace(config, metrics=True))
+                if config.broker.startswith("zmqrelay") and config.broker_command is None
+                else (config,)
+            )
+        ]
     if tracing:  # each traced right after it is not, as with CURVE
         configs = [twin for config in configs for twin in (config, replace(config, tracing=True))]
     show = _progress_line if sys.stderr.isatty() and not as_json else lambda _: None
@@ -599,14 +750,27 @@ def bench(
 @click.option(
     "--requests", type=click.IntRange(1, 10**9), default=200_000, help="Requests to feed."
 )
-def bench_core(peers: Sequence[str], workers: int, window: int, requests: int) -> None:
+@click.option(
+    "--metrics", is_flag=True, help="Also run each with the counters metrics read, after it."
+)
+def bench_core(
+    peers: Sequence[str], workers: int, window: int, requests: int, metrics: bool
+) -> None:
     """Measure the load-balancing core alone: no sockets, no event loop, one process."""
-    click.echo(f"{'peers':<12}{'req/s':>12}{'µs/request':>12}")
+    click.echo(f"{'peers':<22}{'req/s':>12}{'µs/request':>12}")
     for kind in peers or ("guide", "zmqrelay", "majortomo"):
-        result = run_core_bench(
-            cast("Peers", kind), workers=workers, window=window, requests=requests
-        )
-        click.echo(f"{kind:<12}{result.requests_per_second:>12,.0f}{result.us_per_request:>12.2f}")
+        for measured in (False, True) if metrics else (False,):
+            result = run_core_bench(
+                cast("Peers", kind),
+                workers=workers,
+                window=window,
+                requests=requests,
+                metrics=measured,
+            )
+            name = f"{kind}+metrics" if measured else kind
+            click.echo(
+                f"{name:<22}{result.requests_per_second:>12,.0f}{result.us_per_request:>12.2f}"
+            )
 
 
 def _progress_line(text: str) -> None:
@@ -693,7 +857,7 @@ def _one_line_errors() -> Iterator[None]:
     try:
         yield
     except ZmqRelayError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        _fail(exc, exc)
     except BaseExceptionGroup as group:
         ours, rest = group.split(ZmqRelayError)
         if ours is None or rest is not None:
@@ -701,7 +865,16 @@ def _one_line_errors() -> Iterator[None]:
         first = ours.exceptions[0]
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
-        raise click.ClickException(f"{type(first).__name__}: {first}") from group
+        _fail(first, group)
+
+
+def _fail(error: BaseException, cause: BaseException) -> NoReturn:
+    """Exit with status 1 after saying why on one line: a log record when logging JSON."""
+    message = f"{type(error).__name__}: {error}"
+    if formats_json():
+        logger.error(message, extra={"error": type(error).__name__})
+        raise click.exceptions.Exit(1) from cause
+    raise click.ClickException(message) from cause
 
 
 @contextmanager

@@ -16,7 +16,7 @@ import anyio.abc
 import zmq
 import zmq.asyncio
 
-from zmqrelay._aio import balancing, curve, sockets
+from zmqrelay._aio import balancing, curve, droplog, sockets
 from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.proxy import ProxyEngine
 from zmqrelay._aio.relay import PythonRelay
@@ -315,7 +315,8 @@ class Broker(Service):
         new_policy = self._read_policy()  # both read before either changes
         self._guard.reload()
         self._balancer.policy = new_policy
-        logger.info("keys reloaded: %s", "; ".join(self._guard.describe()))
+        guard = self._guard
+        logger.info("keys reloaded: %s", "; ".join(guard.describe()), extra=guard.key_counts())
 
     def statistics(self) -> BrokerStatistics | BalancerStatistics:
         """A snapshot of the broker's counters, of a type that depends on the mode.
@@ -343,6 +344,16 @@ class Broker(Service):
                 undelivered_requests=stats.undelivered_requests + self._proxy.undelivered
             )
         return stats
+
+    def _drops(self) -> dict[str, int]:
+        """What was dropped or refused so far, by kind (cheaper than :meth:`statistics`)."""
+        if self._mode == "load-balancing":
+            drops = self._balancer.drops()
+        else:  # the libzmq engine counts nothing of its own; what its drain drops, it counts
+            drops = self._counters.drops()
+        if self._guard is not None:
+            drops.update(self._guard.drops())
+        return drops
 
     async def wait_ready(self) -> Endpoints:  # type: ignore[override]
         """Wait until the broker has bound both sockets and forwards messages.
@@ -419,9 +430,15 @@ class Broker(Service):
                 f"relay, {self._engine} engine" if self._mode == "relay" else self._mode,
                 self._endpoints.frontend,
                 self._endpoints.backend,
+                extra={
+                    "mode": self._mode,
+                    "engine": self._engine if self._mode == "relay" else None,
+                    "frontend": self._endpoints.frontend,
+                    "backend": self._endpoints.backend,
+                },
             )
             if guard is not None:
-                logger.info("CURVE: %s", "; ".join(guard.describe()))
+                logger.info("CURVE: %s", "; ".join(guard.describe()), extra=guard.key_counts())
             with (
                 boundary_errors("broker"),
                 curve.watching(guard, frontend, backend) as watch,
@@ -430,6 +447,10 @@ class Broker(Service):
                 async with anyio.create_task_group() as watchers:
                     for task in watch:
                         watchers.start_soon(task)
+                    balancer = self._balancer if self._mode == "load-balancing" else None
+                    watchers.start_soon(
+                        droplog.report, self._drops, droplog.broker_detail(balancer, guard)
+                    )
                     if collector is not None and self._metrics_address is not None:
                         from zmqrelay._aio import metrics as exposition
 
@@ -454,7 +475,8 @@ class Broker(Service):
                 curve.detach(context, guard)
             self._finish()
             if self._endpoints is not None:
-                logger.info("broker stopped: %s", self.statistics())
+                stats = self.statistics()
+                logger.info("broker stopped: %s", stats, extra={"statistics": stats})
 
     @contextmanager
     def _collected(self) -> Iterator[BrokerCollector | None]:

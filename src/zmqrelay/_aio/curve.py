@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import os
 import threading
 import time
@@ -33,14 +32,10 @@ from zmq.utils import z85
 
 from zmqrelay._aio import sockets
 from zmqrelay._core.security import SecurityStatistics
+from zmqrelay._core.throttle import Throttle
 from zmqrelay.errors import KeyFileError
 
-logger = logging.getLogger("zmqrelay.security")
-
 Side = Literal["clients", "workers"]
-
-_LOG_INTERVAL = 10.0
-"""Seconds between two warnings about refused peers (a flood of them logs one)."""
 
 
 def _checked(key: bytes, where: str) -> bytes:
@@ -210,8 +205,8 @@ class Guard:
         self._sides = {domain: side for side, domain in self.domains.items()}
         self._lock = threading.Lock()  # the ZAP handler counts in its thread
         self._refused: dict[Side, int] = {"clients": 0, "workers": 0}
-        self._unlogged = 0
-        self._logged_at = -math.inf
+        self.last_refused: dict[Side, bytes] = {}
+        """The last key refused on each side (for the log)."""
         self.handshakes_failed = 0
 
     def _load(self) -> dict[Side, Keyring | None]:
@@ -236,6 +231,13 @@ class Guard:
                 yield f"{side}: any CURVE key (encrypted, not authenticated)"
             else:
                 yield f"{side}: {len(keyring)} keys from {keyring.source}"
+
+    def key_counts(self) -> dict[str, int | None]:
+        """The keys each side allows, for the log's fields (``None``: any key)."""
+        return {
+            f"{side[:-1]}_keys": None if keyring is None else len(keyring)
+            for side, keyring in self.keyrings.items()
+        }
 
     def server_options(self, side: Side) -> list[tuple[int, int | bytes]]:
         """The socket options of the broker's socket for ``side``."""
@@ -266,20 +268,14 @@ class Guard:
         keyring = self.keyrings[side]
         if keyring is None or keyring.name_of(key) is not None:
             return True
-        with self._lock:
+        with self._lock:  # logged by the broker, throttled (see zmqrelay._aio.droplog)
             self._refused[side] += 1
-            self._unlogged += 1
-            now = time.monotonic()
-            if now - self._logged_at >= _LOG_INTERVAL:
-                logger.warning(
-                    "refused %d peer(s) with keys not allowed since the last report; the last: "
-                    "%s key %s",
-                    self._unlogged,
-                    "a client" if side == "clients" else "a worker",
-                    key.decode("ascii", "replace"),
-                )
-                self._logged_at, self._unlogged = now, 0
+            self.last_refused[side] = key
         return False
+
+    def drops(self) -> dict[str, int]:
+        """What was refused so far, by kind: the counters a throttled log reads."""
+        return self.statistics()._asdict()
 
     def statistics(self) -> SecurityStatistics:
         """What was refused so far."""
@@ -291,11 +287,43 @@ class Guard:
             )
 
 
+_ZAP_LOG_INTERVAL = 10.0
+"""Seconds between two lines of one kind from pyzmq's ZAP handler."""
+
+
+class _Throttled(logging.Filter):
+    """Lets each kind of line (its format) through at most once per interval, with a count.
+
+    pyzmq's ZAP handler logs every handshake (at DEBUG): peers must not be able to flood the
+    log through it.
+    """
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self._throttle = Throttle(interval)
+        self._lock = threading.Lock()  # the ZAP handler logs in its thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether the line goes out; when it does, it says how many like it did not."""
+        with self._lock:
+            line = self._throttle.add(str(record.msg), time.monotonic())
+        if line is None:
+            return False
+        if line.occurrences > 1:
+            record.msg = f"{record.msg} (and {line.occurrences - 1} more like it since the last)"
+            record.__dict__["count"] = line.occurrences
+        return True
+
+
+_zap_log = logging.getLogger("zmqrelay.zap")
+_zap_log.addFilter(_Throttled(_ZAP_LOG_INTERVAL))
+
+
 class _Shared:
     """A context's ZAP handler and the guards that use it."""
 
     def __init__(self, context: zmq.asyncio.Context) -> None:
-        self.authenticator = ThreadAuthenticator(context, log=logging.getLogger("zmqrelay.zap"))
+        self.authenticator = ThreadAuthenticator(context, log=_zap_log)
         self.authenticator.start()
         self.users = 0
 

@@ -150,8 +150,11 @@ class ProxyEngine:
                     )
                 continue
             if self._blocked_since is not None:
+                blocked = now - self._blocked_since
                 logger.warning(
-                    "the proxy forwards again, after %.1f s blocked", now - self._blocked_since
+                    "the proxy forwards again, after %.1f s blocked",
+                    blocked,
+                    extra={"seconds": blocked},
                 )
                 self._blocked_since = None
             steering.send(_STATISTICS)
@@ -186,7 +189,11 @@ class ProxyEngine:
             self._swallow_ready(sockets.shadow(release))
         finally:
             sockets.close(release, 0)
-        logger.warning("the proxy stopped; %d requests were not delivered", self.undelivered)
+        logger.warning(
+            "the proxy stopped; %d requests were not delivered",
+            self.undelivered,
+            extra={"undelivered_requests": self.undelivered},
+        )
 
     async def _swallow(self, release: sockets.AsyncSocket) -> None:
         while True:

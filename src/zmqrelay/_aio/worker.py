@@ -30,6 +30,7 @@ from zmqrelay._aio.service import (
     tracing_wanted,
 )
 from zmqrelay._core import lbwire, mdp, tag
+from zmqrelay._core.throttle import Throttle
 from zmqrelay._core.worker import Answerable, Request, WorkerStatistics, decode_request
 from zmqrelay.errors import ClosedError, LocalProtocolError, NoWorkers, RemoteProtocolError
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("zmqrelay.worker")
 _MALFORMED_LOG_INTERVAL = 10.0
 """Seconds between two warnings about malformed requests (a flood of them logs one)."""
+_MALFORMED = "malformed_requests"
 
 Mode = Literal["relay", "load-balancing"]
 Protocol = Literal["zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
@@ -259,8 +261,7 @@ class AsyncWorker(Service):
         self._replies_sent = 0
         self._handler_errors = 0
         self._malformed_requests = 0
-        self._malformed_unlogged = 0
-        self._malformed_logged_at = -math.inf
+        self._malformed_log = Throttle(_MALFORMED_LOG_INTERVAL)
         self._refused_requests = 0
         self._aborted = False
         self._run_scope: anyio.CancelScope | None = None
@@ -649,15 +650,19 @@ class AsyncWorker(Service):
     def _malformed(self, what: str) -> None:
         """Count a malformed request; log one warning in a while, saying how many came."""
         self._malformed_requests += 1
-        self._malformed_unlogged += 1
-        now = asyncio.get_running_loop().time()
-        if now - self._malformed_logged_at >= _MALFORMED_LOG_INTERVAL:
+        line = self._malformed_log.add(_MALFORMED, asyncio.get_running_loop().time())
+        if line is not None:
             logger.warning(
                 "%d malformed request(s) since the last report; the last: %s",
-                self._malformed_unlogged,
+                line.occurrences,
                 what,
+                extra={
+                    "kind": _MALFORMED,
+                    "count": line.occurrences,
+                    "total": self._malformed_requests,
+                    "seconds": line.since,
+                },
             )
-            self._malformed_logged_at, self._malformed_unlogged = now, 0
 
     def _handler_failed(self, request: Answerable, exc: BaseException) -> list[bytes]:
         self._handler_errors += 1

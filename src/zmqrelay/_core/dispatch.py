@@ -13,7 +13,7 @@ from typing import Literal, NamedTuple
 from zmqrelay._core import frontend
 from zmqrelay._core.backlog import Backlog
 from zmqrelay._core.dialects import Dialect
-from zmqrelay._core.metrics import OUTCOME_INDEX, RequestMetrics
+from zmqrelay._core.metrics import OUTCOME_INDEX, RequestMetrics, ServiceMetrics
 from zmqrelay._core.refusal import Refusal
 from zmqrelay._core.request import Request
 from zmqrelay._core.tag import Status
@@ -136,6 +136,16 @@ class Dispatcher:
         """Requests queued or in flight, whose client still waits."""
         return self.queued + sum(not request.ended for request in self.in_flight.values())
 
+    @property
+    def late_replies(self) -> int:
+        """Replies dropped because their request had ended (a deadline passed)."""
+        return self._late
+
+    @property
+    def unknown_replies(self) -> int:
+        """Replies dropped because their worker does not hold their request."""
+        return self._unknown
+
     def reply_unknown(self) -> None:
         """A reply came from a worker that is not registered: it is dropped and counted."""
         self._unknown += 1
@@ -145,6 +155,11 @@ class Dispatcher:
         if service is None:
             service = self.services[name] = Service(name)
         return service
+
+    def _counted(self, service: Service) -> ServiceMetrics:
+        assert self.metrics is not None
+        counted = service.counted = self.metrics.of(service.name)
+        return counted
 
     def _retire_if_idle(self, service: Service) -> None:
         # A service that holds neither workers nor requests is dropped: requests naming ever
@@ -171,9 +186,9 @@ class Dispatcher:
         worker.last_sent = now
         self.in_flight[token] = request
         self.requests_forwarded += 1
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.of(request.service).queue_wait.observe(now - request.enqueued_at)
+        if self.metrics is not None:
+            counted = service.counted or self._counted(service)
+            counted.queue_wait.observe(now - request.enqueued_at)
         self.to_workers.append((worker.dialect.request(worker_id, request, now), token))
 
     def _dispatch_queued(self, service: Service, now: float) -> None:

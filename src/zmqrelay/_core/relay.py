@@ -98,6 +98,15 @@ class RelayCounters:
         )
         return max(0, self.requests_forwarded - settled)
 
+    def drops(self) -> dict[str, int]:
+        """What was dropped so far, by kind: the counters a throttled log reads."""
+        return {
+            "malformed_requests": self.malformed_requests,
+            "malformed_replies": self.malformed_replies,
+            "unroutable_replies": self.unroutable_replies,
+            "congested_replies": self.congested_replies,
+        }
+
     def snapshot(self, traffic: ProxyTraffic | None = None) -> BrokerStatistics:
         """The counters as an immutable :class:`BrokerStatistics`.
 

@@ -105,9 +105,10 @@ class Scheduler(Dispatcher):
             self._forget(worker, now, tell=False)
             worker = None
         if worker is None:
+            service = self._service(service_name)
             if self.metrics is not None:
                 self.metrics.offer(service_name)
-            service = self._service(service_name)
+                service.counted = None  # it may have a label of its own now
             worker = Worker(worker_id, dialect, service, credits, now, now, dialect.patient)
             self.workers[worker_id] = worker
             service.workers[worker_id] = worker
@@ -217,9 +218,9 @@ class Scheduler(Dispatcher):
         else:
             self._delivered += 1
             request.ended = True
-            metrics = self.metrics
-            if metrics is not None:
-                counted = metrics.of(request.service)
+            if self.metrics is not None:
+                service = worker.service
+                counted = service.counted or self._counted(service)
                 counted.outcomes[ERROR if status == Status.ERROR else REPLY] += 1
                 counted.duration.observe(now - request.arrived_at)
             self._deliver(request, status, body)

@@ -6,6 +6,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from zmqrelay._core.dialects import Dialect
+from zmqrelay._core.metrics import ServiceMetrics
 from zmqrelay._core.request import Request
 
 
@@ -66,3 +67,5 @@ class Service:
     """Requests going again (their worker died, or could not take them): before new ones."""
     queued: int = 0
     """Requests in the two queues still waiting (the queues may hold some that ended)."""
+    counted: ServiceMetrics | None = field(default=None, repr=False)
+    """Where its requests are counted, once looked up (when the broker keeps metrics)."""
