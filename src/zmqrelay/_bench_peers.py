@@ -36,6 +36,36 @@ _COUNTER = struct.Struct("=Q")
 
 CURVE_ENV = "ZMQRELAY_BENCH_CURVE"
 """Set to a folder of ``broker``, ``client`` and ``worker`` key pairs, every peer uses CURVE."""
+TRACING_ENV = "ZMQRELAY_BENCH_TRACING"
+"""Set (to anything), zmqrelay's clients and workers trace every request (see
+:func:`_trace_everything`)."""
+
+
+def _trace_everything() -> None:
+    """With :data:`TRACING_ENV` set, the process traces as an application would.
+
+    OpenTelemetry's SDK becomes the global tracer provider, sampling every request, with the
+    batching span processor an application would use, whose exporter drops the spans: what is
+    measured is what tracing costs the process, not what a collector costs.
+    """
+    if not os.environ.get(TRACING_ENV):
+        return
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class Dropped(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Dropped()))
+    trace.set_tracer_provider(provider)
 
 
 def _curve_folder() -> Path | None:
@@ -348,6 +378,8 @@ def serve_echo(
 async def _async_echo(endpoint: str, concurrency: int, work: float, kind: str) -> None:
     from zmqrelay import AsyncWorker
 
+    _trace_everything()
+
     async def echo(frames: list[bytes]) -> list[bytes]:
         if work:
             await anyio.sleep(work)
@@ -563,6 +595,7 @@ async def _async_load(
 ) -> tuple[int, array.array[int], float]:
     from zmqrelay import AsyncClient
 
+    _trace_everything()
     clock, pack = time.perf_counter_ns, _STAMP.pack
     measured = _Window(warmup, duration)
 

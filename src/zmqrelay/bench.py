@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
-from zmqrelay._bench_peers import CURVE_ENV, read_latencies
+from zmqrelay._bench_peers import CURVE_ENV, TRACING_ENV, read_latencies
 
 __all__ = ["BROKERS", "BenchConfig", "BenchResult", "report", "run_bench"]
 
@@ -77,6 +77,10 @@ class BenchConfig:
     worker_concurrency: int = 100
     sockets_per_worker: int = 1
     """Workers each worker process runs (``guide-c`` and ``mdp``), each on a socket of its own."""
+    tracing: bool = False
+    """zmqrelay's clients and workers (``async`` kinds) trace every request with
+    OpenTelemetry's SDK, exporting the spans nowhere (needs ``zmqrelay[tracing]`` and the
+    SDK)."""
     clients: int = 1
     client_kind: str = "sync"
     """``sync`` (a plain pipelined pyzmq DEALER), ``async`` (AsyncClient), ``mdp`` (plain
@@ -309,6 +313,9 @@ def run_bench(
     if config.broker == "nats":  # NATS talks only to its own peers: nats-py's, in Python
         config = replace(config, worker_kind="nats", client_kind="nats")
     size = max(config.size, 8)
+    if config.tracing:
+        label += "+tracing"
+    peers_environment = {**os.environ, TRACING_ENV: "1"} if config.tracing else None
     with (
         _processes() as started,
         tempfile.TemporaryDirectory(prefix="zmqrelay-bench-") as tmp,
@@ -327,6 +334,7 @@ def run_bench(
                     str(config.sockets_per_worker),
                 ),
                 text=True,
+                env=peers_environment,
                 preexec_fn=_pinned(config, broker=False),
             )
             for number in range(config.workers)
@@ -348,6 +356,7 @@ def run_bench(
                 ),
                 stdout=subprocess.PIPE,
                 text=True,
+                env=peers_environment,
                 preexec_fn=_pinned(config, broker=False),
             )
             for path in paths

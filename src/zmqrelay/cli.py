@@ -656,6 +656,12 @@ def top(url: str, interval: float, timeout: float, once: bool, as_json: bool) ->
     help="Linux: the broker on the first CPU, the other parties on the rest.",
 )
 @click.option(
+    "--tracing",
+    is_flag=True,
+    help="Also run each broker with its AsyncClients and AsyncWorkers tracing every request "
+    "(OpenTelemetry's SDK, spans exported nowhere), reported as BROKER+tracing.",
+)
+@click.option(
     "--curve",
     is_flag=True,
     help="Also run each broker with CURVE on every connection (throw-away keys; zmqrelay's "
@@ -685,6 +691,7 @@ def bench(
     warmup: float,
     duration: float,
     pin: bool,
+    tracing: bool,
     curve: bool,
     metrics: bool,
     as_json: bool,
@@ -724,6 +731,8 @@ def bench(
                 else (config,)
             )
         ]
+    if tracing:  # each traced right after it is not, as with CURVE
+        configs = [twin for config in configs for twin in (config, replace(config, tracing=True))]
     show = _progress_line if sys.stderr.isatty() and not as_json else lambda _: None
     results = [run_bench(config, progress=show) for config in configs]
     click.echo(report(results, as_json=as_json))

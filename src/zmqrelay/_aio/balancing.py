@@ -21,6 +21,8 @@ Name = Callable[[str], str | None]
 """From a message's User-Id to the name of its sender's key, if that key is allowed now."""
 Names = tuple[Name, Name]
 """The clients' and the workers'."""
+Spans = Callable[[], None]
+"""Turns the waits the balancer recorded into spans (a tracing broker)."""
 
 
 async def serve(
@@ -31,12 +33,14 @@ async def serve(
     batch_size: int,
     intake: bool = True,
     names: Names | None = None,
+    spans: Spans | None = None,
 ) -> None:
     """Serve ``balancer`` on the two ROUTER sockets until cancelled.
 
     With ``intake`` false (a broker draining), take no new requests, and return once no
     request is pending. A secured balancer takes each message with its sender's key name:
-    ``names`` turn the User-Id of a client's and of a worker's message into it.
+    ``names`` turn the User-Id of a client's and of a worker's message into it. ``spans``
+    turns what the balancer recorded of traced requests into spans, once per pass.
     """
     client_name, worker_name = names if names is not None else (None, None)
     loop = asyncio.get_running_loop()
@@ -61,6 +65,8 @@ async def serve(
                 balancer.tick(now)
                 _send(balancer, front, back, now)
                 wake = balancer.next_wakeup()
+            if spans is not None:
+                spans()
             if not intake and not balancer.pending:
                 return
             if full:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Iterator
@@ -19,7 +20,13 @@ from zmqrelay._aio import balancing, curve, droplog, sockets
 from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.proxy import ProxyEngine
 from zmqrelay._aio.relay import PythonRelay
-from zmqrelay._aio.service import Service, boundary_errors
+from zmqrelay._aio.service import (
+    Service,
+    boundary_errors,
+    chosen_provider,
+    require_tracing,
+    tracing_wanted,
+)
 from zmqrelay._core import policy
 from zmqrelay._core.balancer import Balancer, BalancerStatistics
 from zmqrelay._core.endpoints import connectable
@@ -29,6 +36,7 @@ from zmqrelay._core.relay import BrokerStatistics, ProxyTraffic, RelayCounters
 from zmqrelay.errors import ClosedError, PolicyError
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
     from prometheus_client import CollectorRegistry
 
     from zmqrelay._aio.metrics import BrokerCollector
@@ -119,11 +127,18 @@ class Broker(Service):
             own; a ``prometheus_client.CollectorRegistry`` gets the broker's metrics
             registered into it while the broker runs, for an application that serves its
             registry itself. ``None`` (the default): nothing is measured.
+        tracing: load-balancing: OpenTelemetry spans (needs ``zmqrelay[tracing]``): for each
+            request that comes with a trace context, a span of the time it waited for a
+            worker, in the client's trace. ``None`` (the default): on when the application
+            has set a tracer provider by the time the broker starts; ``True``: on, with the
+            global provider; a ``TracerProvider``: on, with that one; ``False``: off. (A
+            relay-mode broker passes trace context through untouched, and adds no span.)
 
     Raises:
         KeyFileError: a key file or a key directory cannot be read.
         PolicyError: the policy file cannot be read.
-        ImportError: ``metrics`` without ``prometheus-client`` installed.
+        ImportError: ``metrics`` without ``prometheus-client`` installed, or ``tracing``
+            without ``opentelemetry-api``.
 
     Example::
 
@@ -162,7 +177,10 @@ class Broker(Service):
         authorization: str | Path | None = None,
         handshake_timeout: float = 5.0,
         metrics: str | CollectorRegistry | None = None,
+        tracing: bool | TracerProvider | None = None,
     ) -> None:
+        require_tracing(tracing)
+        self._tracing = tracing
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if engine not in ("libzmq", "python"):
@@ -508,6 +526,7 @@ class Broker(Service):
         balancer, batch_size = self._balancer, self._batch_size
         guard = self._guard
         names = (guard.namer("clients"), guard.namer("workers")) if guard else None
+        spans = self._trace_waits()
         try:
             async with anyio.create_task_group() as phase:
                 phase.start_soon(
@@ -518,6 +537,7 @@ class Broker(Service):
                         backend,
                         batch_size=batch_size,
                         names=names,
+                        spans=spans,
                     )
                 )
                 assert self._endpoints is not None
@@ -527,10 +547,26 @@ class Broker(Service):
             self._state = "draining"
             with anyio.move_on_after(self._drain_timeout):
                 await balancing.serve(
-                    balancer, frontend, backend, batch_size=batch_size, intake=False, names=names
+                    balancer,
+                    frontend,
+                    backend,
+                    batch_size=batch_size,
+                    intake=False,
+                    names=names,
+                    spans=spans,
                 )
         finally:
             balancer.abandon()
+
+    def _trace_waits(self) -> balancing.Spans | None:
+        """What turns the waits the balancer records into spans, if the broker traces."""
+        if not tracing_wanted(self._tracing):
+            return None
+        from zmqrelay._aio.tracing import BrokerTracing
+
+        waits = self._balancer.record_waits()
+        emit = BrokerTracing(chosen_provider(self._tracing), asyncio.get_running_loop().time).emit
+        return lambda: emit(waits) if waits else None
 
     async def _serve_with_proxy(
         self,

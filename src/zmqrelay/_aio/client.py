@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import EllipsisType
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 import anyio
 import anyio.abc
@@ -24,7 +24,14 @@ from anyio.lowlevel import checkpoint
 from zmqrelay._aio import sockets
 from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.mdpclient import Sessions
-from zmqrelay._aio.service import Service, boundary_errors, curve_options
+from zmqrelay._aio.service import (
+    Service,
+    boundary_errors,
+    chosen_provider,
+    curve_options,
+    require_tracing,
+    tracing_wanted,
+)
 from zmqrelay._core import mdp, tag
 from zmqrelay._core.client import ClientStatistics, Correlator, Reply
 from zmqrelay._core.worker import check_body
@@ -36,6 +43,11 @@ from zmqrelay.errors import (
     RequestTimeout,
     WorkerDied,
 )
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+    from zmqrelay._aio.tracing import ClientTracing
 
 logger = logging.getLogger("zmqrelay.client")
 
@@ -165,6 +177,15 @@ class AsyncClient(Service):
             path of its ``.key_secret`` file), for a broker that takes CURVE peers only.
         curve_server_key: the broker's public key (Z85 bytes, a key pair, or the path of its
             ``.key`` file); given with ``curve_keys``.
+        tracing: OpenTelemetry spans (needs ``zmqrelay[tracing]``): a span of kind CLIENT
+            per request, whose trace context travels with the request to zmqrelay workers
+            (not to Majordomo brokers: their framing has no room). ``None`` (the default):
+            on when the application has set a tracer provider by the time the client
+            starts; ``True``: on, with the global provider; a ``TracerProvider``: on, with
+            that one; ``False``: off. See ``docs/observability.md``.
+
+    Raises:
+        ImportError: ``tracing`` is asked for without ``opentelemetry-api`` installed.
 
     Requests name a service with ``request(service, body)``; ``request(body)`` asks the
     broker's default service (the only one a relay-mode broker has).
@@ -186,8 +207,12 @@ class AsyncClient(Service):
         max_sockets: int = 64,
         curve_keys: CurveKeyPair | str | Path | None = None,
         curve_server_key: CurveKeyPair | bytes | str | Path | None = None,
+        tracing: bool | TracerProvider | None = None,
     ) -> None:
         self._socket_options = curve_options(curve_keys, curve_server_key)
+        require_tracing(tracing)
+        self._tracing_setting = tracing
+        self._tracing: ClientTracing | None = None
         variant = mdp.as_variant(protocol)
         if variant is None and protocol != "zmqrelay":
             raise ValueError(f"unknown protocol {protocol!r}")
@@ -368,6 +393,8 @@ class AsyncClient(Service):
         limit = self._timeout if timeout is ... else timeout
         policy = self._retry if retry is ... else retry
         if policy is None:
+            if self._tracing is not None:
+                return await self._traced_exchange(service, frames, limit, redeliveries)
             return await self._exchange(service, frames, limit, redeliveries)
         attempts = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(policy.attempts),
@@ -377,7 +404,8 @@ class AsyncClient(Service):
             before_sleep=self._count_retry,
             reraise=True,
         )
-        reply: list[bytes] = await attempts(self._exchange, service, frames, limit, redeliveries)
+        attempt = self._exchange if self._tracing is None else self._traced_exchange
+        reply: list[bytes] = await attempts(attempt, service, frames, limit, redeliveries)
         return reply
 
     @overload
@@ -473,7 +501,7 @@ class AsyncClient(Service):
             async for part in parts:
                 yield part
 
-    async def _stream(
+    def _stream(
         self,
         service: bytes,
         frames: Sequence[bytes],
@@ -481,6 +509,38 @@ class AsyncClient(Service):
         redeliveries: int,
     ) -> AsyncGenerator[list[bytes], None]:
         limit = self._timeout if timeout is ... else timeout
+        if self._tracing is None:
+            return self._stream_once(service, frames, limit, redeliveries, None)
+        return self._traced_stream(service, frames, limit, redeliveries)
+
+    async def _traced_stream(
+        self, service: bytes, frames: Sequence[bytes], limit: float | None, redeliveries: int
+    ) -> AsyncGenerator[list[bytes], None]:
+        """A stream in a span of its own, whose context travels with the request."""
+        tracing = self._tracing
+        assert tracing is not None
+        span, context = tracing.start(service)
+        failure: BaseException | None = None
+        try:
+            async with contextlib.aclosing(
+                self._stream_once(service, frames, limit, redeliveries, context)
+            ) as parts:
+                async for part in parts:
+                    yield part
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            tracing.end(span, failure)
+
+    async def _stream_once(
+        self,
+        service: bytes,
+        frames: Sequence[bytes],
+        limit: float | None,
+        redeliveries: int,
+        context: bytes | None,
+    ) -> AsyncGenerator[list[bytes], None]:
         if self._variant is not None:
             async with contextlib.aclosing(
                 self._majordomo(service, frames, limit, redeliveries)
@@ -500,6 +560,7 @@ class AsyncClient(Service):
             redeliveries=redeliveries,
             service=service,
             stream=True,
+            context=context,
         )
         if limit is not None and now + limit < self._timer_at:
             self._arm_timer(now + limit)
@@ -539,10 +600,33 @@ class AsyncClient(Service):
     def _count_retry(self, state: tenacity.RetryCallState) -> None:
         self._correlator.retries += 1
 
-    async def _exchange(
+    async def _traced_exchange(
         self, service: bytes, frames: Sequence[bytes], limit: float | None, redeliveries: int
     ) -> list[bytes]:
-        """One attempt: send, and wait for the reply within ``limit`` seconds."""
+        """One attempt in a span of its own, whose context travels with the request."""
+        tracing = self._tracing
+        assert tracing is not None
+        span, context = tracing.start(service)
+        try:
+            reply = await self._exchange(service, frames, limit, redeliveries, context)
+        except BaseException as exc:
+            tracing.end(span, exc)
+            raise
+        tracing.end(span, None)
+        return reply
+
+    async def _exchange(
+        self,
+        service: bytes,
+        frames: Sequence[bytes],
+        limit: float | None,
+        redeliveries: int,
+        context: bytes | None = None,
+    ) -> list[bytes]:
+        """One attempt: send, and wait for the reply within ``limit`` seconds.
+
+        ``context``: the trace context frame to send with it (not to Majordomo brokers).
+        """
         if self._variant is not None:
             joined: list[bytes] = []
             async with contextlib.aclosing(
@@ -556,7 +640,13 @@ class AsyncClient(Service):
         waiter: asyncio.Future[Reply] = loop.create_future()
         now = loop.time()
         request_id, message = self._correlator.open(
-            waiter, frames, now=now, timeout=limit, redeliveries=redeliveries, service=service
+            waiter,
+            frames,
+            now=now,
+            timeout=limit,
+            redeliveries=redeliveries,
+            service=service,
+            context=context,
         )
         if limit is not None and now + limit < self._timer_at:
             self._arm_timer(now + limit)
@@ -584,6 +674,10 @@ class AsyncClient(Service):
             EndpointError: ``endpoint`` is not a valid address.
 
         """
+        if tracing_wanted(self._tracing_setting):
+            from zmqrelay._aio.tracing import ClientTracing
+
+            self._tracing = ClientTracing(chosen_provider(self._tracing_setting), self._endpoint)
         if self._variant is not None:
             await self._run_majordomo(self._variant, task_status)
             return

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 import anyio.abc
@@ -17,7 +18,47 @@ from zmqrelay._aio import curve, sockets
 from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay.errors import ClosedError
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
 T = TypeVar("T")
+
+
+def require_tracing(tracing: bool | TracerProvider | None) -> None:
+    """Fail now, not once running, when tracing is asked for and cannot be had.
+
+    Raises:
+        ImportError: ``opentelemetry-api`` is not installed.
+    """
+    if tracing is None or tracing is False:
+        return
+    try:
+        from zmqrelay._aio import tracing as spans  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "tracing needs opentelemetry-api: pip install 'zmqrelay[tracing]'"
+        ) from None
+
+
+def tracing_wanted(tracing: bool | TracerProvider | None) -> bool:
+    """Whether to trace: ``tracing=False`` never; ``True`` or a tracer provider always.
+
+    ``None`` (the default): when the application has set OpenTelemetry's global tracer
+    provider to a real one (an SDK's), checked when the peer starts. It never imports
+    OpenTelemetry: an application that set a provider has imported it already.
+    """
+    if tracing is None:
+        api = sys.modules.get("opentelemetry.trace")
+        if api is None:
+            return False
+        unset = (api.ProxyTracerProvider, api.NoOpTracerProvider)
+        return not isinstance(api.get_tracer_provider(), unset)
+    return tracing is not False
+
+
+def chosen_provider(tracing: bool | TracerProvider | None) -> TracerProvider | None:
+    """The tracer provider ``tracing=`` names, or ``None`` for the global one."""
+    return None if tracing is None or isinstance(tracing, bool) else tracing
 
 
 class Service:

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import anyio
 import anyio.abc
@@ -22,11 +22,22 @@ from anyio.lowlevel import checkpoint
 
 from zmqrelay._aio import sockets
 from zmqrelay._aio.curve import CurveKeyPair
-from zmqrelay._aio.service import Service, curve_options
+from zmqrelay._aio.service import (
+    Service,
+    chosen_provider,
+    curve_options,
+    require_tracing,
+    tracing_wanted,
+)
 from zmqrelay._core import lbwire, mdp, tag
 from zmqrelay._core.throttle import Report, Throttle
 from zmqrelay._core.worker import Answerable, Request, WorkerStatistics, decode_request
 from zmqrelay.errors import ClosedError, LocalProtocolError, NoWorkers, RemoteProtocolError
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+    from zmqrelay._aio.tracing import WorkerTracing
 
 logger = logging.getLogger("zmqrelay.worker")
 _MALFORMED_LOG_INTERVAL = 10.0
@@ -118,6 +129,18 @@ class AsyncWorker(Service):
             credits, deadlines and error replies; ``"mdp-0.1"``, ``"mdp-0.2"`` or
             ``"majortomo"`` speak Majordomo, for any Majordomo broker of that version (one
             request at a time: ``concurrency`` must be 1).
+        tracing: OpenTelemetry spans (needs ``zmqrelay[tracing]``): a span of kind SERVER
+            around each handler call, continuing the trace the request came with, so that
+            the handler's own spans nest under it. ``None`` (the default): on when the
+            application has set a tracer provider by the time the worker starts; ``True``:
+            on, with the global provider; a ``TracerProvider``: on, with that one;
+            ``False``: off. A tracing worker in load-balancing mode asks the broker for
+            the requests' trace context (a broker older than this feature refuses to be
+            asked: the worker then registers again without asking). See
+            ``docs/observability.md``.
+
+    Raises:
+        ImportError: ``tracing`` is asked for without ``opentelemetry-api`` installed.
 
     A handler written as an async generator streams its reply: each part it yields reaches
     the client as it comes (:meth:`AsyncClient.stream <zmqrelay.AsyncClient.stream>`, or
@@ -154,6 +177,7 @@ class AsyncWorker(Service):
         protocol: Protocol = "zmqrelay",
         curve_keys: CurveKeyPair | str | Path | None = None,
         curve_server_key: CurveKeyPair | bytes | str | Path | None = None,
+        tracing: bool | TracerProvider | None = None,
     ) -> None: ...
 
     @overload
@@ -175,6 +199,7 @@ class AsyncWorker(Service):
         protocol: Protocol = "zmqrelay",
         curve_keys: CurveKeyPair | str | Path | None = None,
         curve_server_key: CurveKeyPair | bytes | str | Path | None = None,
+        tracing: bool | TracerProvider | None = None,
     ) -> None: ...
 
     def __init__(
@@ -195,8 +220,16 @@ class AsyncWorker(Service):
         protocol: Protocol = "zmqrelay",
         curve_keys: CurveKeyPair | str | Path | None = None,
         curve_server_key: CurveKeyPair | bytes | str | Path | None = None,
+        tracing: bool | TracerProvider | None = None,
     ) -> None:
         self._socket_options = curve_options(curve_keys, curve_server_key)
+        require_tracing(tracing)
+        self._tracing_setting = tracing
+        self._tracing: WorkerTracing | None = None
+        self._ask_context = False
+        """Whether its READY asks the broker for trace context."""
+        self._unacknowledged = False
+        """Whether it said READY and has heard nothing from the broker since."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         variant = mdp.as_variant(protocol)
@@ -287,6 +320,11 @@ class AsyncWorker(Service):
             ClosedError: the worker already ran, or its context was terminated.
 
         """
+        if tracing_wanted(self._tracing_setting):
+            from zmqrelay._aio.tracing import WorkerTracing
+
+            self._tracing = WorkerTracing(chosen_provider(self._tracing_setting), self._service)
+            self._ask_context = self._variant is None
         with (
             self._connected_dealer(self._context, self._endpoint, self._routing_id) as sock,
             sockets.Pump(sock) as pump,
@@ -395,9 +433,18 @@ class AsyncWorker(Service):
             message = lbwire.decode_from_broker(frames)
         self._broker_heard = anyio.current_time()
         self._heard.set()
+        unacknowledged, self._unacknowledged = self._unacknowledged, False
         if not isinstance(message, str):
             return message
         if message == "disconnect":  # the broker forgot this worker (it restarted, say)
+            if unacknowledged and self._ask_context:
+                # The broker refused a READY that asks for trace context: it is older than
+                # that feature. Registering without asking works with it.
+                self._ask_context = False
+                logger.info(
+                    "the broker at %s takes no trace context: registering without it",
+                    self._endpoint,
+                )
             self._register_now.set()
         return None
 
@@ -440,7 +487,10 @@ class AsyncWorker(Service):
             pump.try_send(mdp.encode_ready(self._variant, self._service))
             self._broker_heard = anyio.current_time()
             return True
-        pump.try_send(lbwire.encode_ready(self._concurrency, self._service))
+        self._unacknowledged = True
+        pump.try_send(
+            lbwire.encode_ready(self._concurrency, self._service, context=self._ask_context)
+        )
         with anyio.move_on_after(self._heartbeat_interval):
             await self._heard.wait()
         return self._heard.is_set()
@@ -472,7 +522,17 @@ class AsyncWorker(Service):
     async def _serve(self, pump: sockets.Pump, request: Answerable) -> None:
         try:
             try:
-                reply = await self._answer(request)
+                tracing = self._tracing
+                if tracing is None:
+                    reply = await self._answer(request)
+                else:
+                    span, token = tracing.start(request.context, request.redelivery)
+                    stopped = True  # unless the handler's answer comes
+                    try:
+                        reply = await self._answer(request)
+                        stopped = False
+                    finally:
+                        tracing.end(span, token, stopped)
             except anyio.get_cancelled_exc_class():
                 # The worker is stopping: tell the client now rather than let it time out.
                 self._refuse(pump, request)
@@ -501,7 +561,10 @@ class AsyncWorker(Service):
                 return await self._call(request)
             # Reached only when the deadline cancelled the handler: the client has given up.
             self._handler_errors += 1
-            return request.error("DeadlineExceeded", f"the handler ran past {timeout} s")
+            message = f"the handler ran past {timeout} s"
+            if self._tracing is not None:
+                self._tracing.failed(None, "DeadlineExceeded", message)
+            return request.error("DeadlineExceeded", message)
         finally:
             _deadline.reset(reset)
 
@@ -613,6 +676,8 @@ class AsyncWorker(Service):
         if line is not None:
             # With the traceback of the last one, at most once per interval per type.
             _log_handler_errors(line, exc)
+        if self._tracing is not None:
+            self._tracing.failed(exc)
         return request.error(type(exc).__name__, str(exc))
 
     def _last_word(self) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 from zmqrelay._core import dialects, frontend, mdp
-from zmqrelay._core.dispatch import ToClient, ToWorker
+from zmqrelay._core.dispatch import ToClient, ToWorker, Waited
 from zmqrelay._core.metrics import RequestMetrics
 from zmqrelay._core.policy import Policy
 from zmqrelay._core.refusal import Refusal
@@ -39,7 +39,7 @@ from zmqrelay._core.workers import Worker
 Unreachable = Literal["full", "gone"]
 """Why a send failed: the peer's queue takes no more now, or no peer has that routing id."""
 
-__all__ = ["Balancer", "BalancerStatistics", "ToClient", "ToWorker", "Unreachable"]
+__all__ = ["Balancer", "BalancerStatistics", "ToClient", "ToWorker", "Unreachable", "Waited"]
 
 
 class BalancerStatistics(NamedTuple):
@@ -348,6 +348,15 @@ class Balancer:
                 if self.scheduler.services[name].workers:
                     self.scheduler.metrics.offer(name)
         return self.scheduler.metrics
+
+    def record_waits(self) -> list[Waited]:
+        """Record how long each request with a trace context waits, from now on.
+
+        For a tracing broker: returns the list the socket loop takes them from.
+        """
+        if self.scheduler.waits is None:
+            self.scheduler.waits = []
+        return self.scheduler.waits
 
     # -- rules -----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
-from zmqrelay._core import mdp, tag
+from zmqrelay._core import mdp, tag, trace
 from zmqrelay._core.envelope import DELIMITER
 from zmqrelay._core.refusal import BY_ERROR_NAME, BY_STATUS
 from zmqrelay._core.worker import PLAIN_ERROR_PREFIX, check_body, decode_error, encode_error
@@ -140,6 +140,7 @@ class Correlator(Generic[T]):
         redeliveries: int = 0,
         service: bytes = b"",
         stream: bool = False,
+        context: bytes | None = None,
     ) -> tuple[int, list[bytes]]:
         """Register a request and return its id and the frames to send.
 
@@ -149,6 +150,7 @@ class Correlator(Generic[T]):
         ``service`` travels in majortomo's Majordomo framing behind the tag (the default
         service, ``b""``, in plain framing). With ``stream``, each part of a streamed reply is
         handed over as it comes (status ``PARTIAL``); else the parts are joined into the reply.
+        A trace ``context`` frame (:mod:`zmqrelay._core.trace`) goes just before the tag.
 
         Raises:
             LocalProtocolError: ``body`` has no frames, or a frame that is not bytes.
@@ -172,8 +174,12 @@ class Correlator(Generic[T]):
             self._streaming.add(request_id)
         if service:
             self._framed.add(request_id)
-            return request_id, [frame, *mdp.encode_request("majortomo", service, body)]
-        return request_id, [frame, DELIMITER, *body]
+            message = [frame, *mdp.encode_request("majortomo", service, body)]
+        else:
+            message = [frame, DELIMITER, *body]
+        if context is not None:
+            message.insert(0, context)
+        return request_id, message
 
     def next_deadline(self) -> float | None:
         """When the next request in flight expires, if any has a timeout."""
@@ -216,8 +222,12 @@ class Correlator(Generic[T]):
         counted as late, foreign or malformed).
         """
         if len(frames) < 3 or frames[1] != DELIMITER:
-            self.malformed_replies += 1
-            return None
+            # A stock worker echoes the request's trace context frame with its envelope.
+            if len(frames) > 3 and frames[2] == DELIMITER and trace.is_context(frames[0]):
+                frames = frames[1:]
+            else:
+                self.malformed_replies += 1
+                return None
         decoded = tag.decode(frames[0])
         if decoded is None:
             self.malformed_replies += 1

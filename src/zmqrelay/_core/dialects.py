@@ -33,6 +33,8 @@ DialectName = Literal[
 ]
 
 TOKEN_SIZE = 8
+_READY_WITH_FEATURES = lbwire.READY_FEATURES_HEADER.size
+_READY_SIZES = (lbwire.READY_HEADER.size, _READY_WITH_FEATURES)
 ZRW1 = b"ZRW1"
 PIRATE_READY, PIRATE_HEARTBEAT = b"\x01", b"\x02"
 _STATUSES = tuple(Status)
@@ -125,10 +127,17 @@ class _Guide(Dialect):
 
 
 class _Zmqrelay(Dialect):
-    """ZRW2 (:mod:`zmqrelay._core.lbwire`): one header frame, fixed fields, then the body."""
+    """ZRW2 (:mod:`zmqrelay._core.lbwire`): one header frame, fixed fields, then the body.
+
+    A worker that asked for trace context in its READY gets it with each request that has
+    one (``with_context``); one that did not never sees it.
+    """
 
     name = "zmqrelay"
     acknowledged = True
+
+    def __init__(self, *, with_context: bool) -> None:
+        self.with_context = with_context
 
     def decode(self, rest: list[bytes], *, known: bool) -> Event:
         header = rest[0]  # read() saw it start with ZRW2
@@ -145,9 +154,11 @@ class _Zmqrelay(Dialect):
                 return Reply(header[5:13], Status.OK, rest[1:], True)
             return Reply(header[5:13], _STATUSES[status], rest[1:], False)
         if command == lbwire.READY:
-            if len(header) != lbwire.READY_HEADER.size or len(rest) > 2:
-                raise RemoteProtocolError("READY carries the credits, then maybe a service")
-            credits = lbwire.READY_HEADER.unpack(header)[2]
+            if len(header) not in _READY_SIZES or len(rest) > 2:
+                raise RemoteProtocolError(
+                    "READY carries the credits and maybe features, then maybe a service"
+                )
+            credits = lbwire.READY_HEADER.unpack_from(header)[2]
             service = rest[1] if len(rest) == 2 else b""
             return _ready(credits, service)
         if len(header) != 5 or len(rest) != 1:
@@ -161,6 +172,16 @@ class _Zmqrelay(Dialect):
             if deadline is None
             else min(lbwire.NO_TIMEOUT - 1, max(0, round((deadline - now) * 1000)))
         )
+        context = request.context
+        if context and self.with_context:
+            header = lbwire.REQUEST_HEADER.pack(
+                lbwire.PROTOCOL,
+                lbwire.REQUEST,
+                request.token,
+                request.redelivery | lbwire.WITH_CONTEXT,
+                milliseconds,
+            )
+            return [worker, header, context, *request.body]
         header = lbwire.REQUEST_HEADER.pack(
             lbwire.PROTOCOL, lbwire.REQUEST, request.token, request.redelivery, milliseconds
         )
@@ -322,7 +343,9 @@ class _Majordomo(Dialect):
 
 
 GUIDE: Dialect = _Guide()
-ZMQRELAY: Dialect = _Zmqrelay()
+ZMQRELAY: Dialect = _Zmqrelay(with_context=False)
+ZMQRELAY_WITH_CONTEXT: Dialect = _Zmqrelay(with_context=True)
+"""ZRW2, for a worker that asked for trace context."""
 ZMQRELAY_1: Dialect = _Zmqrelay1()
 PIRATE: Dialect = _Pirate()
 MDP_01: Dialect = _Majordomo("mdp-0.1")
@@ -358,7 +381,12 @@ def read(frames: list[bytes], *, known: bool) -> tuple[Dialect | None, Event | V
         else:
             dialect, rest = GUIDE, frames[2:]
     elif count >= 2 and frames[1][:4] == lbwire.PROTOCOL:
-        dialect, rest = ZMQRELAY, frames[1:]
+        header = frames[1]
+        if len(header) == _READY_WITH_FEATURES and header[-1] & lbwire.TRACE_CONTEXT:
+            dialect = ZMQRELAY_WITH_CONTEXT  # (if it is no READY, decoding says so)
+        else:
+            dialect = ZMQRELAY
+        rest = frames[1:]
     elif count >= 2 and frames[1] == mdp.WORKER_02:
         dialect, rest = MDP_02, frames[2:]
     elif (count == 2 and frames[1] in (PIRATE_READY, PIRATE_HEARTBEAT)) or (

@@ -8,7 +8,7 @@ register, fall silent, leave, die) and what time does are the
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from zmqrelay._core import frontend
 from zmqrelay._core.backlog import Backlog
@@ -27,6 +27,26 @@ ToWorker = tuple[list[bytes], bytes | None]
 request it dispatches, if it does."""
 
 _OUTCOME_OF = {reason: OUTCOME_INDEX[reason.name.lower()] for reason in Refusal}
+
+
+class Waited(NamedTuple):
+    """How long a request that came with a trace context waited for a worker.
+
+    Recorded only while :attr:`Dispatcher.waits` is a list; the socket loop turns each into a
+    span of the request's trace, with these times as its start and end.
+    """
+
+    context: bytes
+    """The request's trace context frame (:mod:`zmqrelay._core.trace`)."""
+    service: bytes
+    queued_at: float
+    """When it came, or joined the queue again (after its worker died, say)."""
+    until: float
+    """When a worker got it, or it was refused."""
+    redelivery: bool
+    """Whether it is going again, to another worker."""
+    refusal: Refusal | None = None
+    """Why it ended there, if it was refused."""
 
 
 class Dispatcher:
@@ -61,6 +81,9 @@ class Dispatcher:
         """Requests refused so far, by reason."""
         self.metrics: RequestMetrics | None = None
         """Per-service counters, when the broker exposes metrics."""
+        self.waits: list[Waited] | None = None
+        """The waits of requests with a trace context, when the broker traces them; the
+        socket loop takes and clears them."""
 
     def request(self, request: Request, now: float) -> None:
         """A client asks."""
@@ -159,6 +182,8 @@ class Dispatcher:
         token = self._next_token.to_bytes(8, "big")
         self._next_token = (self._next_token + 1) & 0xFFFF_FFFF_FFFF_FFFF
         request.worker, request.token, request.sent_at = worker_id, token, now
+        if request.context and self.waits is not None:
+            self.waited(request, now)
         worker.held[token] = request
         worker.last_sent = now
         self.in_flight[token] = request
@@ -178,6 +203,8 @@ class Dispatcher:
                 service.queued -= 1
                 self.queued -= 1
                 if request.deadline is not None and request.deadline <= now:
+                    if request.context and self.waits is not None:
+                        self.waited(request, now, Refusal.DEADLINE)
                     self.refuse(request, Refusal.DEADLINE)
                 else:
                     self._dispatch(service, request, now)
@@ -219,6 +246,20 @@ class Dispatcher:
         if frames is not None:
             self.replies_forwarded += 1
             self.to_client(frames, request if partial else None)
+
+    def waited(self, request: Request, now: float, refusal: Refusal | None = None) -> None:
+        """Record how long ``request`` waited, until ``now`` (see :attr:`waits`)."""
+        assert self.waits is not None
+        self.waits.append(
+            Waited(
+                request.context,
+                request.service,
+                request.enqueued_at,
+                now,
+                request.redelivery,
+                refusal,
+            )
+        )
 
     def refuse(self, request: Request, reason: Refusal) -> None:
         """End ``request`` at once with the refusal ``reason``."""

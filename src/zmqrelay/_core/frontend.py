@@ -14,7 +14,9 @@ zmqrelay        a plain request whose last hop is a zmqrelay     the same, the t
                                                                  0x03 | FINAL 0x04, body...``
 ==============  ==============================================  ===========================
 
-A zmqrelay tag also says how long the client waits and how many redeliveries it allows. Error
+A zmqrelay tag also says how long the client waits and how many redeliveries it allows; a
+trace context frame (:mod:`zmqrelay._core.trace`) may come just before it, which the broker
+takes out of the envelope and hands only to workers that take it. Error
 replies and refusals reach zmqrelay clients as a status in the tag, and others as one frame
 (:func:`~zmqrelay._core.worker.plain_error_reply`). Parts of a streamed reply reach zmqrelay,
 MDP/0.2 and majortomo clients as they come; other clients get them joined into one reply.
@@ -22,7 +24,7 @@ MDP/0.2 and majortomo clients as they come; other clients get them joined into o
 
 from __future__ import annotations
 
-from zmqrelay._core import mdp, tag
+from zmqrelay._core import mdp, tag, trace
 from zmqrelay._core.envelope import DELIMITER
 from zmqrelay._core.mdp import CLIENT_01, CLIENT_02
 from zmqrelay._core.refusal import Refusal
@@ -70,7 +72,7 @@ def read_request(
             dialect, service, body = "majortomo", body[2], body[3:]
         else:
             dialect, service = "plain", b""
-    timeout, allowed, tagged = request_timeout, redeliveries, False
+    timeout, allowed, tagged, context = request_timeout, redeliveries, False, b""
     # The last hop may be a tag, but never the client's own id, however much it looks like one.
     if len(envelope) > 1:
         last = envelope[-1]
@@ -82,7 +84,12 @@ def read_request(
                 timeout = milliseconds / 1000
             if last[16] > allowed:
                 allowed = last[16]
-    return Request(
+            # A trace context before the tag (after the client's id) travels apart from the
+            # envelope: to a worker that takes it, and never back to the client.
+            if len(envelope) > 2 and trace.is_context(envelope[-2]):
+                context = envelope[-2]
+                envelope = [*envelope[:-2], last]
+    request = Request(
         envelope,
         body,
         service,
@@ -94,6 +101,9 @@ def read_request(
         now,
         now,
     )
+    if context:
+        request.context = context
+    return request
 
 
 def streams(dialect: ClientDialect) -> bool:

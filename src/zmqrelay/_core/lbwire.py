@@ -12,7 +12,8 @@ frames as the body allows (every frame costs a call into libzmq on both sides).
 =====================  ==========================================================================
 worker → broker        header after ``ZRW2`` and the command byte; frames after the header
 =====================  ==========================================================================
-``READY``  ``\x01``     credits (4 bytes, big-endian); the service name, unless it is the default
+``READY``  ``\x01``     credits (4 bytes, big-endian), then optionally features (1 byte:
+                       ``\x01``, send trace context); the service name, unless it is the default
 ``REPLY``  ``\x03``     reply-to (8 bytes), status (1 byte: a :class:`~zmqrelay._core.tag.Status`:
                        OK, ERROR, or PARTIAL for a part of a streamed reply, more to come); body
 ``HEARTBEAT`` ``\x04``   nothing
@@ -23,8 +24,9 @@ worker → broker        header after ``ZRW2`` and the command byte; frames afte
 =====================  ==========================================================================
 broker → worker        header after ``ZRW2`` and the command byte; frames after the header
 =====================  ==========================================================================
-``REQUEST`` ``\x02``    reply-to (8 bytes), flags (1 byte, ``\x01``: a redelivery), timeout in
-                       milliseconds (4 bytes, big-endian; ``0xFFFFFFFF``: none); body
+``REQUEST`` ``\x02``    reply-to (8 bytes), flags (1 byte: ``\x01``, a redelivery; ``\x02``, a
+                       trace context frame follows), timeout in milliseconds (4 bytes,
+                       big-endian; ``0xFFFFFFFF``: none); the trace context, if flagged; body
 ``HEARTBEAT`` ``\x04``   nothing
 ``DISCONNECT`` ``\x05`` nothing: the broker forgot this worker (it should register again)
 =====================  ==========================================================================
@@ -32,6 +34,11 @@ broker → worker        header after ``ZRW2`` and the command byte; frames afte
 The reply-to is an opaque token the broker hands out per request: it stands for the client's
 whole envelope, so workers can answer requests of clients behind any number of hops, and the
 broker can refuse replies it did not ask for.
+
+Trace context (:mod:`zmqrelay._core.trace`) reaches only a worker that asked for it in its
+READY: a worker that did not, as every worker before features existed, gets REQUESTs exactly
+as before. A worker asks only when it traces, so one that does not still registers with a
+broker that knows no features.
 """
 
 from __future__ import annotations
@@ -51,13 +58,26 @@ MAX_CREDITS = 1_000_000
 NO_TIMEOUT = 0xFFFF_FFFF
 """The timeout field of a request whose client waits for ever."""
 READY_HEADER = struct.Struct(">4scI")
+READY_FEATURES_HEADER = struct.Struct(">4scIB")
+"""READY with a features byte."""
+TRACE_CONTEXT = 0x01
+"""READY's feature: send this worker the trace context of the requests that have one."""
+REDELIVERY, WITH_CONTEXT = 0x01, 0x02
+"""REQUEST's flags."""
 REQUEST_HEADER = struct.Struct(">4sc8sBI")
 REPLY_HEADER_SIZE = 4 + 1 + 8 + 1
 
 
-def encode_ready(credits: int, service: bytes = b"") -> list[bytes]:
-    """What a zmqrelay worker (a DEALER) sends to register (for ``service``, if not default)."""
-    header = READY_HEADER.pack(PROTOCOL, READY, credits)
+def encode_ready(credits: int, service: bytes = b"", *, context: bool = False) -> list[bytes]:
+    """What a zmqrelay worker (a DEALER) sends to register (for ``service``, if not default).
+
+    With ``context``, it asks for the requests' trace context (a features byte, which a
+    broker older than it refuses: send it only when tracing).
+    """
+    if context:
+        header = READY_FEATURES_HEADER.pack(PROTOCOL, READY, credits, TRACE_CONTEXT)
+    else:
+        header = READY_HEADER.pack(PROTOCOL, READY, credits)
     return [header, service] if service else [header]
 
 
@@ -79,6 +99,8 @@ class Assignment:
     redelivery: bool
     timeout: float | None
     body: list[bytes]
+    context: bytes = b""
+    """Its trace context frame (:mod:`zmqrelay._core.trace`), if the broker sent one."""
 
     def reply(self, body: Sequence[bytes]) -> list[bytes]:
         """The frames answering this request with ``body``.
@@ -116,10 +138,14 @@ def decode_from_broker(frames: list[bytes]) -> Assignment | BrokerCommand:
         if len(header) != REQUEST_HEADER.size or len(frames) < 2:
             raise RemoteProtocolError("REQUEST needs reply-to, flags and timeout, then a body")
         _, _, reply_to, flags, milliseconds = REQUEST_HEADER.unpack(header)
-        if flags > 1:
-            raise RemoteProtocolError(f"unknown REQUEST flags {flags:#x}")
         timeout = None if milliseconds == NO_TIMEOUT else milliseconds / 1000
-        return Assignment(reply_to, flags == 1, timeout, frames[1:])
+        if flags <= REDELIVERY:
+            return Assignment(reply_to, flags == REDELIVERY, timeout, frames[1:])
+        if flags > REDELIVERY | WITH_CONTEXT:
+            raise RemoteProtocolError(f"unknown REQUEST flags {flags:#x}")
+        if len(frames) < 3:
+            raise RemoteProtocolError("a REQUEST flagged with a trace context needs it, a body")
+        return Assignment(reply_to, bool(flags & REDELIVERY), timeout, frames[2:], frames[1])
     if len(header) != 5 or len(frames) != 1:
         raise RemoteProtocolError(f"command {command!r} takes no fields or frames")
     if command == HEARTBEAT:

@@ -127,6 +127,8 @@ class MdpAssignment:
     body: list[bytes]
     timeout: float | None = None
     redelivery: bool = False
+    context: bytes = b""
+    """Never a trace context: Majordomo has no room for one."""
 
     def _answer(self, command: bytes, body: list[bytes]) -> list[bytes]:
         return [*_worker_header(self.variant), command, self.reply_to, DELIMITER, *body]

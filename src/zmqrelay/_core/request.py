@@ -47,3 +47,6 @@ class Request:
     held_bytes: int = 0
     broken: str = ""
     """Why the rest of a streamed reply cannot reach the client whole."""
+    context: bytes = b""
+    """The trace context frame its zmqrelay client sent (:mod:`zmqrelay._core.trace`), taken
+    out of :attr:`envelope`; ``b""`` if none."""

@@ -318,6 +318,8 @@ class Scheduler(Dispatcher):
             service = self.services[request.service]
             service.queued -= 1
             self.queued -= 1
+            if request.context and self.waits is not None:
+                self.waited(request, now, reason)
             self.refuse(request, reason)
             if len(service.queue) + len(service.again) > 2 * service.queued + 64:
                 # What ended while it waited leaves the queues now and then, not only when a

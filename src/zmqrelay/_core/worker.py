@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from zmqrelay._core import envelope, tag
+from zmqrelay._core import envelope, tag, trace
 from zmqrelay.errors import LocalProtocolError
 
 PLAIN_ERROR_PREFIX = b"zmqrelay-error: "
@@ -77,6 +77,11 @@ class Answerable(Protocol):
         """Whether another worker may have handled this request before (it died)."""
         ...
 
+    @property
+    def context(self) -> bytes:
+        """The trace context frame it came with (:mod:`zmqrelay._core.trace`), or ``b""``."""
+        ...
+
     def reply(self, body: Sequence[bytes]) -> list[bytes]:
         """The frames that answer it with ``body``."""
         ...
@@ -98,6 +103,9 @@ class Request:
     """The envelope's hops, outermost first, to send back unchanged."""
     body: list[bytes]
     """The request's body frames (at least one)."""
+    context: bytes = b""
+    """The trace context frame a zmqrelay client put before its tag (it is left out of
+    :attr:`routing`, so the reply does not carry it back), or ``b""``."""
 
     @property
     def tagged(self) -> bool:
@@ -192,4 +200,9 @@ def decode_request(frames: list[bytes]) -> Request:
         index = -1
     if index < 1 or index == len(frames) - 1:
         envelope.split(frames)  # raises RemoteProtocolError naming what is wrong
-    return Request(frames[:index], frames[index + 1 :])
+    routing = frames[:index]
+    # A trace context sits between the client's id (at least one hop) and its tag.
+    if index > 2 and trace.is_context(routing[-2]) and tag.decode(routing[-1]) is not None:
+        context = routing.pop(-2)
+        return Request(routing, frames[index + 1 :], context)
+    return Request(routing, frames[index + 1 :])
