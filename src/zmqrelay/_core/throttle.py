@@ -56,7 +56,9 @@ class Throttle:
         if waiting <= 0:
             return None
         last = self._reported.get(kind)
-        if last is not None and now - last < self.interval:
+        # Compared as a sum, as the time it is due is computed (last + interval), so that a
+        # call at exactly that time always finds it due, whatever the rounding.
+        if last is not None and now < last + self.interval:
             self._waiting[kind] = waiting
             return None
         self._reported[kind] = now
@@ -80,7 +82,7 @@ class Throttle:
     def due(self, now: float) -> list[Report]:
         """Reports of the occurrences that waited, for each kind whose interval has passed."""
         interval, reported = self.interval, self._reported
-        ready = [kind for kind in self._waiting if now - reported[kind] >= interval]
+        ready = [kind for kind in self._waiting if now >= reported[kind] + interval]
         return [report for kind in ready if (report := self.add(kind, now, 0)) is not None]
 
     def flush(self, now: float) -> list[Report]:
