@@ -268,7 +268,23 @@ async def test_an_external_broker_skips_tests_marked_for_a_broker_it_may_not_be(
     result.stdout.fnmatch_lines_random([f"SKIPPED [[]1[]] *.py:*: {line}" for line in skipped])
 
 
-def test_an_external_brokers_mode_alone_is_a_usage_error(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (
+            ["--zmqrelay-mode", "relay"],
+            "*--zmqrelay-mode (or ZMQRELAY_TEST_MODE) is the mode of an*",
+        ),
+        (
+            ["--zmqrelay-frontend", "tcp://127.0.0.1:1"],
+            "*needs both --zmqrelay-frontend and --zmqrelay-backend*",
+        ),
+    ],
+    ids=["mode alone", "half a broker"],
+)
+def test_an_incomplete_external_broker_is_a_usage_error(
+    pytester: pytest.Pytester, options: list[str], error: str
+) -> None:
     ini(pytester, asyncio_mode="strict")
     pytester.makepyfile(
         """
@@ -279,25 +295,9 @@ def test_an_external_brokers_mode_alone_is_a_usage_error(pytester: pytest.Pytest
             pass
         """
     )
-    result = run(pytester, "--zmqrelay-mode", "relay")
+    result = run(pytester, *options)
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*--zmqrelay-mode (or ZMQRELAY_TEST_MODE) is the mode of an*"])
-
-
-def test_half_an_external_broker_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    ini(pytester, asyncio_mode="strict")
-    pytester.makepyfile(
-        """
-        import pytest
-
-        @pytest.mark.asyncio
-        async def test_it(relay_broker):
-            pass
-        """
-    )
-    result = run(pytester, "--zmqrelay-frontend", "tcp://127.0.0.1:1")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*needs both --zmqrelay-frontend and --zmqrelay-backend*"])
+    result.stdout.fnmatch_lines([error])
 
 
 def test_beside_anyios_plugin(pytester: pytest.Pytester) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn, TypeVar, TypeVarTuple, cast
+from typing import Any, NoReturn, TypeVar, TypeVarTuple, cast
 
 import anyio
 import click
@@ -53,6 +53,17 @@ _LOGGING = "zmqrelay.logging"
 FC = TypeVar("FC", bound=Callable[..., object])
 
 
+def _env_option(*declarations: str, **options: Any) -> Callable[[FC], FC]:
+    """A click option that may also come from the environment, and says so in ``--help``.
+
+    Its variable is ``ZMQRELAY_`` and the option's long name (``--drain-timeout``:
+    ``ZMQRELAY_DRAIN_TIMEOUT``), unless ``envvar=`` names another.
+    """
+    name = next(declaration for declaration in declarations if declaration.startswith("--"))
+    options.setdefault("envvar", "ZMQRELAY_" + name[2:].upper().replace("-", "_"))
+    return click.option(*declarations, show_envvar=True, **options)
+
+
 def _logging_options(command: FC) -> FC:
     """``--log-level`` and ``--log-format`` after a long-running command's name too.
 
@@ -60,24 +71,20 @@ def _logging_options(command: FC) -> FC:
     over the environment, which the group reads.
     """
     for option in (
-        click.option(
+        _env_option(
             "--log-format",
             type=click.Choice(["text", "json"]),
             default=None,
-            envvar="ZMQRELAY_LOG_FORMAT",
             help="How to log to standard error: lines of text, or a JSON object per line "
             "[default: text].",
-            show_envvar=True,
             expose_value=False,
             callback=_relog,
         ),
-        click.option(
+        _env_option(
             "--log-level",
             type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
             default=None,
-            envvar="ZMQRELAY_LOG_LEVEL",
             help="How much to log to standard error [default: INFO for broker, else WARNING].",
-            show_envvar=True,
             expose_value=False,
             callback=_relog,
         ),
@@ -97,21 +104,17 @@ def _relog(ctx: click.Context, param: click.Parameter, value: str | None) -> Non
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="zmqrelay")
-@click.option(
+@_env_option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default=None,
-    envvar="ZMQRELAY_LOG_LEVEL",
     help="How much to log to standard error [default: INFO for broker, else WARNING].",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
-    envvar="ZMQRELAY_LOG_FORMAT",
     help="How to log to standard error: lines of text, or a JSON object per line.",
-    show_envvar=True,
 )
 @click.pass_context
 def cli(ctx: click.Context, log_level: str | None, log_format: LogFormat) -> None:
@@ -131,151 +134,115 @@ def _configure_logging(settings: dict[str, str]) -> None:
 
 
 @cli.command()
-@click.option(
+@_env_option(
     "--frontend",
     default="tcp://*:5559",
-    envvar="ZMQRELAY_FRONTEND",
     help="Endpoint to bind for clients.",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--backend",
     default="tcp://*:5560",
-    envvar="ZMQRELAY_BACKEND",
     help="Endpoint to bind for workers.",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--drain-timeout",
     type=float,
     default=5.0,
-    envvar="ZMQRELAY_DRAIN_TIMEOUT",
     help="On SIGINT/SIGTERM, seconds to keep relaying replies of requests in flight.",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--mode",
     type=click.Choice(["relay", "load-balancing"]),
     default="relay",
-    envvar="ZMQRELAY_MODE",
     help="relay: frames pass through; load-balancing: workers announce readiness.",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--redeliveries",
     type=click.IntRange(0, 100),
     default=0,
-    envvar="ZMQRELAY_REDELIVERIES",
     help="Load-balancing: times a request whose worker died is sent again (0: at most once).",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--heartbeat-interval",
     type=click.FloatRange(0.001, 3600),
     default=2.5,
-    envvar="ZMQRELAY_HEARTBEAT_INTERVAL",
     help="Load-balancing: seconds between heartbeats to and from workers.",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--liveness",
     type=click.IntRange(1, 100),
     default=3,
-    envvar="ZMQRELAY_LIVENESS",
     help="Load-balancing: heartbeat intervals of silence after which a worker is dead.",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--queue-limit",
     type=click.IntRange(0, 10_000_000),
     default=10_000,
-    envvar="ZMQRELAY_QUEUE_LIMIT",
     help="Load-balancing: requests that may wait for a worker.",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--queue-timeout",
     type=click.FloatRange(0, 3600),
     default=5.0,
-    envvar="ZMQRELAY_QUEUE_TIMEOUT",
     help="Load-balancing: seconds a request may wait for a worker.",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--request-timeout",
     type=click.FloatRange(0.001, 10_000_000),
     default=60.0,
-    envvar="ZMQRELAY_REQUEST_TIMEOUT",
     help="Load-balancing: deadline of requests whose client set none.",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--engine",
     type=click.Choice(["libzmq", "python"]),
     default="libzmq",
-    envvar="ZMQRELAY_ENGINE",
     help="libzmq: C speed; python: checks and counts every message.",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--max-message-size",
     type=int,
     default=None,
-    envvar="ZMQRELAY_MAX_MESSAGE_SIZE",
     help="Disconnect clients and workers that send larger frames (bytes).",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--curve-secret-key",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="FILE",
-    envvar="ZMQRELAY_CURVE_SECRET_KEY",
     help="CURVE: the broker's key pair (a .key_secret file, see 'zmqrelay keys generate'); "
     "both sockets then take CURVE peers only, encrypted.",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--client-keys",
     type=click.Path(file_okay=False, path_type=Path),
     metavar="DIR",
-    envvar="ZMQRELAY_CLIENT_KEYS",
     help="CURVE: a directory of *.key files, the clients allowed [default: any CURVE client, "
     "encrypted but not authenticated].",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--worker-keys",
     type=click.Path(file_okay=False, path_type=Path),
     metavar="DIR",
-    envvar="ZMQRELAY_WORKER_KEYS",
     help="CURVE: a directory of *.key files, the workers allowed [default: any CURVE worker, "
     "encrypted but not authenticated].",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--authorization",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="FILE",
-    envvar="ZMQRELAY_AUTHORIZATION",
     help="CURVE, load-balancing: a policy file (TOML) saying which client keys may call which "
     "services and which worker keys may serve them.",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--handshake-timeout",
     type=click.FloatRange(0.001, 3600),
     default=5.0,
-    envvar="ZMQRELAY_HANDSHAKE_TIMEOUT",
     help="CURVE: seconds a peer has to complete its handshake.",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--metrics-address",
     metavar="HOST:PORT",
-    envvar="ZMQRELAY_METRICS_ADDRESS",
     help="Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (needs "
     "zmqrelay[metrics]; port 0: any free port, logged).",
-    show_envvar=True,
 )
 @_logging_options
 def broker(
@@ -386,13 +353,12 @@ def _reload_keys(instance: Broker, curve: bool) -> None:
 
 
 @cli.command()
-@click.option(
+@_env_option(
     "--transport",
     type=click.Choice(["inproc", "tcp"]),
     default="inproc",
     envvar="ZMQRELAY_DEMO_TRANSPORT",
     help="inproc: all in memory; tcp: over loopback on free ports.",
-    show_envvar=True,
 )
 @click.option("--clients", type=click.IntRange(1, 100), default=2, help="Clients.")
 @click.option("--workers", type=click.IntRange(1, 100), default=3, help="Workers.")
@@ -410,22 +376,18 @@ def demo(transport: str, clients: int, workers: int, requests: int) -> None:
 
 
 @cli.command()
-@click.option(
+@_env_option(
     "--connect",
     default="tcp://localhost:5559",
-    envvar="ZMQRELAY_CONNECT",
     help="The broker's frontend.",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--timeout",
     type=float,
     # Longer than a broker's default queue timeout, so that its refusal (NoWorkers) comes first.
     default=10.0,
-    envvar="ZMQRELAY_TIMEOUT",
     help="Seconds to wait for the reply (a load-balancing broker refuses a request no worker "
     "took within its --queue-timeout, 5 s by default).",
-    show_envvar=True,
 )
 @click.option(
     "--service",
@@ -439,22 +401,18 @@ def demo(transport: str, clients: int, workers: int, requests: int) -> None:
     default="zmqrelay",
     help="Speak Majordomo to another Majordomo broker (needs --service).",
 )
-@click.option(
+@_env_option(
     "--curve-key",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="FILE",
-    envvar="ZMQRELAY_CURVE_KEY",
     help="CURVE: this client's key pair (a .key_secret file), for a broker that takes CURVE "
     "peers only (needs --curve-server-key).",
-    show_envvar=True,
 )
-@click.option(
+@_env_option(
     "--curve-server-key",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="FILE",
-    envvar="ZMQRELAY_CURVE_SERVER_KEY",
     help="CURVE: the broker's public key (its .key file).",
-    show_envvar=True,
 )
 @click.argument("frames", nargs=-1, required=True)
 @_logging_options
@@ -535,13 +493,12 @@ def keys_generate(directory: Path, name: str) -> None:
 
 @cli.command()
 @click.argument("url", envvar="ZMQRELAY_METRICS_URL")
-@click.option(
+@_env_option(
     "--interval",
     type=click.FloatRange(0.05, 3600),
     default=2.0,
     envvar="ZMQRELAY_TOP_INTERVAL",
     help="Seconds between scrapes; the rates are averaged over it.",
-    show_envvar=True,
 )
 @click.option(
     "--timeout",
