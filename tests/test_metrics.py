@@ -461,3 +461,29 @@ async def test_top_reads_a_real_broker(context: LeakCheckingContext) -> None:
     screen = render_text(before, after, url=url, width=130)
     assert "load-balancing broker" in screen
     assert any(line.startswith("shout ") for line in screen.splitlines())
+
+
+@pytest.mark.asyncio
+async def test_failed_scrapes_are_answered_500_and_logged_once_in_a_while(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from zmqrelay._aio.metrics import serve
+    from zmqrelay._core.metrics import Address
+
+    class Broken:
+        def collect(self) -> list[object]:
+            raise RuntimeError("cannot read")
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Broken())  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        bound = await tg.start(serve, Address("127.0.0.1", 0), registry)
+        url = f"http://{bound}/metrics"
+        for _ in range(20):
+            assert (await http(url))[0] == 500
+        tg.cancel_scope.cancel()
+    failures = [
+        record for record in caplog.records if getattr(record, "kind", "") == "scrape_errors"
+    ]
+    assert len(failures) == 1  # the first; the next 19 wait for the interval
+    assert failures[0].exc_info is not None

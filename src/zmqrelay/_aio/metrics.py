@@ -42,6 +42,7 @@ from zmqrelay._core.metrics import (
     label,
 )
 from zmqrelay._core.relay import BrokerStatistics
+from zmqrelay._core.throttle import Throttle
 from zmqrelay.errors import EndpointError
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ _READ_TIMEOUT = 5.0
 """Seconds a scraper has to send its request."""
 _COLLECT_TIMEOUT = 5.0
 """Seconds a scrape from another thread waits for the broker's event loop."""
+_FAILURE_LOG_INTERVAL = 10.0
+"""Seconds between two lines about scrapes that failed."""
 
 
 class BrokerCollector(Collector):
@@ -361,6 +364,8 @@ async def serve(
 
 
 def _handler(registry: CollectorRegistry) -> Callable[[anyio.abc.SocketStream], Awaitable[None]]:
+    failures = Throttle(_FAILURE_LOG_INTERVAL)
+
     async def handle(stream: anyio.abc.SocketStream) -> None:
         async with stream:
             try:
@@ -370,7 +375,17 @@ def _handler(registry: CollectorRegistry) -> Callable[[anyio.abc.SocketStream], 
                 return
             # The page is written in a thread: the broker's loop only reads the numbers (see
             # BrokerCollector), which is about a quarter of the work.
-            await stream.send(await anyio.to_thread.run_sync(_respond, registry, head))
+            answer, failure = await anyio.to_thread.run_sync(_respond, registry, head)
+            if failure is not None:
+                line = failures.add("scrape_errors", anyio.current_time())
+                if line is not None:  # the first at once, then a line per interval at most
+                    logger.error(
+                        "%d scrape(s) failed: metrics could not be collected",
+                        line.occurrences,
+                        exc_info=failure,
+                        extra={"kind": line.kind, "count": line.occurrences},
+                    )
+            await stream.send(answer)
 
     return handle
 
@@ -384,16 +399,17 @@ async def _read_head(stream: anyio.abc.SocketStream) -> bytes:
     return head
 
 
-def _respond(registry: CollectorRegistry, head: bytes) -> bytes:
+def _respond(registry: CollectorRegistry, head: bytes) -> tuple[bytes, Exception | None]:
+    """The answer to a request's ``head``, and why the metrics could not be read, if so."""
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split()
     if len(parts) != 3:
-        return _response(400, "Bad Request", b"bad request\n")
+        return _response(400, "Bad Request", b"bad request\n"), None
     method, target, _ = parts
     if method not in ("GET", "HEAD"):
-        return _response(405, "Method Not Allowed", b"GET /metrics\n", head_only=False)
+        return _response(405, "Method Not Allowed", b"GET /metrics\n"), None
     if target.split("?", 1)[0] not in ("/metrics", "/"):
-        return _response(404, "Not Found", b"metrics are at /metrics\n", head_only=False)
+        return _response(404, "Not Found", b"metrics are at /metrics\n"), None
     headers = {
         name.strip().lower(): value.strip()
         for name, _, value in (line.partition(":") for line in lines[1:] if line)
@@ -401,10 +417,9 @@ def _respond(registry: CollectorRegistry, head: bytes) -> bytes:
     encoder, content_type = choose_encoder(headers.get("accept", ""))
     try:
         body = encoder(registry)
-    except Exception:
-        logger.exception("metrics could not be collected")
-        return _response(500, "Internal Server Error", b"metrics could not be collected\n")
-    return _response(200, "OK", body, content_type, head_only=method == "HEAD")
+    except Exception as exc:  # answered with a 500, logged by the caller
+        return _response(500, "Internal Server Error", b"metrics could not be collected\n"), exc
+    return _response(200, "OK", body, content_type, head_only=method == "HEAD"), None
 
 
 def _response(
