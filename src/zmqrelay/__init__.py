@@ -15,11 +15,13 @@ from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.worker import AsyncWorker, FramesHandler, Handler, is_redelivery, time_left
 from zmqrelay._core.balancer import BalancerStatistics
 from zmqrelay._core.client import ClientStatistics
+from zmqrelay._core.links import LinkStatistics
 from zmqrelay._core.relay import BrokerStatistics
 from zmqrelay._core.security import SecurityStatistics
 from zmqrelay._core.worker import WorkerStatistics
 from zmqrelay.errors import (
     BrokerBusy,
+    BrokerLost,
     ClosedError,
     DeadlineExceeded,
     EndpointError,
@@ -45,6 +47,7 @@ __all__ = [
     "BalancerStatistics",
     "Broker",
     "BrokerBusy",
+    "BrokerLost",
     "BrokerStatistics",
     "ClientStatistics",
     "ClosedError",
@@ -56,6 +59,7 @@ __all__ = [
     "FramesHandler",
     "Handler",
     "KeyFileError",
+    "LinkStatistics",
     "LocalProtocolError",
     "NoWorkers",
     "PolicyError",

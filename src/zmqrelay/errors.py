@@ -13,6 +13,7 @@ reaches user code. The tree::
     │   ├── NoWorkers             no live worker could take it in time
     │   ├── DeadlineExceeded      the request's deadline passed (also a RequestTimeout)
     │   └── WorkerDied            its worker died, and it could not be sent again
+    ├── BrokerLost                the broker holding the request was lost (several brokers)
     ├── RequestTimeout            also a TimeoutError
     ├── EndpointError             an endpoint could not be bound or connected; also an OSError
     └── ClosedError               the broker, worker or client is closed
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 __all__ = [
     "BrokerBusy",
+    "BrokerLost",
     "ClosedError",
     "DeadlineExceeded",
     "EndpointError",
@@ -76,6 +78,16 @@ class RemoteError(ZmqRelayError):
         super().__init__(f"{type_name}: {message}" if message else type_name)
         self.type_name = type_name
         self.message = message
+
+
+class BrokerLost(ZmqRelayError):
+    """The broker holding the request was lost before its reply came.
+
+    Raised by an :class:`~zmqrelay.AsyncClient` with several endpoints when the connection to
+    the broker the request went to closed, or stayed silent past the heartbeat timeout. The
+    request may or may not have been handled: it is sent again, to another broker, only under
+    a retry policy that lists this error (the default :class:`~zmqrelay.RetryPolicy` does).
+    """
 
 
 class RequestTimeout(ZmqRelayError, TimeoutError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import secrets
@@ -12,7 +13,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import EllipsisType
-from typing import TYPE_CHECKING, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import anyio
 import anyio.abc
@@ -20,6 +21,7 @@ import tenacity
 import zmq
 import zmq.asyncio
 from anyio.lowlevel import checkpoint
+from zmq.utils.monitor import parse_monitor_message
 
 from zmqrelay._aio import sockets
 from zmqrelay._aio.curve import CurveKeyPair
@@ -34,9 +36,11 @@ from zmqrelay._aio.service import (
 )
 from zmqrelay._core import mdp, tag
 from zmqrelay._core.client import ClientStatistics, Correlator, Reply
+from zmqrelay._core.links import Links
 from zmqrelay._core.worker import check_body
 from zmqrelay.errors import (
     BrokerBusy,
+    BrokerLost,
     ClosedError,
     NoWorkers,
     RemoteProtocolError,
@@ -58,25 +62,40 @@ Protocol = Literal["zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
 class _Stream:
     """The waiter of a streamed request: the parts of its reply queue up for the caller."""
 
-    __slots__ = ("_finished", "_items", "_wake")
+    __slots__ = ("_ended", "_finished", "_items", "_wake", "failure")
 
     def __init__(self) -> None:
         self._items: deque[Reply | BaseException] = deque()
         self._wake = asyncio.Event()
         self._finished = False
+        self._ended: asyncio.Future[None] | None = None
+        self.failure: BaseException | None = None
 
     def done(self) -> bool:
         return self._finished
+
+    def ended(self) -> asyncio.Future[None]:
+        """A future done once the stream has ended (its last part, or a failure, came)."""
+        if self._ended is None:
+            self._ended = asyncio.get_running_loop().create_future()
+            if self._finished:
+                self._ended.set_result(None)
+        return self._ended
 
     def set_result(self, reply: Reply) -> None:
         self._items.append(reply)
         self._finished = reply.status is not tag.Status.PARTIAL
         self._wake.set()
+        if self._finished and self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
 
     def set_exception(self, exc: BaseException) -> None:
         self._items.append(exc)
         self._finished = True
+        self.failure = exc
         self._wake.set()
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
 
     async def next(self) -> Reply:
         while not self._items:
@@ -137,7 +156,13 @@ class RetryPolicy:
     """Seconds to wait before the second attempt; the wait doubles (with jitter) after that."""
     max_backoff: float = 5.0
     """The longest wait between attempts."""
-    on: tuple[type[BaseException], ...] = (RequestTimeout, BrokerBusy, NoWorkers, WorkerDied)
+    on: tuple[type[BaseException], ...] = (
+        RequestTimeout,
+        BrokerBusy,
+        NoWorkers,
+        WorkerDied,
+        BrokerLost,
+    )
     """The failures worth another attempt; any other reaches the caller at once."""
 
 
@@ -155,8 +180,26 @@ class AsyncClient(Service):
         async with AsyncClient("tcp://localhost:5559") as client:
             reply = await client.request(b"Hello", timeout=2.5)
 
+    Given several brokers' frontends, the client keeps a socket connected to each, and sends
+    each request to the broker that is up with the fewest requests in flight (in turn among
+    equals)::
+
+        async with AsyncClient(["tcp://host-a:5559", "tcp://host-b:5559"]) as client:
+            reply = await client.request(b"Hello")
+
+    It notices a broker that is lost: its connection closed (a killed broker, at once), or
+    silent for ``heartbeat_timeout`` seconds (ZeroMQ's heartbeats: a stopped or cut-off broker).
+    It stops sending to it, ends the requests that broker held in :class:`~zmqrelay.BrokerLost`
+    (which a retry policy sends again, to another broker; without one the caller sees it), and
+    takes the broker back once it answers again. A broker whose requests keep ending in the
+    client's timeout (``suspend_after`` in a row, nothing heard from it meanwhile) gets no
+    requests for ``suspend_time`` seconds, then one at a time until it answers. Streams, and
+    requests that no retry policy covers, are never sent twice. With one endpoint the client
+    behaves as it always did: one socket, no heartbeats.
+
     Args:
-        endpoint: the broker's frontend, e.g. ``"tcp://localhost:5559"``.
+        endpoint: the broker's frontend, e.g. ``"tcp://localhost:5559"``, or a list of
+            several brokers' frontends.
         context: the ``zmq.asyncio.Context``; defaults to the process-wide instance.
         timeout: the default timeout of a request in seconds. It is finite by default so that
             a request whose worker died ends in :class:`~zmqrelay.RequestTimeout`, never in a
@@ -183,9 +226,19 @@ class AsyncClient(Service):
             on when the application has set a tracer provider by the time the client
             starts; ``True``: on, with the global provider; a ``TracerProvider``: on, with
             that one; ``False``: off. See ``docs/observability.md``.
+        heartbeat_interval: with several endpoints, seconds between ZeroMQ heartbeats on each
+            broker's connection (``ZMQ_HEARTBEAT_IVL``).
+        heartbeat_timeout: with several endpoints, seconds without a sign of life after which
+            a broker's connection is dropped and the broker counted as lost
+            (``ZMQ_HEARTBEAT_TIMEOUT``; also its ``ZMQ_HEARTBEAT_TTL``).
+        suspend_after: with several endpoints, requests in a row that end in the client's
+            timeout on one broker, with nothing heard from it meanwhile, before it is suspended.
+        suspend_time: with several endpoints, seconds a suspended broker gets no requests
+            while another can take them.
 
     Raises:
         ImportError: ``tracing`` is asked for without ``opentelemetry-api`` installed.
+        ValueError: no endpoint, or an endpoint given twice.
 
     Requests name a service with ``request(service, body)``; ``request(body)`` asks the
     broker's default service (the only one a relay-mode broker has).
@@ -196,7 +249,7 @@ class AsyncClient(Service):
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         *,
         context: zmq.asyncio.Context | None = None,
         timeout: float | None = 30.0,
@@ -208,7 +261,30 @@ class AsyncClient(Service):
         curve_keys: CurveKeyPair | str | Path | None = None,
         curve_server_key: CurveKeyPair | bytes | str | Path | None = None,
         tracing: bool | TracerProvider | None = None,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 3.0,
+        suspend_after: int = 3,
+        suspend_time: float = 5.0,
     ) -> None:
+        endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        if not endpoints:
+            raise ValueError("a client needs at least one endpoint")
+        if len(set(endpoints)) != len(endpoints):
+            raise ValueError(f"an endpoint is given twice: {endpoints!r}")
+        if heartbeat_interval <= 0 or heartbeat_timeout <= 0:
+            raise ValueError("heartbeat_interval and heartbeat_timeout must be positive")
+        # Several brokers: one link each (a socket, its monitor, its state in the core).
+        self._links = (
+            Links(endpoints, suspend_after=suspend_after, suspend_time=suspend_time)
+            if len(endpoints) > 1
+            else None
+        )
+        self._endpoints = endpoints
+        self._heartbeat = (heartbeat_interval, heartbeat_timeout)
+        self._pumps: list[sockets.Pump] = []
+        self._link_sessions: list[Sessions] = []
+        self._up_waiters: list[asyncio.Future[None]] = []
+        self._majordomo_ids = itertools.count()
         self._socket_options = curve_options(curve_keys, curve_server_key)
         require_tracing(tracing)
         self._tracing_setting = tracing
@@ -223,7 +299,7 @@ class AsyncClient(Service):
         self._variant = variant
         self._sessions: Sessions | None = None
         self._retry = retry
-        self._endpoint = endpoint
+        self._endpoint = endpoints[0]
         self._context = context
         self._timeout = timeout
         self._routing_id = routing_id
@@ -237,14 +313,20 @@ class AsyncClient(Service):
         self._timer_at = math.inf
 
     def __repr__(self) -> str:
-        return (
-            f"<AsyncClient {self._state} endpoint={self._endpoint!r} "
-            f"in_flight={self._correlator.in_flight}>"
+        where = (
+            f"endpoint={self._endpoint!r}"
+            if self._links is None
+            else f"endpoints={self._endpoints!r}"
         )
+        return f"<AsyncClient {self._state} {where} in_flight={self.statistics().in_flight}>"
 
     def statistics(self) -> ClientStatistics:
-        """A snapshot of the client's counters."""
+        """A snapshot of the client's counters (with several endpoints, each broker's too)."""
         counted = self._correlator.statistics()
+        if self._links is not None:
+            counted = counted._replace(links=self._links.statistics())
+            if self._variant is not None:
+                counted = counted._replace(in_flight=self._links.in_flight)
         if self._sessions is not None:
             return counted._replace(in_flight=self._sessions.in_flight)
         return counted
@@ -548,6 +630,13 @@ class AsyncClient(Service):
                 async for part, _ in parts:
                     yield part
             return
+        if self._links is not None:
+            async with contextlib.aclosing(
+                self._stream_spread(service, frames, limit, redeliveries, context)
+            ) as parts:
+                async for part in parts:
+                    yield part
+            return
         pump = self._running_pump()
         loop = self._loop
         waiter = _Stream()
@@ -578,24 +667,135 @@ class AsyncClient(Service):
         finally:
             self._correlator.close(request_id)
 
+    async def _stream_spread(
+        self,
+        service: bytes,
+        frames: Sequence[bytes],
+        limit: float | None,
+        redeliveries: int,
+        context: bytes | None,
+    ) -> AsyncGenerator[list[bytes], None]:
+        """A stream on one of several brokers: never sent again once it went out."""
+        self._running_pump()
+        loop = self._loop
+        waiter = _Stream()
+        now = loop.time()
+        request_id, message = self._correlator.open(
+            waiter,
+            frames,
+            now=now,
+            timeout=limit,
+            redeliveries=redeliveries,
+            service=service,
+            stream=True,
+            context=context,
+        )
+        if limit is not None and now + limit < self._timer_at:
+            self._arm_timer(now + limit)
+        try:
+            await self._send_on_a_link(request_id, message, waiter.ended())
+            while True:
+                reply = await waiter.next()
+                yield reply.result()
+                if reply.status is not tag.Status.PARTIAL:
+                    return
+        except zmq.ZMQError as exc:
+            raise ClosedError(f"the client's socket failed: {exc}") from exc
+        finally:
+            self._correlator.close(request_id)
+            self._end_on_link(request_id, waiter.failure)
+
     def _majordomo(
         self, service: bytes, frames: Sequence[bytes], limit: float | None, redeliveries: int
     ) -> AsyncGenerator[tuple[list[bytes], bool], None]:
         sessions = self._sessions
-        if sessions is None or self._state != "running":
+        if (sessions is None and not self._link_sessions) or self._state != "running":
             raise ClosedError(f"the client is {self._state}; use it inside 'async with'")
         if not service:
             raise ValueError("a Majordomo request names a service: request(service, body)")
         if redeliveries:
             raise ValueError("Majordomo carries no redelivery budget: redeliveries=0")
         check_body(frames, "request")
+        if sessions is None:
+            return self._majordomo_spread(service, frames, limit)
         return sessions.exchange(service, frames, limit)
+
+    async def _majordomo_spread(
+        self, service: bytes, frames: Sequence[bytes], limit: float | None
+    ) -> AsyncGenerator[tuple[list[bytes], bool], None]:
+        """A Majordomo request on one of several brokers, through that broker's sessions."""
+        links = self._links
+        assert links is not None
+        loop = self._loop
+        request_id = next(self._majordomo_ids)  # the links' name for it; never sent
+        deadline = None if limit is None else loop.time() + limit
+        failure: BaseException | None = None
+        try:
+            index = links.assign(request_id, loop.time())
+            while index is None:
+                with anyio.move_on_after(math.inf if deadline is None else deadline - loop.time()):
+                    await self._link_up(None)
+                if deadline is not None and loop.time() >= deadline:
+                    self._correlator.timeouts += 1
+                    raise RequestTimeout(f"no reply within {limit} s (no broker was up)")  # noqa: TRY301
+                index = links.assign(request_id, loop.time())
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            async with contextlib.aclosing(
+                self._link_sessions[index].exchange(service, frames, left)
+            ) as parts:
+                async for part in parts:
+                    links.heard(index)
+                    yield part
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            self._end_on_link(request_id, failure)
+
+    async def _send_on_a_link(
+        self, request_id: int, message: list[bytes], ended: asyncio.Future[Any]
+    ) -> None:
+        """Send a request on the link its core chooses, waiting for one to come up if none is.
+
+        Returns early, without sending, once ``ended`` is done (the request's timer fired, its
+        broker was lost, or the client closed).
+        """
+        links = self._links
+        assert links is not None
+        loop = self._loop
+        index = links.assign(request_id, loop.time())
+        while index is None:
+            await self._link_up(ended)
+            if ended.done():
+                return
+            index = links.assign(request_id, loop.time())
+        pump = self._pumps[index]
+        if not pump.try_send(message):
+            await _send_before(pump, message, ended)
+
+    async def _link_up(self, ended: asyncio.Future[Any] | None) -> None:
+        """Wait until some link comes up, or ``ended`` is done."""
+        up: asyncio.Future[None] = self._loop.create_future()
+        self._up_waiters.append(up)
+        try:
+            waits = [up] if ended is None else [up, ended]
+            await asyncio.wait(waits, return_when="FIRST_COMPLETED")
+        finally:
+            if not up.done():
+                up.cancel()
+                self._up_waiters.remove(up)
+
+    def _end_on_link(self, request_id: int, failure: BaseException | None) -> None:
+        links = self._links
+        assert links is not None
+        # Only the client's own timeout counts against a broker (a refusal is an answer).
+        links.ended(request_id, self._loop.time(), timed_out=type(failure) is RequestTimeout)
 
     def _running_pump(self) -> sockets.Pump:
         pump = self._pump
-        if pump is None or self._state != "running":
+        if (pump is None and not self._pumps) or self._state != "running":
             raise ClosedError(f"the client is {self._state}; use it inside 'async with'")
-        return pump
+        return pump  # type: ignore[return-value]  # None with several links: not used then
 
     def _count_retry(self, state: tenacity.RetryCallState) -> None:
         self._correlator.retries += 1
@@ -635,6 +835,8 @@ class AsyncClient(Service):
                 async for part, _ in parts:
                     joined.extend(part)
             return joined
+        if self._links is not None:
+            return await self._exchange_spread(service, frames, limit, redeliveries, context)
         pump = self._running_pump()
         loop = self._loop
         waiter: asyncio.Future[Reply] = loop.create_future()
@@ -662,6 +864,43 @@ class AsyncClient(Service):
                 waiter.exception()  # retrieved here if the send, not the wait, ended the call
         return reply.result()
 
+    async def _exchange_spread(
+        self,
+        service: bytes,
+        frames: Sequence[bytes],
+        limit: float | None,
+        redeliveries: int,
+        context: bytes | None,
+    ) -> list[bytes]:
+        """One attempt on one of several brokers (see :meth:`_exchange`)."""
+        self._running_pump()
+        loop = self._loop
+        waiter: asyncio.Future[Reply] = loop.create_future()
+        now = loop.time()
+        request_id, message = self._correlator.open(
+            waiter,
+            frames,
+            now=now,
+            timeout=limit,
+            redeliveries=redeliveries,
+            service=service,
+            context=context,
+        )
+        if limit is not None and now + limit < self._timer_at:
+            self._arm_timer(now + limit)
+        try:
+            await self._send_on_a_link(request_id, message, waiter)
+            reply = await waiter
+        except zmq.ZMQError as exc:
+            raise ClosedError(f"the client's socket failed: {exc}") from exc
+        finally:
+            self._correlator.close(request_id)
+            failure = None
+            if waiter.done() and not waiter.cancelled():
+                failure = waiter.exception()  # retrieved, whoever ended the call
+            self._end_on_link(request_id, failure)
+        return reply.result()
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
@@ -678,6 +917,9 @@ class AsyncClient(Service):
             from zmqrelay._aio.tracing import ClientTracing
 
             self._tracing = ClientTracing(chosen_provider(self._tracing_setting), self._endpoint)
+        if self._links is not None:
+            await self._run_links(self._links, task_status)
+            return
         if self._variant is not None:
             await self._run_majordomo(self._variant, task_status)
             return
@@ -702,6 +944,122 @@ class AsyncClient(Service):
                         waiter.set_exception(
                             ClosedError("the client closed before the reply came")
                         )
+
+    async def _run_links(self, links: Links, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Serve requests over several brokers: a link (socket and monitor) to each."""
+        self._claim()
+        try:
+            with boundary_errors(self._kind), contextlib.ExitStack() as stack:
+                context = sockets.get_context(self._context)
+                interval, timeout = self._heartbeat
+                options = [
+                    *self._socket_options,
+                    (zmq.HEARTBEAT_IVL, round(interval * 1000)),
+                    (zmq.HEARTBEAT_TIMEOUT, round(timeout * 1000)),
+                    (zmq.HEARTBEAT_TTL, round(timeout * 1000)),
+                    # Queue only to a connection that completed its handshake, and drop what
+                    # is queued when it is lost: a request ended as lost never goes out later.
+                    (zmq.IMMEDIATE, 1),
+                ]
+                watches = []
+                for endpoint in self._endpoints:
+                    sock = sockets.open_socket(
+                        context, zmq.DEALER, routing_id=self._routing_id, options=options
+                    )
+                    stack.callback(self._close_link, sock)
+                    watch = sockets.monitor(sock, _LINK_EVENTS)
+                    stack.callback(_stop_monitor, sock, watch)
+                    watches.append(watch)
+                    sockets.connect(sock, endpoint)
+                    if self._variant is None:
+                        self._pumps.append(stack.enter_context(sockets.Pump(sock)))
+                    else:
+                        # The socket only watches the broker: each request borrows its own.
+                        sessions = Sessions(
+                            context,
+                            endpoint,
+                            self._variant,
+                            self._linger,
+                            self._correlator,
+                            self._max_sockets,
+                            self._socket_options,
+                        )
+                        stack.callback(sessions.close)
+                        sessions.prepare()
+                        self._link_sessions.append(sessions)
+                self._loop = asyncio.get_running_loop()
+                try:
+                    async with anyio.create_task_group() as task_group:
+                        for index, pump in enumerate(self._pumps):
+                            task_group.start_soon(self._receive_link, links, index, pump)
+                        for index, watch in enumerate(watches):
+                            task_group.start_soon(self._watch_link, links, index, watch)
+                        self._report_ready(task_status, None)
+                        await self._close_requested.wait()
+                        task_group.cancel_scope.cancel()
+                finally:
+                    self._state = "closing"
+                    self._pumps = []
+                    self._link_sessions = []
+                    if self._timer is not None:
+                        self._timer.cancel()
+                    for up in self._up_waiters:
+                        up.cancel()
+                    for waiter in self._correlator.waiters():
+                        if not waiter.done():
+                            waiter.set_exception(
+                                ClosedError("the client closed before the reply came")
+                            )
+        finally:
+            self._finish()
+
+    def _close_link(self, sock: sockets.AsyncSocket) -> None:
+        sockets.close(sock, self._linger)  # the linger set by the time it closes
+
+    async def _watch_link(self, links: Links, index: int, watch: sockets.AsyncSocket) -> None:
+        """Tell the core when link ``index`` comes up or is lost, and do what it answers."""
+        while True:
+            event = parse_monitor_message(await watch.recv_multipart())["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                links.connected(index)
+                logger.info("broker %s is up", self._endpoints[index])
+                for up in self._up_waiters:
+                    if not up.done():
+                        up.set_result(None)
+                self._up_waiters.clear()
+            elif event == zmq.EVENT_DISCONNECTED:
+                lost = links.disconnected(index)
+                logger.warning(
+                    "lost broker %s with %d requests in flight", self._endpoints[index], len(lost)
+                )
+                for request_id in lost:
+                    waiter = self._correlator.lose(request_id)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_exception(
+                            BrokerLost(f"lost broker {self._endpoints[index]} before the reply")
+                        )
+                if self._link_sessions:
+                    self._link_sessions[index].lose()
+
+    async def _receive_link(self, links: Links, index: int, pump: sockets.Pump) -> None:
+        """As :meth:`_receive`, for one of several links; what comes tells that it lives."""
+        receive = pump.try_recv
+        match = self._correlator.receive
+        batch = range(512)
+        while True:
+            await pump.readable()
+            links.heard(index)
+            for _ in batch:
+                frames = receive()
+                if frames is None:
+                    break
+                matched = match(frames)
+                if matched is not None:
+                    waiter, reply = matched
+                    if not waiter.done():
+                        waiter.set_result(reply)
+            else:
+                await checkpoint()
 
     async def _run_majordomo(
         self, variant: mdp.Variant, task_status: anyio.abc.TaskStatus[None]
@@ -769,8 +1127,17 @@ class AsyncClient(Service):
         await super().aclose()
 
 
+_LINK_EVENTS = int(zmq.EVENT_HANDSHAKE_SUCCEEDED) | int(zmq.EVENT_DISCONNECTED)
+
+
+def _stop_monitor(sock: sockets.AsyncSocket, watch: sockets.AsyncSocket) -> None:
+    if not sock.closed:
+        sock.disable_monitor()
+    watch.close(linger=0)
+
+
 async def _send_before(
-    pump: sockets.Pump, message: list[bytes], waiter: asyncio.Future[Reply]
+    pump: sockets.Pump, message: list[bytes], waiter: asyncio.Future[Any]
 ) -> None:
     """Wait for room to send ``message``, unless ``waiter`` ends first (its timer fired)."""
     async with anyio.create_task_group() as task_group:

@@ -20,7 +20,7 @@ import zmq.asyncio
 from zmqrelay._aio import sockets
 from zmqrelay._core import mdp
 from zmqrelay._core.client import error_from_plain
-from zmqrelay.errors import ClosedError, RemoteProtocolError, RequestTimeout
+from zmqrelay.errors import BrokerLost, ClosedError, RemoteProtocolError, RequestTimeout
 
 
 class Counts(Protocol):
@@ -62,6 +62,7 @@ class Sessions:
         self._linger = linger
         self._idle: list[sockets.AsyncSocket] = []
         self._busy: set[sockets.AsyncSocket] = set()
+        self._lost: set[sockets.AsyncSocket] = set()
         self._closed = False
 
     def _borrow(self) -> sockets.AsyncSocket:
@@ -89,6 +90,7 @@ class Sessions:
 
     def _give_back(self, sock: sockets.AsyncSocket, *, clean: bool) -> None:
         self._busy.discard(sock)
+        self._lost.discard(sock)
         if clean and not self._closed and len(self._idle) < _POOL_SIZE:
             self._idle.append(sock)
         else:
@@ -117,11 +119,11 @@ class Sessions:
             raise
         try:
             # Each wait has its own scope, up to the one deadline: no scope spans a yield.
-            with self._waiting(deadline, limit):
+            with self._waiting(deadline, limit, sock):
                 await sock.send_multipart(mdp.encode_request(self._variant, service, body))
             counts.requests_sent += 1
             while True:
-                with self._waiting(deadline, limit):
+                with self._waiting(deadline, limit, sock):
                     frames = await sock.recv_multipart()
                 try:
                     reply = mdp.decode_reply(self._variant, frames)
@@ -142,8 +144,16 @@ class Sessions:
             self._limiter.release()
 
     @contextlib.contextmanager
-    def _waiting(self, deadline: float | None, limit: float | None) -> Iterator[None]:
-        """Wait until ``deadline`` at most; a socket error means the client closed."""
+    def _waiting(
+        self,
+        deadline: float | None,
+        limit: float | None,
+        sock: sockets.AsyncSocket | None = None,
+    ) -> Iterator[None]:
+        """Wait until ``deadline`` at most; a socket error means the client closed.
+
+        A wait on ``sock`` that :meth:`lose` ended raises :class:`~zmqrelay.BrokerLost`.
+        """
         try:
             with anyio.fail_after(None if deadline is None else deadline - anyio.current_time()):
                 yield
@@ -155,7 +165,9 @@ class Sessions:
         except anyio.get_cancelled_exc_class():
             # Closing the client closes the sockets of requests in flight, which cancels
             # what they await: the caller learns that the client closed, not that it was
-            # cancelled (it was not).
+            # cancelled (it was not). Losing the broker does the same to its requests.
+            if sock is not None and sock in self._lost and not sockets.being_cancelled():
+                raise BrokerLost(f"lost broker {self._endpoint} before the reply") from None
             if self._closed and not sockets.being_cancelled():
                 raise ClosedError("the client closed before the reply came") from None
             raise
@@ -164,6 +176,19 @@ class Sessions:
     def in_flight(self) -> int:
         """Requests waiting for (the rest of) their reply."""
         return len(self._busy)
+
+    def lose(self) -> None:
+        """The broker was lost: end the requests in flight in :class:`~zmqrelay.BrokerLost`.
+
+        Their sockets are closed (no reply can come on them now); idle ones too, being
+        connected to the broker's previous life.
+        """
+        for sock in self._busy:
+            self._lost.add(sock)
+            sockets.close(sock, 0)
+        for sock in self._idle:
+            sockets.close(sock, 0)
+        self._idle.clear()
 
     def close(self) -> None:
         """Close every socket (those of requests still in flight too)."""

@@ -15,6 +15,7 @@ from typing import Generic, NamedTuple, TypeVar
 
 from zmqrelay._core import mdp, tag, trace
 from zmqrelay._core.envelope import DELIMITER
+from zmqrelay._core.links import LinkStatistics
 from zmqrelay._core.refusal import BY_ERROR_NAME, BY_STATUS
 from zmqrelay._core.worker import PLAIN_ERROR_PREFIX, check_body, decode_error, encode_error
 from zmqrelay.errors import (
@@ -47,6 +48,9 @@ class ClientStatistics(NamedTuple):
     """Messages dropped because they were not a tagged reply."""
     retries: int = 0
     """Requests sent again under a retry policy."""
+    links: tuple[LinkStatistics, ...] = ()
+    """With several endpoints, each broker's link: its state and counters, in the order of
+    the endpoints (empty with one endpoint)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +272,15 @@ class Correlator(Generic[T]):
         self._forget(request_id)
         self.replies_received += 1
         return waiter, Reply(request_id, status, body)
+
+    def lose(self, request_id: int) -> T | None:
+        """End a request whose broker was lost; returns its waiter, if it was still waiting.
+
+        A reply that still comes for it counts as late.
+        """
+        waiter = self._pending.pop(request_id, None)
+        self._forget(request_id)
+        return waiter
 
     def issued(self, request_id: int) -> bool:
         """Whether this correlator ever handed out ``request_id``."""
