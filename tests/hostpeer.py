@@ -7,7 +7,8 @@ counted. Times are ``time.monotonic()``, which every namespace of the machine sh
     Echoes each request's body followed by ``|NAME``. ``--kind sockets``: plain DEALERs, one
     per broker (relay mode); ``--kind dealer``: one plain DEALER connected to every broker;
     ``--kind async``: an ``AsyncWorker`` (``--mode``), given the list of endpoints when there
-    are several. Counts what it served.
+    are several. Counts what it served; plain sockets print ``serving N`` on the first request
+    through their ``N``-th socket.
 ``client``
     ``--concurrency`` tasks each send a request, wait for its outcome, pause ``--interval``,
     and again, through one ``AsyncClient`` (given the list of endpoints when there are
@@ -94,7 +95,10 @@ def _serve_sockets(arguments: argparse.Namespace) -> None:
             frames = sock.recv_multipart()
             frames[-1] += suffix
             sock.send_multipart(frames)
-            served[sockets.index(sock)] += 1
+            index = sockets.index(sock)
+            served[index] += 1
+            if served[index] == 1:
+                print(f"serving {index}", flush=True)
     for sock in sockets:
         sock.close(linger=0)
     context.term()

@@ -144,6 +144,9 @@ def test_relay_brokers_share_workers_through_a_broker_kill_and_a_cut_link(
         process.wait_for("ready", START)
     _at(first, "served")
     _at(second, "served")
+    for worker in workers:  # both workers serve both brokers before anything breaks
+        worker.wait_for("^serving 0", START)
+        worker.wait_for("^serving 1", START)
 
     killed = time.monotonic()
     brokers[b1].kill()
@@ -195,6 +198,9 @@ def test_embedded_brokers_share_workers_through_an_app_kill_and_a_cut_worker(
         process.wait_for("ready", START)
     for app in apps:
         _at(app, "served")
+    for worker in workers:  # both workers serve both applications before anything breaks
+        worker.wait_for("^serving 0", START)
+        worker.wait_for("^serving 1", START)
 
     killed = time.monotonic()
     apps[0].kill()  # the other application and the workers carry on
