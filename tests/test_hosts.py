@@ -166,8 +166,8 @@ def test_relay_brokers_share_workers_through_a_broker_kill_and_a_cut_link(
     served = [worker.finish(START) for worker in workers]
     outcomes = [_counted(report) for report in reports]
     assert set(outcomes[1]) == {"ok"}  # the other broker's client never noticed a thing
-    for worker in served:  # the pool served both brokers
-        assert len([n for n in worker["by_socket"].values() if n]) == 2, worker
+    for counts in served:  # the pool served both brokers
+        assert len([n for n in counts["by_socket"].values() if n]) == 2, counts
     _figures(
         capsys,
         f"relay, 2 brokers: kill noticed by b1's client after {noticed_kill:.2f} s, served "
