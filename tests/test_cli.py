@@ -480,6 +480,29 @@ def test_bench_load_balancing_brokers_with_guide_and_async_workers() -> None:
         assert run["requests"] > 0
 
 
+def test_bench_runs_several_brokers_sharing_the_workers_beside_one() -> None:
+    common = ["--brokers", "2", "--clients", "2", "--warmup", "0.2", "--duration", "0.4"]
+    runs: tuple[tuple[str, str, list[str]], ...] = (
+        ("zmqrelay", "c", []),
+        ("zmqrelay", "sync", []),
+        ("zmqrelay-lb", "guide-c", ["--sockets-per-worker", "4"]),
+        ("zmqrelay-lb", "guide", []),
+    )
+    for broker, worker, more in runs:
+        command = [
+            *ZMQRELAY, "bench", "--broker", broker, "--worker-kind", worker, *common, *more
+        ]  # fmt: skip
+        result = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        one, two = json.loads(result.stdout)
+        assert (one["broker"], two["broker"]) == (broker, f"{broker} x2")
+        assert one["requests"] > 0
+        assert two["requests"] > 0
+    table = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    assert re.search(r"^zmqrelay-lb x2 +\d+\.\d\dx", table.stdout, re.MULTILINE), table.stdout
+
+
 def test_bench_majordomo_brokers_with_plain_and_async_majordomo_peers() -> None:
     common = ["--warmup", "0.2", "--duration", "0.4", "--json", "--client-kind", "mdp"]
     runs = (("majortomo", "mdp"), ("zmqrelay-lb", "mdp"), ("zmqrelay-lb", "async-mdp"))

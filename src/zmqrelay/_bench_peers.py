@@ -270,18 +270,15 @@ _MDP_REQUEST, _MDP_FINAL = b"\x02", b"\x04"
 _MDP_CLIENT = [b"", b"MDPC02", b"\x02", MDP_SERVICE]
 
 
-def _serve_mdp_echo(endpoint: str, work: float, sockets: int) -> None:
-    """Plain synchronous Majordomo workers, ``sockets`` of them polled in one process.
+def _serve_mdp_echo(endpoints: Sequence[str], work: float, sockets: int) -> None:
+    """Plain synchronous Majordomo workers, ``sockets`` per broker, polled in one process.
 
     Each takes one request at a time, and heartbeats when it has sent nothing for a second.
     """
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     poller = zmq.Poller()
     last_sent: dict[zmq.Socket[bytes], float] = {}
-    for _ in range(sockets):
-        sock = context.socket(zmq.DEALER)
-        _secure(sock, "worker")
-        sock.connect(endpoint)
+    for sock in _connected(context, zmq.DEALER, endpoints, sockets):
         sock.send_multipart(_MDP_READY)
         poller.register(sock, zmq.POLLIN)
         last_sent[sock] = time.monotonic()
@@ -305,26 +302,80 @@ def _serve_mdp_echo(endpoint: str, work: float, sockets: int) -> None:
                 last_sent[sock] = now
 
 
-def _serve_guide_c(endpoint: str, sockets: int) -> None:
-    """``sockets`` workers speaking as the guide's REQ workers do, each echoed by libzmq.
+def _connected(
+    context: zmq.Context[zmq.Socket[bytes]],
+    kind: int,
+    endpoints: Sequence[str],
+    per_endpoint: int = 1,
+) -> list[zmq.Socket[bytes]]:
+    """``per_endpoint`` sockets connected to each endpoint: one socket never serves two brokers.
+
+    A DEALER or REQ connected to several brokers sends round-robin, so half of its replies
+    would go to a broker that did not send the request.
+    """
+    made = []
+    for endpoint in endpoints:
+        for _ in range(per_endpoint):
+            sock = context.socket(kind)
+            _secure(sock, "worker")
+            sock.connect(endpoint)
+            made.append(sock)
+    return made
+
+
+def _echo_in_threads(socks: Sequence[zmq.Socket[bytes]]) -> None:
+    """Echo every message of each socket in libzmq (a proxy whose two sides are one socket)."""
+    threads = [
+        threading.Thread(target=zmq.proxy, args=(sock, sock), daemon=True) for sock in socks
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:  # until SIGTERM ends the process
+        thread.join()
+
+
+def _serve_guide_c(endpoints: Sequence[str], sockets: int) -> None:
+    """``sockets`` workers per broker speaking as the guide's REQ workers do, echoed by libzmq.
 
     A REQ socket cannot be echoed by a proxy, but a DEALER that sends ``[b"", READY]`` first
     and echoes ``[b"", reply-to, b"", body...]`` whole is, on the wire, the same worker: the
     broker sees ``[worker, b"", READY]`` and then ``[worker, b"", reply-to, b"", body...]``,
     and gives it one request at a time, as it would a REQ worker.
     """
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    threads = []
-    for _ in range(sockets):
-        sock = context.socket(zmq.DEALER)
-        _secure(sock, "worker")
-        sock.connect(endpoint)
+    socks = _connected(zmq.Context(), zmq.DEALER, endpoints, sockets)
+    for sock in socks:
         sock.send_multipart([b"", b"READY"])
-        thread = threading.Thread(target=zmq.proxy, args=(sock, sock), daemon=True)
-        thread.start()
-        threads.append(thread)
-    for thread in threads:  # until SIGTERM ends the process
-        thread.join()
+    _echo_in_threads(socks)
+
+
+def _serve_guide(sock: zmq.Socket[bytes], work: float) -> None:
+    """The guide's REQ worker: READY, then echo each request."""
+    sock.send(b"READY")
+    while True:
+        message = sock.recv_multipart()
+        if work:
+            time.sleep(work)
+        sock.send_multipart(message)
+
+
+def _serve_sync(socks: Sequence[zmq.Socket[bytes]], work: float) -> None:
+    """A plain DEALER loop echoing each request, over one socket per broker."""
+    if len(socks) == 1:
+        recv, send = socks[0].recv_multipart, socks[0].send_multipart
+        while True:
+            message = recv()
+            if work:
+                time.sleep(work)
+            send(message)
+    poller = zmq.Poller()
+    for sock in socks:
+        poller.register(sock, zmq.POLLIN)
+    while True:
+        for sock, _ in poller.poll():
+            message = sock.recv_multipart()
+            if work:
+                time.sleep(work)
+            sock.send_multipart(message)
 
 
 def serve_echo(
@@ -337,46 +388,38 @@ def serve_echo(
     the guide's wire, echoed by libzmq; no work), ``async`` (an AsyncWorker), ``async-lb``
     (an AsyncWorker in load-balancing mode), ``mdp`` (``sockets`` plain Majordomo workers of
     the ``echo`` service) and ``async-mdp`` (an AsyncWorker speaking Majordomo).
+
+    ``endpoint`` may list several brokers' backends, separated by commas: the plain workers
+    then have a socket (or ``sockets``) per broker, the AsyncWorker is given the list.
     """
+    endpoints = endpoint.split(",")
     if kind == "guide":
-        sock = zmq.Context().socket(zmq.REQ)
-        _secure(sock, "worker")
-        sock.connect(endpoint)
-        sock.send(b"READY")
-        while True:
-            message = sock.recv_multipart()
-            if work:
-                time.sleep(work)
-            sock.send_multipart(message)
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        first, *others = _connected(context, zmq.REQ, endpoints)
+        for sock in others:
+            threading.Thread(target=_serve_guide, args=(sock, work), daemon=True).start()
+        _serve_guide(first, work)
     elif kind == "c":
-        sock = zmq.Context().socket(zmq.DEALER)
-        _secure(sock, "worker")
-        sock.connect(endpoint)
-        zmq.proxy(sock, sock)  # a proxy whose two sides are one socket echoes in C
+        _echo_in_threads(_connected(zmq.Context(), zmq.DEALER, endpoints))
     elif kind == "sync":
-        sock = zmq.Context().socket(zmq.DEALER)
-        _secure(sock, "worker")
-        sock.connect(endpoint)
-        recv, send = sock.recv_multipart, sock.send_multipart
-        while True:
-            message = recv()
-            if work:
-                time.sleep(work)
-            send(message)
+        _serve_sync(_connected(zmq.Context(), zmq.DEALER, endpoints), work)
     elif kind == "guide-c":
-        _serve_guide_c(endpoint, sockets)
+        _serve_guide_c(endpoints, sockets)
     elif kind == "mdp":
-        _serve_mdp_echo(endpoint, work, sockets)
+        _serve_mdp_echo(endpoints, work, sockets)
     elif kind in ("async", "async-lb", "async-mdp"):
-        anyio.run(_async_echo, endpoint, concurrency, work, kind)
+        anyio.run(_async_echo, endpoints, concurrency, work, kind)
     elif kind == "nats":
         anyio.run(_nats_echo, endpoint, work)
     else:
         raise ValueError(f"unknown worker kind {kind!r}")
 
 
-async def _async_echo(endpoint: str, concurrency: int, work: float, kind: str) -> None:
+async def _async_echo(endpoints: Sequence[str], concurrency: int, work: float, kind: str) -> None:
     from zmqrelay import AsyncWorker
+
+    # Several brokers: one AsyncWorker serving them all (issue 15, part 1).
+    endpoint: Any = endpoints[0] if len(endpoints) == 1 else list(endpoints)
 
     _trace_everything()
 

@@ -93,12 +93,17 @@ class BenchConfig:
     warmup: float = 1.0
     duration: float = 3.0
     pin: bool = False
-    """Linux: the broker runs on the first CPU, every other party on the others."""
+    """Linux: the broker runs on the first CPU, every other party on the others (with several
+    brokers, they share the first ``brokers`` CPUs)."""
     curve: bool = False
     """Every connection uses CURVE (throw-away keys; zmqrelay's broker authenticates both
     sides; the plain Python and libzmq brokers encrypt, with no ZAP handler to ask)."""
     metrics: bool = False
     """zmqrelay's brokers serve Prometheus metrics, scraped once a second while measured."""
+    brokers: int = 1
+    """Brokers of this kind, each a process: every worker connects to all of them (a socket
+    per broker, or an ``AsyncWorker`` given the list), client ``n`` to broker ``n % brokers``.
+    The broker CPU reported is theirs together."""
 
 
 @dataclass(frozen=True)
@@ -289,7 +294,9 @@ def _pinned(config: BenchConfig, *, broker: bool) -> Callable[[], None] | None:
     cpus = sorted(os.sched_getaffinity(0))
     if not config.pin or len(cpus) < 2:
         return None
-    mine = set(cpus[:1]) if broker else set(cpus[1:])
+    if len(cpus) <= config.brokers:
+        raise ValueError(f"--pin needs more CPUs than brokers ({len(cpus)} for {config.brokers})")
+    mine = set(cpus[: config.brokers]) if broker else set(cpus[config.brokers :])
     return lambda: os.sched_setaffinity(0, mine)
 
 
@@ -315,20 +322,26 @@ def run_bench(
     size = max(config.size, 8)
     if config.tracing:
         label += "+tracing"
+    if config.brokers != 1:
+        if config.broker == "nats":
+            raise ValueError("the bench runs one nats broker only")
+        label += f" x{config.brokers}"
     peers_environment = {**os.environ, TRACING_ENV: "1"} if config.tracing else None
     with (
         _processes() as started,
         tempfile.TemporaryDirectory(prefix="zmqrelay-bench-") as tmp,
         _curve_environment(config, tmp),
     ):
-        pid, frontend, backend = _start_broker(config, started)
+        pids, frontends, backends = zip(
+            *(_start_broker(config, started) for _ in range(config.brokers)), strict=True
+        )
         workers = [
             subprocess.Popen(
                 _zmqrelay(
                     "bench-peer",
                     "worker",
                     config.worker_kind,
-                    backend,
+                    ",".join(backends),
                     str(config.worker_concurrency),
                     str(config.work * (config.slow_factor if number == 0 else 1)),
                     str(config.sockets_per_worker),
@@ -347,7 +360,7 @@ def run_bench(
                     "bench-peer",
                     "client",
                     config.client_kind,
-                    frontend,
+                    frontends[number % config.brokers],
                     str(config.window),
                     str(size),
                     str(config.warmup),
@@ -359,14 +372,14 @@ def run_bench(
                 env=peers_environment,
                 preexec_fn=_pinned(config, broker=False),
             )
-            for path in paths
+            for number, path in enumerate(paths)
         ]
         started.extend(clients)
         _sleep_with_progress(config.warmup, f"{label}: warming up", progress)
-        broker_before = _cpu_seconds(pid)
+        broker_before = sum(_cpu_seconds(pid) for pid in pids)
         workers_before = sum(_cpu_seconds(worker.pid) for worker in workers)
         _sleep_with_progress(config.duration, f"{label}: measuring", progress)
-        broker_cpu = _cpu_seconds(pid) - broker_before
+        broker_cpu = sum(_cpu_seconds(pid) for pid in pids) - broker_before
         worker_cpu = sum(_cpu_seconds(worker.pid) for worker in workers) - workers_before
         requests, client_cpu = 0, 0.0
         for client in clients:
@@ -436,18 +449,34 @@ def report(results: Sequence[BenchResult], *, as_json: bool = False) -> str:
         f"{result.cpu_per_request_us(result.client_cpu_seconds):>8.1f}"
         for result in results
     )
+    by_label = {result.broker: result for result in results}
+    several = [
+        (result, by_label[base])
+        for result in results
+        if (base := re.sub(r" x\d+$", "", result.broker)) != result.broker and base in by_label
+    ]
+    if several:
+        lines.append("")
+        lines.append(f"{'vs one broker':<20}{'req/s':>10}{'p50':>9}{'broker CPU/req':>19}")
+        for result, one in several:
+            lines.append(_ratios(result, one))
     if proxy is not None:
         lines.append("")
         lines.append(f"{'vs proxy':<20}{'req/s':>10}{'p50':>9}{'broker CPU/req':>19}")
         for result in results:
             if result is proxy:
                 continue
-            throughput = result.requests_per_second / proxy.requests_per_second
-            latency = result.latency_p50_us / proxy.latency_p50_us
-            cpu = result.broker_cpu_seconds / max(result.requests, 1)
-            proxy_cpu = proxy.broker_cpu_seconds / max(proxy.requests, 1)
-            lines.append(
-                f"{result.broker:<20}{throughput:>9.2f}x{latency:>8.2f}x"
-                f"{cpu / proxy_cpu if proxy_cpu else float('nan'):>18.2f}x"
-            )
+            lines.append(_ratios(result, proxy))
     return "\n".join(lines)
+
+
+def _ratios(result: BenchResult, base: BenchResult) -> str:
+    """A report line: ``result``'s throughput, median latency and broker CPU over ``base``'s."""
+    throughput = result.requests_per_second / base.requests_per_second
+    latency = result.latency_p50_us / base.latency_p50_us
+    cpu = result.broker_cpu_seconds / max(result.requests, 1)
+    base_cpu = base.broker_cpu_seconds / max(base.requests, 1)
+    return (
+        f"{result.broker:<20}{throughput:>9.2f}x{latency:>8.2f}x"
+        f"{cpu / base_cpu if base_cpu else float('nan'):>18.2f}x"
+    )

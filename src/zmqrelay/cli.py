@@ -630,6 +630,14 @@ def top(url: str, interval: float, timeout: float, once: bool, as_json: bool) ->
     help="Also run each zmqrelay broker with Prometheus metrics on, scraped once a second, "
     "reported as BROKER+metrics.",
 )
+@click.option(
+    "--brokers",
+    "broker_count",
+    type=click.IntRange(1, 8),
+    default=1,
+    help="Run this many of each broker, every worker connected to all of them and the clients "
+    "spread over them; each is measured with one broker first, with the same workers.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_logging_options
 def bench(
@@ -651,6 +659,7 @@ def bench(
     tracing: bool,
     curve: bool,
     metrics: bool,
+    broker_count: int,
     as_json: bool,
 ) -> None:
     """Measure throughput, latency and CPU per request; every party is a process of its own."""
@@ -690,6 +699,10 @@ def bench(
         ]
     if tracing:  # each traced right after it is not, as with CURVE
         configs = [twin for config in configs for twin in (config, replace(config, tracing=True))]
+    if broker_count > 1:  # each with several brokers right after it with one
+        configs = [
+            twin for config in configs for twin in (config, replace(config, brokers=broker_count))
+        ]
     show = _progress_line if sys.stderr.isatty() and not as_json else lambda _: None
     results = [run_bench(config, progress=show) for config in configs]
     click.echo(report(results, as_json=as_json))
