@@ -7,8 +7,10 @@ counted. Times are ``time.monotonic()``, which every namespace of the machine sh
     Echoes each request's body followed by ``|NAME``. ``--kind sockets``: plain DEALERs, one
     per broker (relay mode); ``--kind dealer``: one plain DEALER connected to every broker;
     ``--kind async``: an ``AsyncWorker`` (``--mode``), given the list of endpoints when there
-    are several. Counts what it served; plain sockets print ``serving N`` on the first request
-    through their ``N``-th socket.
+    are several. Counts what it served, and prints ``taking N T`` when its socket (or the
+    ``AsyncWorker``'s link) to the ``N``-th broker takes a request after none for
+    ``QUIET`` seconds, or its first (T: when it came, or was seen in the link's counters, which
+    are read every ``POLL`` seconds).
 ``client``
     ``--concurrency`` tasks each send a request, wait for its outcome, pause ``--interval``,
     and again, through one ``AsyncClient`` (given the list of endpoints when there are
@@ -18,7 +20,10 @@ counted. Times are ``time.monotonic()``, which every namespace of the machine sh
     Reports every request: when it was sent
     and finished, and its outcome (``ok``, ``misdelivered`` for a reply to another request, or
     the exception's type). With ``--embed FRONTEND BACKEND`` it is an application that also
-    runs a ``Broker`` bound there, in the same process.
+    runs a ``Broker`` bound there, in the same process. ``--retry`` gives the client the
+    default ``RetryPolicy``; ``--heartbeat-interval`` and ``--heartbeat-timeout`` its
+    heartbeats. With several endpoints it prints ``link N STATE T`` as its link to the
+    ``N``-th broker changes state (read every ``POLL`` seconds).
 """
 
 from __future__ import annotations
@@ -34,7 +39,12 @@ from typing import Any
 import anyio
 import zmq
 
-from zmqrelay import AsyncClient, AsyncWorker, Broker
+from zmqrelay import AsyncClient, AsyncWorker, Broker, RetryPolicy
+
+QUIET = 0.2
+"""Seconds without a request through a socket after which its next one is printed."""
+POLL = 0.002
+"""Seconds between two readings of a client's or a worker's statistics."""
 
 
 def _arguments(argv: list[str]) -> argparse.Namespace:
@@ -44,7 +54,9 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--endpoint", action="append", required=True)
     parser.add_argument("--kind", choices=["sockets", "dealer", "async"], default="async")
     parser.add_argument("--mode", choices=["relay", "load-balancing"], default="relay")
-    parser.add_argument("--heartbeat-interval", type=float, default=0.5)
+    parser.add_argument("--heartbeat-interval", type=float)
+    parser.add_argument("--heartbeat-timeout", type=float)
+    parser.add_argument("--retry", action="store_true")
     parser.add_argument("--timeout", type=float, default=1.0)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--interval", type=float, default=0.01)
@@ -61,6 +73,19 @@ def _one_or_all(endpoints: list[str]) -> Any:
 
 def _report(document: dict[str, Any]) -> None:
     print(json.dumps(document), flush=True)
+
+
+class _Taking:
+    """Prints ``taking N T`` when socket ``N`` takes a request after a quiet spell."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, float] = {}
+
+    def took(self, index: int, now: float) -> None:
+        last = self._last.get(index)
+        if last is None or now - last > QUIET:
+            print(f"taking {index} {now:.6f}", flush=True)
+        self._last[index] = now
 
 
 def _serve_sockets(arguments: argparse.Namespace) -> None:
@@ -89,6 +114,7 @@ def _serve_sockets(arguments: argparse.Namespace) -> None:
         poller.register(sock, zmq.POLLIN)
     suffix = b"|" + arguments.name.encode()
     served: Counter[int] = Counter()
+    taking = _Taking()
     print("ready", flush=True)
     while not stopping:
         for sock, _ in poller.poll(100):
@@ -97,8 +123,7 @@ def _serve_sockets(arguments: argparse.Namespace) -> None:
             sock.send_multipart(frames)
             index = sockets.index(sock)
             served[index] += 1
-            if served[index] == 1:
-                print(f"serving {index}", flush=True)
+            taking.took(index, time.monotonic())
     for sock in sockets:
         sock.close(linger=0)
     context.term()
@@ -120,7 +145,7 @@ async def _serve_async(arguments: argparse.Namespace) -> None:
         echo,
         concurrency=16,
         mode=arguments.mode,
-        heartbeat_interval=arguments.heartbeat_interval,
+        heartbeat_interval=arguments.heartbeat_interval or 0.5,
         linger=0,
         drain_timeout=0.5,
     )
@@ -138,6 +163,7 @@ async def _load(arguments: argparse.Namespace) -> None:
     sent = 0
     last = "none"
     streak, streak_start, failed = 0, 0.0, False
+    links: list[dict[str, Any]] = []
 
     async def keep_asking(client: AsyncClient, task: int) -> None:
         nonlocal sent, last, streak, streak_start, failed
@@ -171,15 +197,41 @@ async def _load(arguments: argparse.Namespace) -> None:
             await anyio.sleep(arguments.interval)
 
     async def run_until_signalled() -> None:
-        client = AsyncClient(_one_or_all(arguments.endpoint), timeout=arguments.timeout)
+        nonlocal links
+        heartbeats = {
+            name: value
+            for name, value in (
+                ("heartbeat_interval", arguments.heartbeat_interval),
+                ("heartbeat_timeout", arguments.heartbeat_timeout),
+            )
+            if value is not None
+        }
+        client = AsyncClient(
+            _one_or_all(arguments.endpoint),
+            timeout=arguments.timeout,
+            retry=RetryPolicy() if arguments.retry else None,
+            **heartbeats,
+        )
         with anyio.open_signal_receiver(signal.SIGTERM) as signals:
             async with client, anyio.create_task_group() as tg:
                 for task in range(arguments.concurrency):
                     tg.start_soon(keep_asking, client, task)
+                if len(arguments.endpoint) > 1:
+                    tg.start_soon(watch_links, client)
                 print("ready", flush=True)
                 async for _ in signals:
                     stopping.set()  # the tasks finish the request each has in flight
                     break
+            links = [link._asdict() for link in client.statistics().links]
+
+    async def watch_links(client: AsyncClient) -> None:
+        states: dict[int, str] = {}
+        while not stopping.is_set():
+            for index, link in enumerate(client.statistics().links):
+                if states.get(index) != link.state:
+                    states[index] = link.state
+                    print(f"link {index} {link.state} {time.monotonic():.6f}", flush=True)
+            await anyio.sleep(POLL)
 
     if arguments.embed:
         frontend, backend = arguments.embed
@@ -197,6 +249,7 @@ async def _load(arguments: argparse.Namespace) -> None:
             "outcomes": outcomes,
             "longest": longest,
             "timeline": timeline,
+            "links": links,
         }
     )
 

@@ -53,21 +53,26 @@ def _figures(capsys: pytest.CaptureFixture[str], text: str) -> None:
         print(f"\n{text}", file=sys.stderr)
 
 
-def _counted(report: dict[str, Any]) -> dict[str, int]:
-    """Check that a client accounted for every request; its outcomes by kind."""
+def _counted(report: dict[str, Any], longest: float = TIMEOUT) -> dict[str, int]:
+    """Check that a client accounted for every request; its outcomes by kind.
+
+    ``longest``: the time a request may take before it ends, the client's timeout unless it
+    retries.
+    """
     outcomes: dict[str, int] = report["outcomes"]
     assert report["sent"] == report["finished"] == sum(outcomes.values()), report["name"]
     assert "misdelivered" not in outcomes, outcomes
     assert set(outcomes) - {"ok"} <= TYPED, outcomes
-    assert report["longest"] < TIMEOUT + 1.0, report["name"]  # none hung past its timeout
+    assert report["longest"] < longest + 1.0, report["name"]  # none hung past its timeout
     return outcomes
 
 
 def _at(process: Process, state: str, after: float = 0.0) -> float:
-    """The time on the first ``served``, ``failing`` or ``steady`` line after ``after``."""
+    """The time on the first ``served``, ``failing``, ``steady``, ``taking N`` or ``link N
+    STATE`` line after ``after``."""
     count = 1
     while True:
-        when = float(process.wait_for(rf"^{state} (\S+)", START, count=count)[1])
+        when = float(process.wait_for(rf"^{state} (\S+)$", START, count=count)[1])
         if when > after:
             return when
         count += 1
@@ -78,9 +83,16 @@ def _client(host: Host, name: str, *endpoints: str, extra: tuple[str, ...] = ())
     return host.peer(name, "client", *options, "--timeout", str(TIMEOUT), *extra)
 
 
-def _worker(host: Host, name: str, *endpoints: str, kind: str = "sockets") -> Process:
+def _worker(
+    host: Host, name: str, *endpoints: str, kind: str = "sockets", extra: tuple[str, ...] = ()
+) -> Process:
     options = [option for endpoint in endpoints for option in ("--endpoint", endpoint)]
-    return host.peer(name, "worker", *options, "--kind", kind)
+    return host.peer(name, "worker", *options, "--kind", kind, *extra)
+
+
+def _spread(values: list[float]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:.3f} s" if f"{low:.3f}" == f"{high:.3f}" else f"{low:.3f}-{high:.3f} s"
 
 
 def _failures_between(report: dict[str, Any], start: float, end: float) -> int:
@@ -145,8 +157,8 @@ def test_relay_brokers_share_workers_through_a_broker_kill_and_a_cut_link(
     _at(first, "served")
     _at(second, "served")
     for worker in workers:  # both workers serve both brokers before anything breaks
-        worker.wait_for("^serving 0", START)
-        worker.wait_for("^serving 1", START)
+        worker.wait_for("^taking 0 ", START)
+        worker.wait_for("^taking 1 ", START)
 
     killed = time.monotonic()
     brokers[b1].kill()
@@ -199,8 +211,8 @@ def test_embedded_brokers_share_workers_through_an_app_kill_and_a_cut_worker(
     for app in apps:
         _at(app, "served")
     for worker in workers:  # both workers serve both applications before anything breaks
-        worker.wait_for("^serving 0", START)
-        worker.wait_for("^serving 1", START)
+        worker.wait_for("^taking 0 ", START)
+        worker.wait_for("^taking 1 ", START)
 
     killed = time.monotonic()
     apps[0].kill()  # the other application and the workers carry on
@@ -220,4 +232,90 @@ def test_embedded_brokers_share_workers_through_an_app_kill_and_a_cut_worker(
         capsys,
         f"embedded relay brokers: a cut worker host noticed after {noticed_cut:.2f} s, served "
         f"without errors {back:.2f} s after it came back; the surviving app: {dict(outcomes)}",
+    )
+
+
+CLIENT_HEARTBEATS = ("--heartbeat-interval", "0.05", "--heartbeat-timeout", "0.3")
+"""The clients' heartbeats, as ``tests/test_multi_client.py`` measured them."""
+WORKER_HEARTBEAT = "0.5"
+"""Seconds between heartbeats of load-balancing brokers and workers (3 intervals: gone)."""
+HELD_CUT = 2.0
+"""Seconds a cut lasts at least: past the workers' and the brokers' liveness (1.5 s)."""
+RETRY_LONGEST = 3 * TIMEOUT + 0.1 + 0.2 + 0.4
+"""The longest a request retried by the default ``RetryPolicy`` may take: 3 attempts and
+the backoffs between them (with their jitter)."""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["relay", "load-balancing"])
+def test_clients_given_both_brokers_fail_over_through_a_kill_and_a_cut_link(
+    net: Network, capsys: pytest.CaptureFixture[str], mode: str
+) -> None:
+    """Two broker hosts before a shared pool; clients given both frontends.
+
+    Every worker serves both brokers: in relay mode with a DEALER per broker, in
+    load-balancing mode as one ``AsyncWorker`` given both backends (registered with each).
+    Two clients on one host are each given both frontends, one with the default
+    ``RetryPolicy``, one without. Broker b1 is killed under load and restarted, then its host
+    is cut off (long enough for everybody to judge everybody else gone) and brought back.
+    """
+    b1, b2, w1, w2, c = (net.host(name) for name in ("b1", "b2", "w1", "w2", "c"))
+    balancing = mode == "load-balancing"
+    options = ("--mode", mode, "--heartbeat-interval", WORKER_HEARTBEAT) if balancing else ()
+    brokers = {host: host.broker(f"broker-{host.name}", *options) for host in (b1, b2)}
+    frontends = (b1.endpoint(5559), b2.endpoint(5559))
+    backends = (b1.endpoint(5560), b2.endpoint(5560))
+    kind, extra = ("async", options) if balancing else ("sockets", ())
+    workers = [
+        _worker(host, f"worker-{host.name}", *backends, kind=kind, extra=extra)
+        for host in (w1, w2)
+    ]
+    retrying = _client(c, "client-retry", *frontends, extra=(*CLIENT_HEARTBEATS, "--retry"))
+    plain = _client(c, "client", *frontends, extra=CLIENT_HEARTBEATS)
+    clients = (retrying, plain)
+    for process in (*workers, *clients):
+        process.wait_for("ready", START)
+    for client in clients:
+        _at(client, "served")
+        _at(client, "link 0 up")
+        _at(client, "link 1 up")
+    for worker in workers:  # both workers serve both brokers before anything breaks
+        _at(worker, "taking 0")
+        _at(worker, "taking 1")
+
+    killed = time.monotonic()
+    brokers[b1].kill()
+    dropped_killed = [_at(client, "link 0 down", killed) - killed for client in clients]
+    restarted = time.monotonic()
+    brokers[b1] = b1.broker("broker-b1-again", *options)
+    serving = time.monotonic()
+    taken_back = [_at(client, "link 0 up", restarted) - serving for client in clients]
+    rejoined = [_at(worker, "taking 0", restarted) - serving for worker in workers]
+
+    cut = time.monotonic()
+    b1.cut()
+    dropped_cut = [_at(client, "link 0 down", cut) - cut for client in clients]
+    time.sleep(max(0.0, cut + HELD_CUT - time.monotonic()))  # a cut, held: nothing to wait on
+    restored = time.monotonic()
+    b1.restore()
+    taken_back_cut = [_at(client, "link 0 up", restored) - restored for client in clients]
+    rejoined_cut = [_at(worker, "taking 0", restored) - restored for worker in workers]
+
+    reports = [client.finish(START) for client in clients]
+    for worker in workers:
+        worker.finish(START)
+    retried, unretried = _counted(reports[0], RETRY_LONGEST), _counted(reports[1])
+    for report in reports:  # the lost broker held requests of each client, ended at once
+        assert report["links"][0]["requests_lost"] > 0, report["links"]
+    assert "BrokerLost" not in retried, retried  # the other broker answered them
+    assert unretried.get("BrokerLost", 0) > 0, unretried
+    _figures(
+        capsys,
+        f"{mode}, clients given 2 brokers: b1 killed: out of use after "
+        f"{_spread(dropped_killed)}, taken back {_spread(taken_back)} after the restarted "
+        f"broker served, workers taking its requests {_spread(rejoined)} after; b1 cut: out "
+        f"of use after {_spread(dropped_cut)}, taken back {_spread(taken_back_cut)} after the "
+        f"link came back ({HELD_CUT:.0f} s later), workers taking its requests "
+        f"{_spread(rejoined_cut)} after; with retries: {dict(retried)} (lost with b1: "
+        f"{reports[0]['links'][0]['requests_lost']}), without: {dict(unretried)}",
     )
