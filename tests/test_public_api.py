@@ -28,6 +28,7 @@ def test_top_level_names() -> None:
         "FramesHandler",
         "Handler",
         "KeyFileError",
+        "LinkStatistics",
         "LocalProtocolError",
         "NoWorkers",
         "PolicyError",

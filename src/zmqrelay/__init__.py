@@ -15,6 +15,7 @@ from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.worker import AsyncWorker, FramesHandler, Handler, is_redelivery, time_left
 from zmqrelay._core.balancer import BalancerStatistics
 from zmqrelay._core.client import ClientStatistics
+from zmqrelay._core.link import LinkStatistics
 from zmqrelay._core.relay import BrokerStatistics
 from zmqrelay._core.security import SecurityStatistics
 from zmqrelay._core.worker import WorkerStatistics
@@ -56,6 +57,7 @@ __all__ = [
     "FramesHandler",
     "Handler",
     "KeyFileError",
+    "LinkStatistics",
     "LocalProtocolError",
     "NoWorkers",
     "PolicyError",
