@@ -267,24 +267,26 @@ class AsyncWorker(Service):
         self._refused_requests = 0
         self._aborted = False
         self._run_scope: anyio.CancelScope | None = None
-        self._slot_freed = anyio.Event()
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        """Receiving tasks waiting for a free handler, woken one at a time, first come first
+        served: with several brokers in relay mode, each gets its turn."""
+        self._receivers_waiting = 0
+        """Receiving tasks waiting for a free handler, or woken and not yet running."""
         self._idle = anyio.Event()
-        self._receiver_waits = False
         self._queue: deque[_Held] = deque()
         self._mode: Mode = mode
         self._heartbeat_interval = heartbeat_interval
         self._liveness = liveness
-        self._groups = [self._endpoints] if mode == "relay" else [(e,) for e in self._endpoints]
-        """The endpoints of each socket: one socket for all in relay mode (the DEALER spreads
-        nothing a broker must see whole), else one per broker."""
+        # One socket per broker, in every mode: a DEALER connected to several brokers deals
+        # what it sends round-robin, replies included, whichever broker a request came from.
         self._links = [
             Link(
-                ", ".join(group),
+                endpoint,
                 heartbeat_interval=heartbeat_interval,
                 liveness=liveness,
                 patient=variant is not None,
             )
-            for group in self._groups
+            for endpoint in self._endpoints
         ]
         self._backends: list[_Backend] = []
         self._free: deque[asyncio.Future[None]] = deque()
@@ -338,9 +340,8 @@ class AsyncWorker(Service):
         try:
             with contextlib.ExitStack() as stack:
                 context = sockets.get_context(self._context)
-                for link, endpoints in zip(self._links, self._groups, strict=True):
-                    backend = stack.enter_context(self._connected(context, link, endpoints))
-                    self._backends.append(backend)
+                for link in self._links:
+                    self._backends.append(stack.enter_context(self._connected(context, link)))
                 with boundary_errors(self._kind), anyio.CancelScope() as self._run_scope:
                     if self._aborted:
                         self._run_scope.cancel()
@@ -349,19 +350,16 @@ class AsyncWorker(Service):
             self._finish()
 
     @contextlib.contextmanager
-    def _connected(
-        self, context: zmq.asyncio.Context, link: Link, endpoints: tuple[str, ...]
-    ) -> Iterator[_Backend]:
-        """A DEALER connected to ``endpoints``, closed on the way out with the linger then set."""
+    def _connected(self, context: zmq.asyncio.Context, link: Link) -> Iterator[_Backend]:
+        """A DEALER connected to the link's broker, closed on the way out with the linger set."""
         sock = sockets.open_socket(
             context, zmq.DEALER, routing_id=self._routing_id, options=self._socket_options
         )
         try:
-            for endpoint in endpoints:
-                sockets.connect(sock, endpoint)
+            sockets.connect(sock, link.endpoint)
             with sockets.Pump(sock) as pump:
                 ask_context = self._tracing is not None and self._variant is None
-                yield _Backend(link, pump, endpoints, ask_context=ask_context)
+                yield _Backend(link, pump, ask_context=ask_context)
         finally:
             sockets.close(sock, self._linger)
 
@@ -372,15 +370,16 @@ class AsyncWorker(Service):
             async with anyio.create_task_group() as task_group:
                 for _ in range(self._concurrency):
                     task_group.start_soon(self._handle_queued)
-                intake = anyio.CancelScope()
-                for backend in backends:
+                intakes = [anyio.CancelScope() for _ in backends]
+                for backend, intake in zip(backends, intakes, strict=True):
                     task_group.start_soon(self._receive, backend, intake)
                     if balancing:
                         task_group.start_soon(self._keep_registered, backend)
                 self._report_ready(task_status, None)
                 await self._close_requested.wait()
                 self._state = "draining"
-                intake.cancel()
+                for intake in intakes:
+                    intake.cancel()
                 for backend in backends:
                     if balancing and self._variant is None:
                         with contextlib.suppress(ClosedError):
@@ -420,23 +419,30 @@ class AsyncWorker(Service):
         # its heartbeats must be read however busy the worker is: no gate then.
         limit = self._concurrency if self._mode == "relay" else math.inf
         pump, link, queue, free = backend.pump, backend.link, self._queue, self._free
-        clock = asyncio.get_running_loop().time
+        loop = asyncio.get_running_loop()
+        clock, slot_waiters = loop.time, self._slot_waiters
+        turn_over = False
         with intake:
             while True:
-                while self._in_flight >= limit:
-                    self._slot_freed = anyio.Event()
-                    self._receiver_waits = True
+                while self._in_flight >= limit or turn_over:
+                    turn_over = False
+                    waiter: asyncio.Future[None] = loop.create_future()
+                    slot_waiters.append(waiter)
+                    self._receivers_waiting += 1
                     try:
-                        await self._slot_freed.wait()
+                        await waiter
                     finally:
-                        self._receiver_waits = False
-                await pump.readable()
+                        self._receivers_waiting -= 1
                 now = clock()
                 for _ in batch:
                     if self._in_flight >= limit:
                         break
                     frames = pump.try_recv()
                     if frames is None:
+                        if slot_waiters:
+                            # Nothing here: another broker's socket may take the free handler.
+                            self._wake_receiver()
+                        await pump.readable()
                         break
                     try:
                         request = self._decode(backend, frames, now)
@@ -458,8 +464,22 @@ class AsyncWorker(Service):
                         waiter = free.popleft()
                         if not waiter.done():
                             waiter.set_result(None)
+                    if self._receivers_waiting:
+                        # Other brokers' sockets wait for a handler too: one request a turn.
+                        self._wake_receiver()
+                        turn_over = True
+                        break
                 else:
                     await checkpoint()
+
+    def _wake_receiver(self) -> None:
+        """Let the receiving task that has waited longest for a free handler read on."""
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def _command(self, which: Literal["heartbeat", "disconnect"]) -> list[bytes]:
         if self._variant is not None:
@@ -594,8 +614,8 @@ class AsyncWorker(Service):
         finally:
             backend.link.release(session, dropped=dropped)
             self._in_flight -= 1
-            if self._receiver_waits:
-                self._slot_freed.set()
+            if self._slot_waiters:
+                self._wake_receiver()
             if not self._in_flight:
                 self._idle.set()
                 if self._state == "draining":
@@ -865,19 +885,16 @@ def _endpoints(endpoint: str | Sequence[str]) -> tuple[str, ...]:
 
 
 class _Backend:
-    """One socket to one broker's backend (in relay mode, to all of them) and its :class:`Link`.
+    """One socket to one broker's backend, and its :class:`Link`.
 
     What the tasks serving it wait on lives here; what the link decides lives in the link.
     """
 
-    __slots__ = ("_waiting", "ask_context", "endpoints", "heard", "link", "pump", "register_now")
+    __slots__ = ("_waiting", "ask_context", "heard", "link", "pump", "register_now")
 
-    def __init__(
-        self, link: Link, pump: sockets.Pump, endpoints: tuple[str, ...], *, ask_context: bool
-    ) -> None:
+    def __init__(self, link: Link, pump: sockets.Pump, *, ask_context: bool) -> None:
         self.link = link
         self.pump = pump
-        self.endpoints = endpoints
         self.ask_context = ask_context
         """Whether its READY asks the broker for trace context."""
         self.register_now = anyio.Event()

@@ -1,8 +1,9 @@
-"""A worker's standing with one load-balancing broker: sessions, liveness, what it took.
+"""A worker's standing with one broker: sessions, liveness, what it took and dropped.
 
-A worker that serves several brokers keeps one :class:`Link` per broker (one socket each: a
-DEALER connected to several ROUTERs would spread READY, heartbeats and replies over all of
-them). The rules, all in this module, with time as an argument:
+A worker that serves several brokers keeps one :class:`Link` per broker, and one socket each:
+a DEALER connected to several brokers deals what it sends round-robin (READY, heartbeats, and
+replies too, whichever broker the request came from). In relay mode a link only counts; in
+load-balancing mode the rules, all in this module, with time as an argument:
 
 - A :class:`Session` starts when the worker says READY and ends when the broker says
   DISCONNECT or has been silent for ``liveness`` heartbeat intervals. The worker then
@@ -33,7 +34,7 @@ class LinkStatistics(NamedTuple):
     """A worker's counters for one broker (one backend endpoint)."""
 
     endpoint: str
-    """The broker's backend endpoint; in relay mode, every endpoint, comma-separated."""
+    """The broker's backend endpoint."""
     registrations: int
     """READY messages sent (each failed attempt and each new session counts)."""
     requests_received: int
