@@ -104,12 +104,19 @@ class AsyncWorker(Service):
     is answered the same way, with the type ``"WorkerStopped"``.
 
     Args:
-        endpoint: the broker's backend, e.g. ``"tcp://localhost:5560"``.
+        endpoint: the broker's backend, e.g. ``"tcp://localhost:5560"``, or a list of
+            several brokers' backends: the worker then keeps a socket per broker (in
+            load-balancing mode registering, heartbeating and taking ``concurrency`` credits
+            with each), answers each request through the socket it came from, and serves
+            them all from one pool of ``concurrency`` handlers. A broker that dies costs only
+            the requests it held. See "Several brokers" in ``docs/modes.md``.
         handler: ``async def handle(request: bytes) -> bytes``, or with ``frames=True``
             ``async def handle(frames: list[bytes]) -> Sequence[bytes]``.
         frames: pass the request's body frames as a list instead of a single ``bytes``. A
             single-frame handler answers a multipart request with an error reply.
-        concurrency: how many requests are handled at once; the rest wait in the socket.
+        concurrency: how many requests are handled at once; the rest wait in the socket
+            (with several load-balancing brokers, each may hand it this many: what the
+            handlers cannot take at once waits in the worker).
         context: the ``zmq.asyncio.Context``; defaults to the process-wide instance.
         routing_id: this worker's identity on the wire (by default libzmq picks one).
         drain_timeout: on :meth:`aclose`, how long requests in hand may take to finish before
