@@ -20,7 +20,7 @@ from zmqrelay import (
     AsyncClient,
     AsyncWorker,
     BrokerLost,
-    LinkStatistics,
+    ClientLinkStatistics,
     RequestTimeout,
     RetryPolicy,
 )
@@ -47,7 +47,7 @@ async def brokers(
         yield harnesses
 
 
-def links(client: AsyncClient) -> tuple[LinkStatistics, ...]:
+def links(client: AsyncClient) -> tuple[ClientLinkStatistics, ...]:
     return client.statistics().links
 
 

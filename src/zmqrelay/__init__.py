@@ -15,10 +15,11 @@ from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.worker import AsyncWorker, FramesHandler, Handler, is_redelivery, time_left
 from zmqrelay._core.balancer import BalancerStatistics
 from zmqrelay._core.client import ClientStatistics
-from zmqrelay._core.links import LinkStatistics
+from zmqrelay._core.client_links import ClientLinkStatistics
 from zmqrelay._core.relay import BrokerStatistics
 from zmqrelay._core.security import SecurityStatistics
 from zmqrelay._core.worker import WorkerStatistics
+from zmqrelay._core.worker_link import WorkerLinkStatistics
 from zmqrelay.errors import (
     BrokerBusy,
     BrokerLost,
@@ -49,6 +50,7 @@ __all__ = [
     "BrokerBusy",
     "BrokerLost",
     "BrokerStatistics",
+    "ClientLinkStatistics",
     "ClientStatistics",
     "ClosedError",
     "CurveKeyPair",
@@ -59,7 +61,6 @@ __all__ = [
     "FramesHandler",
     "Handler",
     "KeyFileError",
-    "LinkStatistics",
     "LocalProtocolError",
     "NoWorkers",
     "PolicyError",
@@ -71,6 +72,7 @@ __all__ = [
     "RetryPolicy",
     "SecurityStatistics",
     "WorkerDied",
+    "WorkerLinkStatistics",
     "WorkerStatistics",
     "ZmqRelayError",
     "is_redelivery",

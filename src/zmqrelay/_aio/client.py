@@ -36,7 +36,7 @@ from zmqrelay._aio.service import (
 )
 from zmqrelay._core import mdp, tag
 from zmqrelay._core.client import ClientStatistics, Correlator, Reply
-from zmqrelay._core.links import Links
+from zmqrelay._core.client_links import Links
 from zmqrelay._core.worker import check_body
 from zmqrelay.errors import (
     BrokerBusy,

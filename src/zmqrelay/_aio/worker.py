@@ -8,7 +8,7 @@ import inspect
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -24,6 +24,7 @@ from zmqrelay._aio import sockets
 from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.service import (
     Service,
+    boundary_errors,
     chosen_provider,
     curve_options,
     require_tracing,
@@ -32,6 +33,7 @@ from zmqrelay._aio.service import (
 from zmqrelay._core import lbwire, mdp, tag
 from zmqrelay._core.throttle import Report, Throttle
 from zmqrelay._core.worker import Answerable, Request, WorkerStatistics, decode_request
+from zmqrelay._core.worker_link import Link, Session
 from zmqrelay.errors import ClosedError, LocalProtocolError, NoWorkers, RemoteProtocolError
 
 if TYPE_CHECKING:
@@ -102,12 +104,19 @@ class AsyncWorker(Service):
     is answered the same way, with the type ``"WorkerStopped"``.
 
     Args:
-        endpoint: the broker's backend, e.g. ``"tcp://localhost:5560"``.
+        endpoint: the broker's backend, e.g. ``"tcp://localhost:5560"``, or a list of
+            several brokers' backends: the worker then keeps a socket per broker (in
+            load-balancing mode registering, heartbeating and taking ``concurrency`` credits
+            with each), answers each request through the socket it came from, and serves
+            them all from one pool of ``concurrency`` handlers. A broker that dies costs only
+            the requests it held. See "Several brokers" in ``docs/modes.md``.
         handler: ``async def handle(request: bytes) -> bytes``, or with ``frames=True``
             ``async def handle(frames: list[bytes]) -> Sequence[bytes]``.
         frames: pass the request's body frames as a list instead of a single ``bytes``. A
             single-frame handler answers a multipart request with an error reply.
-        concurrency: how many requests are handled at once; the rest wait in the socket.
+        concurrency: how many requests are handled at once; the rest wait in the socket
+            (with several load-balancing brokers, each may hand it this many: what the
+            handlers cannot take at once waits in the worker).
         context: the ``zmq.asyncio.Context``; defaults to the process-wide instance.
         routing_id: this worker's identity on the wire (by default libzmq picks one).
         drain_timeout: on :meth:`aclose`, how long requests in hand may take to finish before
@@ -161,7 +170,7 @@ class AsyncWorker(Service):
     @overload
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         handler: Handler,
         *,
         frames: Literal[False] = False,
@@ -183,7 +192,7 @@ class AsyncWorker(Service):
     @overload
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         handler: FramesHandler,
         *,
         frames: Literal[True],
@@ -204,7 +213,7 @@ class AsyncWorker(Service):
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         handler: Handler | FramesHandler,
         *,
         frames: bool = False,
@@ -226,10 +235,7 @@ class AsyncWorker(Service):
         require_tracing(tracing)
         self._tracing_setting = tracing
         self._tracing: WorkerTracing | None = None
-        self._ask_context = False
-        """Whether its READY asks the broker for trace context."""
-        self._unacknowledged = False
-        """Whether it said READY and has heard nothing from the broker since."""
+        self._endpoints = _endpoints(endpoint)
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         variant = mdp.as_variant(protocol)
@@ -249,7 +255,6 @@ class AsyncWorker(Service):
         if variant is not None and concurrency != 1:
             raise ValueError("a Majordomo worker takes one request at a time: concurrency=1")
         super().__init__()
-        self._endpoint = endpoint
         self._handler: Callable[[Any], Any] = handler
         self._frames = frames
         self._concurrency = concurrency
@@ -269,31 +274,43 @@ class AsyncWorker(Service):
         self._refused_requests = 0
         self._aborted = False
         self._run_scope: anyio.CancelScope | None = None
-        self._slot_freed = anyio.Event()
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        """Receiving tasks waiting for a free handler, woken one at a time, first come first
+        served: with several brokers in relay mode, each gets its turn."""
+        self._receivers_waiting = 0
+        """Receiving tasks waiting for a free handler, or woken and not yet running."""
         self._idle = anyio.Event()
-        self._receiver_waits = False
-        self._queue: deque[Answerable] = deque()
+        self._queue: deque[_Held] = deque()
         self._mode: Mode = mode
         self._heartbeat_interval = heartbeat_interval
         self._liveness = liveness
-        self._broker_heard = 0.0
-        self._register_now = anyio.Event()
-        self._heard = anyio.Event()
-        self._registrations = 0
+        # One socket per broker, in every mode: a DEALER connected to several brokers deals
+        # what it sends round-robin, replies included, whichever broker a request came from.
+        self._links = [
+            Link(
+                endpoint,
+                heartbeat_interval=heartbeat_interval,
+                liveness=liveness,
+                patient=variant is not None,
+            )
+            for endpoint in self._endpoints
+        ]
+        self._backends: list[_Backend] = []
         self._free: deque[asyncio.Future[None]] = deque()
         self._service = service_name
         self._variant = variant
-        self._pump: sockets.Pump | None = None
         self._said_goodbye = False
 
     def __repr__(self) -> str:
+        endpoints = self._endpoints[0] if len(self._endpoints) == 1 else list(self._endpoints)
         return (
-            f"<AsyncWorker {self._state} endpoint={self._endpoint!r} "
+            f"<AsyncWorker {self._state} endpoint={endpoints!r} "
             f"in_flight={self._in_flight}/{self._concurrency}>"
         )
 
     def statistics(self) -> WorkerStatistics:
         """A snapshot of the worker's counters."""
+        links = tuple(link.statistics() for link in self._links)
         return WorkerStatistics(
             requests_received=self._requests_received,
             replies_sent=self._replies_sent,
@@ -302,6 +319,8 @@ class AsyncWorker(Service):
             refused_requests=self._refused_requests,
             in_flight=self._in_flight,
             concurrency=self._concurrency,
+            requests_dropped=sum(link.requests_dropped for link in links),
+            links=links,
         )
 
     async def run(
@@ -309,14 +328,14 @@ class AsyncWorker(Service):
     ) -> None:
         """Connect and serve requests until cancelled or closed.
 
-        Reports readiness through ``task_status`` once the socket is connecting (libzmq
-        completes the connection in the background and keeps retrying if the broker is not
+        Reports readiness through ``task_status`` once the sockets are connecting (libzmq
+        completes the connections in the background and keeps retrying while a broker is not
         up). On cancellation, handlers in progress are cancelled at once; after
-        :meth:`aclose` they first get ``drain_timeout`` seconds to finish. The socket is
+        :meth:`aclose` they first get ``drain_timeout`` seconds to finish. The sockets are
         closed before this returns. A worker runs once.
 
         Raises:
-            EndpointError: ``endpoint`` is not a valid address.
+            EndpointError: an endpoint is not a valid address.
             ClosedError: the worker already ran, or its context was terminated.
 
         """
@@ -324,78 +343,116 @@ class AsyncWorker(Service):
             from zmqrelay._aio.tracing import WorkerTracing
 
             self._tracing = WorkerTracing(chosen_provider(self._tracing_setting), self._service)
-            self._ask_context = self._variant is None
-        with (
-            self._connected_dealer(self._context, self._endpoint, self._routing_id) as sock,
-            sockets.Pump(sock) as pump,
-            anyio.CancelScope() as self._run_scope,
-        ):
-            self._pump = pump
-            if self._aborted:
-                self._run_scope.cancel()
-            try:
-                async with anyio.create_task_group() as task_group:
-                    for _ in range(self._concurrency):
-                        task_group.start_soon(self._handle_queued, pump)
-                    intake = anyio.CancelScope()
-                    task_group.start_soon(self._receive, pump, intake)
-                    if self._mode == "load-balancing":
-                        task_group.start_soon(self._keep_registered, pump)
-                    self._report_ready(task_status, None)
-                    await self._close_requested.wait()
-                    self._state = "draining"
+        self._claim()
+        try:
+            with contextlib.ExitStack() as stack:
+                context = sockets.get_context(self._context)
+                for link in self._links:
+                    self._backends.append(stack.enter_context(self._connected(context, link)))
+                with boundary_errors(self._kind), anyio.CancelScope() as self._run_scope:
+                    if self._aborted:
+                        self._run_scope.cancel()
+                    await self._serve_backends(task_status)
+        finally:
+            self._finish()
+
+    @contextlib.contextmanager
+    def _connected(self, context: zmq.asyncio.Context, link: Link) -> Iterator[_Backend]:
+        """A DEALER connected to the link's broker, closed on the way out with the linger set."""
+        sock = sockets.open_socket(
+            context, zmq.DEALER, routing_id=self._routing_id, options=self._socket_options
+        )
+        try:
+            sockets.connect(sock, link.endpoint)
+            with sockets.Pump(sock) as pump:
+                ask_context = self._tracing is not None and self._variant is None
+                yield _Backend(link, pump, ask_context=ask_context)
+        finally:
+            sockets.close(sock, self._linger)
+
+    async def _serve_backends(self, task_status: anyio.abc.TaskStatus[None]) -> None:
+        backends = self._backends
+        balancing = self._mode == "load-balancing"
+        try:
+            async with anyio.create_task_group() as task_group:
+                for _ in range(self._concurrency):
+                    task_group.start_soon(self._handle_queued)
+                intakes = [anyio.CancelScope() for _ in backends]
+                for backend, intake in zip(backends, intakes, strict=True):
+                    task_group.start_soon(self._receive, backend, intake)
+                    if balancing:
+                        task_group.start_soon(self._keep_registered, backend)
+                self._report_ready(task_status, None)
+                await self._close_requested.wait()
+                self._state = "draining"
+                for intake in intakes:
                     intake.cancel()
-                    if self._mode == "load-balancing" and self._variant is None:
+                for backend in backends:
+                    if balancing and self._variant is None:
                         with contextlib.suppress(ClosedError):
-                            pump.try_send(lbwire.encode_command_to_broker(lbwire.LEAVING))
+                            backend.pump.try_send(lbwire.encode_command_to_broker(lbwire.LEAVING))
                     # In relay mode the broker keeps handing this worker requests until it
                     # disconnects, which it cannot do while replies are still to be sent:
                     # answer them at once rather than let their clients time out.
-                    task_group.start_soon(self._refuse_arriving, pump)
-                    if not self._in_flight:
-                        self._goodbye(pump)
-                    self._idle = anyio.Event()
-                    if self._in_flight:
-                        with anyio.move_on_after(self._drain_timeout):
-                            await self._idle.wait()
-                    task_group.cancel_scope.cancel()
-            finally:
-                self._last_word()
-                while self._queue:  # taken from the socket, never started
-                    self._refuse(pump, self._queue.popleft())
-                    self._in_flight -= 1
-                self._refuse_waiting(pump)
-                if self._variant is not None:
-                    self._goodbye(pump)
-                elif self._mode == "load-balancing" and not self._aborted:
+                    task_group.start_soon(self._refuse_arriving, backend)
+                if not self._in_flight:
+                    self._goodbye()
+                self._idle = anyio.Event()
+                if self._in_flight:
+                    with anyio.move_on_after(self._drain_timeout):
+                        await self._idle.wait()
+                task_group.cancel_scope.cancel()
+        finally:
+            self._last_word()
+            while self._queue:  # taken from the socket, never started
+                held = self._queue.popleft()
+                self._refuse_held(held)
+                held.backend.link.release(held.session, dropped=held.session.forgotten)
+                self._in_flight -= 1
+            for backend in backends:
+                self._refuse_waiting(backend)
+            if self._variant is not None:
+                self._goodbye()
+            elif balancing and not self._aborted:
+                for backend in backends:
                     with contextlib.suppress(ClosedError):
-                        pump.try_send(self._command("disconnect"))
+                        backend.pump.try_send(self._command("disconnect"))
 
-    async def _receive(self, pump: sockets.Pump, intake: anyio.CancelScope) -> None:
+    async def _receive(self, backend: _Backend, intake: anyio.CancelScope) -> None:
         # Requests go to a queue served by `concurrency` long-lived tasks: far cheaper than
         # a task per request. The socket is read only while a task is free to take the next.
         batch = range(max(self._concurrency, 64))
         # In load-balancing mode the broker sends no more than the credits it was given, and
         # its heartbeats must be read however busy the worker is: no gate then.
         limit = self._concurrency if self._mode == "relay" else math.inf
+        pump, link, queue, free = backend.pump, backend.link, self._queue, self._free
+        loop = asyncio.get_running_loop()
+        clock, slot_waiters = loop.time, self._slot_waiters
+        turn_over = False
         with intake:
             while True:
-                while self._in_flight >= limit:
-                    self._slot_freed = anyio.Event()
-                    self._receiver_waits = True
+                while self._in_flight >= limit or turn_over:
+                    turn_over = False
+                    waiter: asyncio.Future[None] = loop.create_future()
+                    slot_waiters.append(waiter)
+                    self._receivers_waiting += 1
                     try:
-                        await self._slot_freed.wait()
+                        await waiter
                     finally:
-                        self._receiver_waits = False
-                await pump.readable()
+                        self._receivers_waiting -= 1
+                now = clock()
                 for _ in batch:
                     if self._in_flight >= limit:
                         break
                     frames = pump.try_recv()
                     if frames is None:
+                        if slot_waiters:
+                            # Nothing here: another broker's socket may take the free handler.
+                            self._wake_receiver()
+                        await pump.readable()
                         break
                     try:
-                        request = self._decode(frames)
+                        request = self._decode(backend, frames, now)
                     except RemoteProtocolError as exc:
                         self._malformed(f"dropped a malformed request: {exc}")
                         continue
@@ -409,13 +466,27 @@ class AsyncWorker(Service):
                         continue
                     self._requests_received += 1
                     self._in_flight += 1
-                    self._queue.append(request)
-                    if self._free:
-                        waiter = self._free.popleft()
+                    queue.append(_Held(request, backend, link.take(), now))
+                    if free:
+                        waiter = free.popleft()
                         if not waiter.done():
                             waiter.set_result(None)
+                    if self._receivers_waiting:
+                        # Other brokers' sockets wait for a handler too: one request a turn.
+                        self._wake_receiver()
+                        turn_over = True
+                        break
                 else:
                     await checkpoint()
+
+    def _wake_receiver(self) -> None:
+        """Let the receiving task that has waited longest for a free handler read on."""
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def _command(self, which: Literal["heartbeat", "disconnect"]) -> list[bytes]:
         if self._variant is not None:
@@ -423,7 +494,7 @@ class AsyncWorker(Service):
         command = lbwire.HEARTBEAT if which == "heartbeat" else lbwire.DISCONNECT
         return lbwire.encode_command_to_broker(command)
 
-    def _decode(self, frames: list[bytes]) -> Answerable | None:
+    def _decode(self, backend: _Backend, frames: list[bytes], now: float) -> Answerable | None:
         if self._mode == "relay":
             return decode_request(frames)
         message: Answerable | str
@@ -431,27 +502,28 @@ class AsyncWorker(Service):
             message = mdp.decode_from_broker(self._variant, frames)
         else:
             message = lbwire.decode_from_broker(frames)
-        self._broker_heard = anyio.current_time()
-        self._heard.set()
-        unacknowledged, self._unacknowledged = self._unacknowledged, False
+        answered = backend.link.heard(now)
+        if answered:
+            backend.heard.set()
         if not isinstance(message, str):
             return message
         if message == "disconnect":  # the broker forgot this worker (it restarted, say)
-            if unacknowledged and self._ask_context:
+            if answered and backend.ask_context:
                 # The broker refused a READY that asks for trace context: it is older than
                 # that feature. Registering without asking works with it.
-                self._ask_context = False
+                backend.ask_context = False
                 logger.info(
                     "the broker at %s takes no trace context: registering without it",
-                    self._endpoint,
+                    backend.link.endpoint,
                 )
-            self._register_now.set()
+            # Whatever it sent before, it has ended: the requests it held are dropped.
+            backend.end_session(forgotten=True)
+            backend.register_now.set()
         return None
 
-    async def _keep_registered(self, pump: sockets.Pump) -> None:
-        """Register with the broker, heartbeat, and register again when it seems gone."""
+    async def _keep_registered(self, backend: _Backend) -> None:
+        """Register with one broker, heartbeat, and register again when it seems gone."""
         interval = self._heartbeat_interval
-        silence = interval * self._liveness
         # Registering again after the broker went away backs off exponentially, with jitter,
         # so that many workers do not all knock at once on a broker that is restarting.
         register = tenacity.AsyncRetrying(
@@ -459,57 +531,57 @@ class AsyncWorker(Service):
             + tenacity.wait_random(0, interval),
             retry=tenacity.retry_if_result(lambda heard: not heard),
         )
+        link, pump = backend.link, backend.pump
         while True:
-            self._register_now = anyio.Event()
-            await register(self._register_once, pump)
+            backend.register_now = anyio.Event()
+            await register(self._register_once, backend)
             while True:
                 with anyio.move_on_after(interval):
-                    await self._register_now.wait()
-                if self._register_now.is_set():
+                    await backend.register_now.wait()
+                if backend.register_now.is_set():
                     break  # the broker forgot this worker
-                # Majordomo brokers may not heartbeat a worker that holds a request (majortomo
-                # does not): silence counts only while this one is idle.
-                quiet = self._variant is None or not self._in_flight
-                if quiet and anyio.current_time() - self._broker_heard >= silence:
-                    break  # the broker is gone, or restarting
+                if link.gone(anyio.current_time()):
+                    backend.end_session(forgotten=False)
+                    break  # the broker is gone, restarting, or stalled
                 pump.try_send(self._command("heartbeat"))
 
-    async def _register_once(self, pump: sockets.Pump) -> bool:
+    async def _register_once(self, backend: _Backend) -> bool:
         """Say READY; true if the broker answered (it heartbeats at once) within an interval.
 
         A Majordomo broker does not answer READY: the worker assumes it is registered.
         """
-        self._registrations += 1
-        self._heard = anyio.Event()
+        link, pump = backend.link, backend.pump
+        backend.heard = anyio.Event()
         if self._variant is not None:
-            if self._registrations > 1:
-                self._reconnect(pump)
+            if link.registrations:
+                self._reconnect(backend)
+            link.register(anyio.current_time())
             pump.try_send(mdp.encode_ready(self._variant, self._service))
-            self._broker_heard = anyio.current_time()
             return True
-        self._unacknowledged = True
+        link.register(anyio.current_time())
         pump.try_send(
-            lbwire.encode_ready(self._concurrency, self._service, context=self._ask_context)
+            lbwire.encode_ready(self._concurrency, self._service, context=backend.ask_context)
         )
         with anyio.move_on_after(self._heartbeat_interval):
-            await self._heard.wait()
-        return self._heard.is_set()
+            await backend.heard.wait()
+        return backend.heard.is_set()
 
-    def _reconnect(self, pump: sockets.Pump) -> None:
+    def _reconnect(self, backend: _Backend) -> None:
         """Drop the connection to the broker and make a new one: a new session.
 
         Majordomo workers must do so before they register again (specs 7 and 18): the broker
         then sees a new peer, and nothing queued for the old session reaches the new one.
         """
+        pump, endpoint = backend.pump, backend.link.endpoint
         try:
-            pump.sync.disconnect(self._endpoint)
+            pump.sync.disconnect(endpoint)
         except zmq.ZMQError as exc:  # the transport cannot disconnect: keep the connection
-            logger.debug("could not drop the connection to %s: %s", self._endpoint, exc)
+            logger.debug("could not drop the connection to %s: %s", endpoint, exc)
             return
-        pump.sync.connect(self._endpoint)
+        pump.sync.connect(endpoint)
         pump.kick()
 
-    async def _handle_queued(self, pump: sockets.Pump) -> None:
+    async def _handle_queued(self) -> None:
         queue, free = self._queue, self._free
         loop = asyncio.get_running_loop()
         while True:
@@ -517,48 +589,59 @@ class AsyncWorker(Service):
                 waiter: asyncio.Future[None] = loop.create_future()
                 free.append(waiter)
                 await waiter
-            await self._serve(pump, queue.popleft())
+            await self._serve(queue.popleft())
 
-    async def _serve(self, pump: sockets.Pump, request: Answerable) -> None:
+    async def _serve(self, held: _Held) -> None:
+        backend, session = held.backend, held.session
+        dropped = session.forgotten  # while it waited: nobody would get the reply
         try:
+            if dropped:
+                return
+            request = held.request
             try:
                 tracing = self._tracing
                 if tracing is None:
-                    reply = await self._answer(request)
+                    reply = await self._answer(held)
                 else:
                     span, token = tracing.start(request.context, request.redelivery)
                     stopped = True  # unless the handler's answer comes
                     try:
-                        reply = await self._answer(request)
+                        reply = await self._answer(held)
                         stopped = False
                     finally:
                         tracing.end(span, token, stopped)
             except anyio.get_cancelled_exc_class():
                 # The worker is stopping: tell the client now rather than let it time out.
-                self._refuse(pump, request)
+                self._refuse_held(held)
                 raise
-            await pump.send(reply)
-            self._replies_sent += 1
+            if await backend.send(reply, session):
+                self._replies_sent += 1
+            else:
+                dropped = True
         finally:
+            backend.link.release(session, dropped=dropped)
             self._in_flight -= 1
-            if self._receiver_waits:
-                self._slot_freed.set()
+            if self._slot_waiters:
+                self._wake_receiver()
             if not self._in_flight:
                 self._idle.set()
                 if self._state == "draining":
-                    self._goodbye(pump)
+                    self._goodbye()
 
-    async def _answer(self, request: Answerable) -> list[bytes]:
-        """The reply to ``request``: the handler's, or an error, within the client's timeout."""
+    async def _answer(self, held: _Held) -> list[bytes]:
+        """The reply to ``held``: the handler's, or an error, within the client's timeout."""
+        request = held.request
         _redelivery.set(request.redelivery)
         timeout = request.timeout
         if timeout is None:
-            return await self._call(request)
-        deadline = anyio.current_time() + timeout
+            return await self._call(held)
+        # The client's clock started when the request came (it may have waited in the queue
+        # behind the requests of other brokers).
+        deadline = held.arrived + timeout
         reset = _deadline.set(deadline)
         try:
             with anyio.CancelScope(deadline=deadline):
-                return await self._call(request)
+                return await self._call(held)
             # Reached only when the deadline cancelled the handler: the client has given up.
             self._handler_errors += 1
             message = f"the handler ran past {timeout} s"
@@ -568,14 +651,15 @@ class AsyncWorker(Service):
         finally:
             _deadline.reset(reset)
 
-    async def _call(self, request: Answerable) -> list[bytes]:
+    async def _call(self, held: _Held) -> list[bytes]:
+        request = held.request
         try:
             if self._frames:
                 called = self._handler(request.body)
             else:
                 called = self._handler(request.body[0])
             if inspect.isasyncgen(called):
-                return await self._stream(request, called)
+                return await self._stream(held, called)
             result = await called
             return request.reply(result if self._frames else [result])
         except Exception as exc:
@@ -587,7 +671,7 @@ class AsyncWorker(Service):
             # cancelled): a handler error like any other, not the worker stopping.
             return self._handler_failed(request, exc)
 
-    async def _stream(self, request: Answerable, parts: AsyncGenerator[Any, Any]) -> list[bytes]:
+    async def _stream(self, held: _Held, parts: AsyncGenerator[Any, Any]) -> list[bytes]:
         """Send each part the handler yields but the last, and return the last as the reply.
 
         A part goes once the next one is ready, since only then is it known not to be the
@@ -601,28 +685,25 @@ class AsyncWorker(Service):
                 async for part in parts:
                     if previous is not None:
                         ready, previous = previous, None
-                        await self._send_part(request, ready, joined)
+                        await self._send_part(held, ready, joined)
                     previous = list(part) if self._frames else [part]
             except Exception:
                 # The handler failed after yielding its last part: that part goes out too,
                 # then the error, so the client sees everything the handler produced.
                 if previous is not None:
-                    await self._send_part(request, previous, joined)
+                    await self._send_part(held, previous, joined)
                 raise
         if previous is None:
             raise LocalProtocolError("a streaming handler must yield at least one part")
-        return request.reply([*joined, *previous])
+        return held.request.reply([*joined, *previous])
 
-    async def _send_part(
-        self, request: Answerable, part: list[bytes], joined: list[bytes]
-    ) -> None:
+    async def _send_part(self, held: _Held, part: list[bytes], joined: list[bytes]) -> None:
         """Send ``part`` of a streamed reply, or keep it in ``joined`` if it cannot go alone."""
-        assert self._pump is not None  # set while running
-        message = request.partial(part)
+        message = held.request.partial(part)
         if message is None:
             joined.extend(part)
         else:
-            await self._pump.send(message)
+            await held.backend.send(message, held.session)
 
     def _misfit(self, pump: sockets.Pump, request: Answerable) -> None:
         """Answer at once a request the handler cannot take (several frames for one).
@@ -692,7 +773,7 @@ class AsyncWorker(Service):
                 extra={"kind": _MALFORMED, "count": line.occurrences, "seconds": line.since},
             )
 
-    def _goodbye(self, pump: sockets.Pump) -> None:
+    def _goodbye(self) -> None:
         """A stopping Majordomo worker says DISCONNECT once its last reply has gone.
 
         Majordomo has no LEAVING: the broker hands a worker that answered the next request at
@@ -703,8 +784,14 @@ class AsyncWorker(Service):
         if self._variant is None or self._said_goodbye or self._aborted:
             return
         self._said_goodbye = True
-        with contextlib.suppress(ClosedError):
-            pump.try_send(self._command("disconnect"))
+        for backend in self._backends:
+            with contextlib.suppress(ClosedError):
+                backend.pump.try_send(self._command("disconnect"))
+
+    def _refuse_held(self, held: _Held) -> None:
+        """Refuse a request taken from the socket, unless its broker went away since."""
+        if not held.session.forgotten:
+            self._refuse(held.backend.pump, held.request)
 
     def _refuse(self, pump: sockets.Pump, request: Answerable) -> None:
         """Answer ``request`` with a ``WorkerStopped`` error, without waiting."""
@@ -714,16 +801,17 @@ class AsyncWorker(Service):
             if pump.try_send(request.error("WorkerStopped", "the worker stopped")):
                 self._refused_requests += 1
 
-    async def _refuse_arriving(self, pump: sockets.Pump) -> None:
+    async def _refuse_arriving(self, backend: _Backend) -> None:
         while True:
-            await pump.readable()
-            if self._refuse_waiting(pump):
+            await backend.pump.readable()
+            if self._refuse_waiting(backend):
                 await checkpoint()
 
-    def _refuse_waiting(self, pump: sockets.Pump) -> bool:
+    def _refuse_waiting(self, backend: _Backend) -> bool:
         """Refuse the requests waiting in the socket; true if a whole batch was refused."""
         if self._aborted:
             return False
+        pump = backend.pump
         for _ in range(512):
             try:
                 frames = pump.try_recv()
@@ -732,7 +820,7 @@ class AsyncWorker(Service):
             if frames is None:
                 return False
             try:
-                request = self._decode(frames)
+                request = self._decode(backend, frames, anyio.current_time())
             except RemoteProtocolError as exc:
                 self._malformed(f"dropped a malformed request: {exc}")
                 continue
@@ -787,3 +875,80 @@ def _log_handler_errors(line: Report, exc: BaseException | None) -> None:
             "seconds": line.since,
         },
     )
+
+
+def _endpoints(endpoint: str | Sequence[str]) -> tuple[str, ...]:
+    """``endpoint`` as a tuple of one or more distinct endpoints.
+
+    Raises:
+        ValueError: no endpoint, or one given twice.
+    """
+    endpoints = (endpoint,) if isinstance(endpoint, str) else tuple(endpoint)
+    if not endpoints:
+        raise ValueError("a worker needs at least one endpoint")
+    if len(set(endpoints)) != len(endpoints):
+        raise ValueError(f"an endpoint is given twice in {list(endpoints)}")
+    return endpoints
+
+
+class _Backend:
+    """One socket to one broker's backend, and its :class:`Link`.
+
+    What the tasks serving it wait on lives here; what the link decides lives in the link.
+    """
+
+    __slots__ = ("_waiting", "ask_context", "heard", "link", "pump", "register_now")
+
+    def __init__(self, link: Link, pump: sockets.Pump, *, ask_context: bool) -> None:
+        self.link = link
+        self.pump = pump
+        self.ask_context = ask_context
+        """Whether its READY asks the broker for trace context."""
+        self.register_now = anyio.Event()
+        """Set when the broker said DISCONNECT: register again at once."""
+        self.heard = anyio.Event()
+        """Set when the broker answered the last READY."""
+        self._waiting: set[anyio.CancelScope] = set()
+        """The sends waiting for room in the socket."""
+
+    async def send(self, frames: list[bytes], session: Session) -> bool:
+        """Send ``frames`` of a request of ``session``; false if they were dropped.
+
+        A send waits only while the broker's queue in the socket is full (a broker that does
+        not read), and never past the end of its session: a dead broker holds up no handler
+        for longer than its silence takes to notice.
+        """
+        if session.forgotten:
+            return False
+        if self.pump.try_send(frames):
+            return True
+        if not session.open:
+            return False
+        with anyio.CancelScope() as scope:
+            self._waiting.add(scope)
+            try:
+                await self.pump.send(frames)
+                return True
+            finally:
+                self._waiting.discard(scope)
+        return False
+
+    def end_session(self, *, forgotten: bool) -> None:
+        """The broker said DISCONNECT (``forgotten``) or went silent: sends wait no more."""
+        self.link.end(forgotten=forgotten)
+        for scope in self._waiting:
+            scope.cancel()
+
+
+class _Held:
+    """A request taken from a broker, waiting for a handler or being handled."""
+
+    __slots__ = ("arrived", "backend", "request", "session")
+
+    def __init__(
+        self, request: Answerable, backend: _Backend, session: Session, arrived: float
+    ) -> None:
+        self.request = request
+        self.backend = backend
+        self.session = session
+        self.arrived = arrived

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
 from zmqrelay._core import mdp, tag, trace
+from zmqrelay._core.client_links import ClientLinkStatistics
 from zmqrelay._core.envelope import DELIMITER
-from zmqrelay._core.links import LinkStatistics
 from zmqrelay._core.refusal import BY_ERROR_NAME, BY_STATUS
 from zmqrelay._core.worker import PLAIN_ERROR_PREFIX, check_body, decode_error, encode_error
 from zmqrelay.errors import (
@@ -48,7 +48,7 @@ class ClientStatistics(NamedTuple):
     """Messages dropped because they were not a tagged reply."""
     retries: int = 0
     """Requests sent again under a retry policy."""
-    links: tuple[LinkStatistics, ...] = ()
+    links: tuple[ClientLinkStatistics, ...] = ()
     """With several endpoints, each broker's link: its state and counters, in the order of
     the endpoints (empty with one endpoint)."""
 

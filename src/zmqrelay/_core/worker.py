@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from zmqrelay._core import envelope, tag, trace
+from zmqrelay._core.worker_link import WorkerLinkStatistics
 from zmqrelay.errors import LocalProtocolError
 
 PLAIN_ERROR_PREFIX = b"zmqrelay-error: "
@@ -37,6 +38,13 @@ class WorkerStatistics(NamedTuple):
     """Requests being handled right now."""
     concurrency: int
     """The most requests handled at once."""
+    requests_dropped: int = 0
+    """Requests whose broker went away (it said DISCONNECT, or was silent for ``liveness``
+    heartbeat intervals) before their reply could go: the reply was dropped, or the handler
+    never ran. The broker has ended them for their clients."""
+    links: tuple[WorkerLinkStatistics, ...] = ()
+    """The counters of each broker the worker serves, in the order of its endpoints (in relay
+    mode, one for its one socket)."""
 
 
 def check_body(body: Sequence[bytes], what: str = "reply") -> None:

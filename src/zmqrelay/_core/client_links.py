@@ -45,7 +45,7 @@ class LinkState(enum.Enum):
     """Its suspension is over: it takes one request at a time until its broker answers."""
 
 
-class LinkStatistics(NamedTuple):
+class ClientLinkStatistics(NamedTuple):
     """A snapshot of an :class:`~zmqrelay.AsyncClient`'s link to one broker."""
 
     endpoint: str
@@ -215,10 +215,10 @@ class Links:
         """Requests sent on some link and not ended yet."""
         return len(self._on)
 
-    def statistics(self) -> tuple[LinkStatistics, ...]:
+    def statistics(self) -> tuple[ClientLinkStatistics, ...]:
         """A snapshot of every link, in the order of the endpoints."""
         return tuple(
-            LinkStatistics(
+            ClientLinkStatistics(
                 endpoint=link.endpoint,
                 state=link.state.value,
                 in_flight=len(link.in_flight),

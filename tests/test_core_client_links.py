@@ -6,7 +6,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from zmqrelay._core.links import Links, LinkState
+from zmqrelay._core.client_links import Links, LinkState
 
 ENDPOINTS = ["tcp://a:1", "tcp://b:1", "tcp://c:1"]
 
