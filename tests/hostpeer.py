@@ -149,12 +149,27 @@ async def _serve_async(arguments: argparse.Namespace) -> None:
         linger=0,
         drain_timeout=0.5,
     )
+    stopping = anyio.Event()
+
+    async def watch_links() -> None:
+        taking = _Taking()
+        received: dict[int, int] = {}
+        while not stopping.is_set():
+            for index, link in enumerate(worker.statistics().links):
+                if link.requests_received > received.get(index, 0):
+                    received[index] = link.requests_received
+                    taking.took(index, time.monotonic())
+            await anyio.sleep(POLL)
+
     with anyio.open_signal_receiver(signal.SIGTERM) as signals:
-        async with worker:
+        async with worker, anyio.create_task_group() as tg:
+            tg.start_soon(watch_links)
             print("ready", flush=True)
             async for _ in signals:
+                stopping.set()
                 break
-    _report({"name": arguments.name, "served": served})
+        links = [link._asdict() for link in worker.statistics().links]
+    _report({"name": arguments.name, "served": served, "links": links})
 
 
 async def _load(arguments: argparse.Namespace) -> None:
