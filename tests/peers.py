@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -121,3 +124,28 @@ def balancer_statistics(broker: Broker) -> BalancerStatistics:
     stats = broker.statistics()
     assert stats.mode == "load-balancing", stats
     return stats
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def broker_process(frontend: str, backend: str) -> subprocess.Popen[str]:
+    """``zmqrelay broker`` (relay mode, no drain) in a process of its own, once it serves.
+
+    The caller stops it, by PID.
+    """
+    broker = subprocess.Popen(
+        [sys.executable, "-m", "zmqrelay", "--log-level", "INFO", "broker",
+         "--frontend", frontend, "--backend", backend, "--drain-timeout", "0"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert broker.stderr is not None
+    for line in broker.stderr:
+        if "serving:" in line:
+            return broker
+    raise AssertionError("the broker did not start")

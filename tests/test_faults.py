@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -16,7 +15,7 @@ from contextlib import contextmanager
 import anyio
 import pytest
 
-from peers import eventually
+from peers import eventually, free_port
 from zmqrelay import AsyncClient, RequestRefused, RequestTimeout, ZmqRelayError
 
 pytestmark = pytest.mark.asyncio
@@ -39,13 +38,6 @@ async def main() -> None:
 
 anyio.run(main)
 """.replace("HEARTBEAT", str(HEARTBEAT))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Processes:

@@ -14,8 +14,8 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from peers import eventually, raw_socket, relay_statistics
-from test_faults import free_port, processes
+from peers import eventually, free_port, raw_socket, relay_statistics
+from test_faults import processes
 from zmqrelay import Broker
 from zmqrelay.testing import LeakCheckingContext
 

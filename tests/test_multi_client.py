@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -15,7 +13,7 @@ import anyio
 import pytest
 import zmq
 
-from peers import echo_handler, eventually, raw_socket
+from peers import broker_process, echo_handler, eventually, free_port, raw_socket
 from zmqrelay import (
     AsyncClient,
     AsyncWorker,
@@ -297,26 +295,6 @@ async def test_majordomo_clients_use_several_brokers_and_fail_over(
 # -- a broker in a process of its own, stopped (SIGSTOP) and killed ------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def start_broker_process(frontend: str, backend: str) -> subprocess.Popen[str]:
-    broker = subprocess.Popen(
-        [sys.executable, "-m", "zmqrelay", "--log-level", "INFO", "broker",
-         "--frontend", frontend, "--backend", backend, "--drain-timeout", "0"],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert broker.stderr is not None
-    for line in broker.stderr:
-        if "serving:" in line:
-            return broker
-    raise AssertionError("the broker did not start")
-
-
 def end_process(process: subprocess.Popen[str]) -> None:
     if process.poll() is None:
         os.kill(process.pid, signal.SIGCONT)
@@ -338,7 +316,7 @@ async def test_a_stopped_broker_is_found_by_heartbeat_and_a_killed_one_at_once(
 ) -> None:
     frontend = f"tcp://127.0.0.1:{free_port()}"
     backend = f"tcp://127.0.0.1:{free_port()}"
-    process = start_broker_process(frontend, backend)
+    process = broker_process(frontend, backend)
     served: Counter[str] = Counter()
     try:
         async with (

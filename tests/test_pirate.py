@@ -14,8 +14,8 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from peers import eventually
-from test_faults import HEARTBEAT, free_port, processes
+from peers import eventually, free_port
+from test_faults import HEARTBEAT, processes
 
 pytestmark = pytest.mark.asyncio
 

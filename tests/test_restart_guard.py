@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 
 import pytest
 import zmq
+
+from peers import broker_process, free_port
 
 PROBE = """
 import sys, zmq
@@ -48,26 +49,6 @@ def test_unseeded_processes_repeat_each_other() -> None:
     assert first_routing_id("plain") == first_routing_id("plain")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def start_broker(frontend: str, backend: str) -> subprocess.Popen[str]:
-    broker = subprocess.Popen(
-        [sys.executable, "-m", "zmqrelay", "--log-level", "INFO", "broker",
-         "--frontend", frontend, "--backend", backend, "--drain-timeout", "0"],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert broker.stderr is not None
-    for line in broker.stderr:
-        if "serving:" in line:
-            return broker
-    raise AssertionError("the broker did not start")
-
-
 def stop(process: subprocess.Popen[str], signum: int = signal.SIGTERM) -> None:
     if process.poll() is None:
         os.kill(process.pid, signum)
@@ -84,7 +65,7 @@ def test_a_late_reply_never_reaches_the_client_of_a_restarted_broker() -> None:
     worker = context.socket(zmq.DEALER)
     worker.linger = 0
     worker.rcvtimeo = worker.sndtimeo = 10_000
-    first = start_broker(frontend, backend)
+    first = broker_process(frontend, backend)
     try:
         worker.connect(backend)
         alice = context.socket(zmq.REQ)
@@ -94,7 +75,7 @@ def test_a_late_reply_never_reaches_the_client_of_a_restarted_broker() -> None:
         stale = worker.recv_multipart()  # [alice's id at the first broker, b"", question]
     finally:
         stop(first, signal.SIGKILL)
-    second = start_broker(frontend, backend)
+    second = broker_process(frontend, backend)
     try:
         bob = context.socket(zmq.REQ)
         bob.linger = 0
