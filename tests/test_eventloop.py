@@ -61,6 +61,21 @@ def test_the_environment_can_choose_asyncio_when_uvloop_is_installed() -> None:
 
 
 @pytest.mark.timeout(30)
+def test_the_cli_names_a_loop_it_cannot_run_on_as_a_usage_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "zmqrelay", "request", "--connect", "tcp://127.0.0.1:9", "hi"],
+        env={**os.environ, EVENT_LOOP_ENV: "trio"},
+        capture_output=True,
+        text=True,
+        timeout=25,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"{EVENT_LOOP_ENV}='trio': expected asyncio or uvloop" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.timeout(30)
 def test_importing_the_cli_does_not_import_uvloop() -> None:
     code = "import sys, zmqrelay.cli; print('uvloop' in sys.modules)"
     result = subprocess.run(

@@ -44,9 +44,13 @@ def backend_options() -> dict[str, Any]:
     return {"use_uvloop": True} if installed else {}
 
 
-def run(function: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
-    """``anyio.run(function, *args)`` on the loop :func:`backend_options` chooses."""
-    return anyio.run(_logging_loop, function, *args, backend_options=backend_options())
+def run(
+    function: Callable[[*Ts], Awaitable[T]], *args: *Ts, options: dict[str, Any] | None = None
+) -> T:
+    """``anyio.run(function, *args)`` on the loop of ``options``, :func:`backend_options`'s."""
+    if options is None:
+        options = backend_options()
+    return anyio.run(_logging_loop, function, *args, backend_options=options)
 
 
 async def _logging_loop(function: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:

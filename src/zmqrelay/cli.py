@@ -36,6 +36,7 @@ from zmqrelay._bench_peers import (
 )
 from zmqrelay._core.top import metrics_url
 from zmqrelay._demo import run_demo
+from zmqrelay._eventloop import backend_options
 from zmqrelay._eventloop import run as run_on_event_loop
 from zmqrelay._logs import LogFormat, formats_json
 from zmqrelay._logs import configure as configure_logging
@@ -818,8 +819,10 @@ def bench_client(
 
 def _run(function: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
     """Run ``function`` on the CLI's event loop; zmqrelay's errors end it in one line, status 1."""
+    with _usage_errors():
+        options = backend_options()
     with _one_line_errors():
-        return run_on_event_loop(function, *args)
+        return run_on_event_loop(function, *args, options=options)
 
 
 @contextmanager
