@@ -26,6 +26,8 @@ import zmq
 import zmq.asyncio
 import zmq.auth
 
+from zmqrelay._eventloop import run as run_on_event_loop
+
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 _MORE = int(zmq.RCVMORE)
@@ -408,9 +410,9 @@ def serve_echo(
     elif kind == "mdp":
         _serve_mdp_echo(endpoints, work, sockets)
     elif kind in ("async", "async-lb", "async-mdp"):
-        anyio.run(_async_echo, endpoints, concurrency, work, kind)
+        run_on_event_loop(_async_echo, endpoints, concurrency, work, kind)
     elif kind == "nats":
-        anyio.run(_nats_echo, endpoint, work)
+        run_on_event_loop(_nats_echo, endpoint, work)
     else:
         raise ValueError(f"unknown worker kind {kind!r}")
 
@@ -494,13 +496,13 @@ def generate_load(
     elif kind == "mdp":
         counted, latencies, cpu = _mdp_load(endpoint, window, padding, warmup, duration)
     elif kind == "async":
-        counted, latencies, cpu = anyio.run(
+        counted, latencies, cpu = run_on_event_loop(
             _async_load, endpoint, window, padding, warmup, duration
         )
     elif kind == "c":
         counted, latencies, cpu = _c_load(endpoint, window, padding, warmup, duration)
     elif kind == "nats":
-        counted, latencies, cpu = anyio.run(
+        counted, latencies, cpu = run_on_event_loop(
             _nats_load, endpoint, window, padding, warmup, duration
         )
     else:

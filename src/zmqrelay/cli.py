@@ -36,6 +36,8 @@ from zmqrelay._bench_peers import (
 )
 from zmqrelay._core.top import metrics_url
 from zmqrelay._demo import run_demo
+from zmqrelay._eventloop import backend_options
+from zmqrelay._eventloop import run as run_on_event_loop
 from zmqrelay._logs import LogFormat, formats_json
 from zmqrelay._logs import configure as configure_logging
 from zmqrelay.bench import BROKERS, BenchConfig, report, run_bench
@@ -368,7 +370,7 @@ def _reload_keys(instance: Broker, curve: bool) -> None:
 @_logging_options
 def demo(transport: str, clients: int, workers: int, requests: int) -> None:
     """Run the guide's scenario in one process: 2 clients, 3 workers, 10 requests each."""
-    result = anyio.run(
+    result = run_on_event_loop(
         lambda: run_demo(transport=transport, clients=clients, workers=workers, requests=requests)
     )
     if result.failures or len(result.served_by) != clients * requests:
@@ -816,9 +818,11 @@ def bench_client(
 
 
 def _run(function: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
-    """``anyio.run`` that reports zmqrelay's errors as a one-line message and exit status 1."""
+    """Run ``function`` on the CLI's event loop; zmqrelay's errors end it in one line, status 1."""
+    with _usage_errors():
+        options = backend_options()
     with _one_line_errors():
-        return anyio.run(function, *args)
+        return run_on_event_loop(function, *args, options=options)
 
 
 @contextmanager
