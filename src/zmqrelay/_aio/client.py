@@ -9,7 +9,7 @@ import logging
 import math
 import secrets
 from collections import deque
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import EllipsisType
@@ -463,7 +463,7 @@ class AsyncClient(Service):
             service, body, timeout=timeout, redeliveries=redeliveries, retry=retry
         )
 
-    async def _request(
+    def _request(
         self,
         service: bytes,
         frames: Sequence[bytes],
@@ -471,13 +471,18 @@ class AsyncClient(Service):
         timeout: float | EllipsisType | None,
         redeliveries: int,
         retry: RetryPolicy | EllipsisType | None,
-    ) -> list[bytes]:
+    ) -> Coroutine[Any, Any, list[bytes]]:
+        """The coroutine that makes the request: its attempts, each traced if tracing is on.
+
+        A plain function, so that the caller awaits the attempt itself: one coroutine frame
+        fewer to pass through at every suspension and wake-up of every request.
+        """
         limit = self._timeout if timeout is ... else timeout
         policy = self._retry if retry is ... else retry
         if policy is None:
             if self._tracing is not None:
-                return await self._traced_exchange(service, frames, limit, redeliveries)
-            return await self._exchange(service, frames, limit, redeliveries)
+                return self._traced_exchange(service, frames, limit, redeliveries)
+            return self._exchange(service, frames, limit, redeliveries)
         attempts = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(policy.attempts),
             wait=tenacity.wait_exponential(multiplier=policy.backoff, max=policy.max_backoff)
@@ -487,8 +492,7 @@ class AsyncClient(Service):
             reraise=True,
         )
         attempt = self._exchange if self._tracing is None else self._traced_exchange
-        reply: list[bytes] = await attempts(attempt, service, frames, limit, redeliveries)
-        return reply
+        return attempts(attempt, service, frames, limit, redeliveries)
 
     @overload
     def stream(
