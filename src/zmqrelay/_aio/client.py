@@ -841,11 +841,14 @@ class AsyncClient(Service):
             return joined
         if self._links is not None:
             return await self._exchange_spread(service, frames, limit, redeliveries, context)
-        pump = self._running_pump()
+        pump = self._pump
+        if pump is None or self._state != "running":
+            raise ClosedError(f"the client is {self._state}; use it inside 'async with'")
         loop = self._loop
         waiter: asyncio.Future[Reply] = loop.create_future()
         now = loop.time()
-        request_id, message = self._correlator.open(
+        correlator = self._correlator
+        request_id, message = correlator.open(
             waiter,
             frames,
             now=now,
@@ -860,12 +863,14 @@ class AsyncClient(Service):
             if not pump.try_send(message):
                 await _send_before(pump, message, waiter)
             reply = await waiter
-        except zmq.ZMQError as exc:
-            raise ClosedError(f"the client's socket failed: {exc}") from exc
-        finally:
-            self._correlator.close(request_id)
+        except BaseException as exc:
+            correlator.close(request_id)
             if waiter.done() and not waiter.cancelled():
                 waiter.exception()  # retrieved here if the send, not the wait, ended the call
+            if isinstance(exc, zmq.ZMQError):
+                raise ClosedError(f"the client's socket failed: {exc}") from exc
+            raise
+        # A reply takes its request off the correlator's table: there is nothing to close.
         return reply.result()
 
     async def _exchange_spread(
