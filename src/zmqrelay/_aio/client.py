@@ -390,7 +390,10 @@ class AsyncClient(Service):
             ClosedError: the client is not running.
 
         """
-        service, single = _split_single(service_or_body, body)
+        if body is None and type(service_or_body) is bytes:
+            service, single = b"", service_or_body  # the common call, checked inline
+        else:
+            service, single = _split_single(service_or_body, body)
         reply = await self._request(
             service, [single], timeout=timeout, redeliveries=redeliveries, retry=retry
         )
