@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from strategies import body, messages
@@ -192,3 +193,37 @@ def test_answered_requests_do_not_pile_up_deadlines() -> None:
         correlator.close(request_id)
     assert len(correlator._deadlines) < 3000
     assert correlator.next_deadline() is None
+
+
+@given(
+    st.integers(0, 2**64 - 1),
+    st.none() | st.floats(-1.0, 1e9, allow_nan=False),
+    st.integers(-3, 300),
+    st.booleans(),
+)
+def test_the_request_tag_is_what_tag_encode_builds(
+    first_id: int, timeout: float | None, redeliveries: int, twice: bool
+) -> None:
+    correlator: Correlator[str] = Correlator(first_id)
+    for _ in range(2 if twice else 1):  # the second time, from the kept tail
+        request_id, frames = correlator.open(
+            "waiter", [b"x"], timeout=timeout, redeliveries=redeliveries
+        )
+        assert frames[0] == tag.encode(request_id, timeout=timeout, redeliveries=redeliveries)
+
+
+@given(st.binary(min_size=tag.SIZE, max_size=tag.SIZE), st.integers(0, 7))
+def test_a_reply_tag_is_read_as_tag_decode_reads_it(noise: bytes, status: int) -> None:
+    frame = tag.MAGIC + bytes([tag.VERSION, status]) + noise[4:]
+    for head in (frame, noise):
+        decoded = tag.decode(head)
+        correlator: Correlator[str] = Correlator(0 if decoded is None else decoded.request_id)
+        correlator.open("waiter", [b"x"], stream=True)  # a PARTIAL part comes back too
+        matched = correlator.receive([head, b"", b"reply"])
+        if decoded is None:
+            assert matched is None
+            assert correlator.statistics().malformed_replies == 1
+        else:
+            assert matched is not None
+            assert matched[1].status is decoded.status
+            assert matched[1].request_id == decoded.request_id

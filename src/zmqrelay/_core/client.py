@@ -9,8 +9,9 @@ never issued, such as a reply misrouted after a broker restart) or malformed.
 from __future__ import annotations
 
 import heapq
+import math
+import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
 from zmqrelay._core import mdp, tag, trace
@@ -27,6 +28,19 @@ from zmqrelay.errors import (
 T = TypeVar("T")
 
 _ID_SPACE = 1 << 64
+
+# The tag frame of a request, built and read in pieces rather than through tag.encode and
+# tag.decode (a struct, a NamedTuple and an enum per call): the head, then the id, then a tail
+# that depends only on the timeout and the redeliveries, kept per pair. Same bytes; the
+# property tests compare them with tag.encode/tag.decode.
+_REQUEST_HEAD = tag.MAGIC + bytes([tag.VERSION, tag.Status.OK])
+_TAIL = struct.Struct(">IB")
+_PREFIX = _REQUEST_HEAD[:3]
+_STATUS_AND_ID = struct.Struct(">BQ")
+_STATUSES = tuple(tag.Status)
+_OK = tag.Status.OK
+_PARTIAL = tag.Status.PARTIAL
+_MAX_TIMEOUT_MS = 2**32 - 1
 
 
 class ClientStatistics(NamedTuple):
@@ -53,8 +67,7 @@ class ClientStatistics(NamedTuple):
     the endpoints (empty with one endpoint)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """A reply matched to its request."""
 
     request_id: int
@@ -69,7 +82,7 @@ class Reply:
             RequestRefused: the broker ended the request (a subclass says why).
 
         """
-        if self.status is tag.Status.OK or self.status is tag.Status.PARTIAL:
+        if self.status is _OK or self.status is _PARTIAL:
             return self.body
         if self.status is tag.Status.ERROR:
             type_name, message = decode_error(self.body)
@@ -126,6 +139,7 @@ class Correlator(Generic[T]):
         # (deadline, request id, timeout) of requests that have one; stale entries (requests
         # already ended) are skipped when they come up.
         self._deadlines: list[tuple[float, int, float]] = []
+        self._tails: dict[tuple[float | None, int], bytes] = {}
         self.requests_sent = 0
         self.replies_received = 0
         self.timeouts = 0
@@ -159,21 +173,26 @@ class Correlator(Generic[T]):
         Raises:
             LocalProtocolError: ``body`` has no frames, or a frame that is not bytes.
         """
-        check_body(body, "request")
+        if type(body) is not list or len(body) != 1 or type(body[0]) is not bytes:
+            check_body(body, "request")
         request_id = self._next_id
         self._next_id = (request_id + 1) % _ID_SPACE
         self._issued += 1
-        self._pending[request_id] = waiter
+        pending = self._pending
+        pending[request_id] = waiter
         self.requests_sent += 1
         if timeout is not None:
             deadlines = self._deadlines
-            if len(deadlines) > 2 * len(self._pending) + 1024:
+            if len(deadlines) > 2 * len(pending) + 1024:
                 # Answered requests leave their deadlines behind: drop them now and then,
                 # so the heap stays the size of what is in flight.
-                deadlines[:] = [entry for entry in deadlines if entry[1] in self._pending]
+                deadlines[:] = [entry for entry in deadlines if entry[1] in pending]
                 heapq.heapify(deadlines)
             heapq.heappush(deadlines, (now + timeout, request_id, timeout))
-        frame = tag.encode(request_id, timeout=timeout, redeliveries=redeliveries)
+        tail = self._tails.get((timeout, redeliveries))
+        if tail is None:
+            tail = self._tail(timeout, redeliveries)
+        frame = _REQUEST_HEAD + request_id.to_bytes(8, "big") + tail
         if stream:
             self._streaming.add(request_id)
         if service:
@@ -184,6 +203,16 @@ class Correlator(Generic[T]):
         if context is not None:
             message.insert(0, context)
         return request_id, message
+
+    def _tail(self, timeout: float | None, redeliveries: int) -> bytes:
+        """The tag's last bytes for ``timeout`` and ``redeliveries`` (as :func:`tag.encode`)."""
+        milliseconds = (
+            0 if timeout is None else min(_MAX_TIMEOUT_MS, max(1, math.ceil(timeout * 1000)))
+        )
+        tail = _TAIL.pack(milliseconds, min(255, max(0, redeliveries)))
+        if len(self._tails) < 64:  # callers with a timeout per request: keep the first few
+            self._tails[timeout, redeliveries] = tail
+        return tail
 
     def next_deadline(self) -> float | None:
         """When the next request in flight expires, if any has a timeout."""
@@ -215,9 +244,13 @@ class Correlator(Generic[T]):
         self._forget(request_id)
 
     def _forget(self, request_id: int) -> None:
-        self._framed.discard(request_id)
-        self._streaming.discard(request_id)
-        self._parts.pop(request_id, None)
+        # Most clients never name a service nor stream: skip the empty tables.
+        if self._framed:
+            self._framed.discard(request_id)
+        if self._streaming:
+            self._streaming.discard(request_id)
+        if self._parts:
+            self._parts.pop(request_id, None)
 
     def receive(self, frames: list[bytes]) -> tuple[T, Reply] | None:
         """Match a received message to its request.
@@ -232,11 +265,16 @@ class Correlator(Generic[T]):
             else:
                 self.malformed_replies += 1
                 return None
-        decoded = tag.decode(frames[0])
-        if decoded is None:
+        # tag.decode, inlined: a tag is SIZE bytes behind the prefix, with a known status.
+        head = frames[0]
+        if len(head) != tag.SIZE or not head.startswith(_PREFIX):
             self.malformed_replies += 1
             return None
-        request_id, status = decoded.request_id, decoded.status
+        code, request_id = _STATUS_AND_ID.unpack_from(head, 3)
+        if code >= len(_STATUSES):
+            self.malformed_replies += 1
+            return None
+        status = _STATUSES[code]
         waiter = self._pending.get(request_id)
         if waiter is None:
             if self.issued(request_id):
@@ -245,7 +283,7 @@ class Correlator(Generic[T]):
                 self.foreign_replies += 1
             return None
         body = frames[2:]
-        if request_id in self._framed:
+        if self._framed and request_id in self._framed:
             try:
                 body = mdp.decode_reply("majortomo", frames[1:]).body
             except RemoteProtocolError:
@@ -266,9 +304,10 @@ class Correlator(Generic[T]):
             self._parts.setdefault(request_id, []).extend(body)
             return None
         del self._pending[request_id]
-        parts = self._parts.get(request_id)
-        if parts and status is tag.Status.OK:
-            body = [*parts, *body]
+        if self._parts:
+            parts = self._parts.get(request_id)
+            if parts and status is _OK:
+                body = [*parts, *body]
         self._forget(request_id)
         self.replies_received += 1
         return waiter, Reply(request_id, status, body)
