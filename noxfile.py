@@ -22,14 +22,15 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Ruff lint and format checks, and the import-layer contracts."""
     session.install("-e", ".[lint]")
-    session.run("ruff", "check", "src", "tests", "examples", "noxfile.py", "docs/conf.py")
-    session.run("ruff", "format", "--check", "src", "tests", "examples", "noxfile.py")
+    code = ("src", "tests", "examples", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", *code, "docs/conf.py")
+    session.run("ruff", "format", "--check", *code)
     session.run("lint-imports")
 
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over the package, the tests, the examples and this file."""
+    """mypy --strict over the package, the tests, the examples, the benchmarks and this file."""
     session.install("-e", ".[test,typecheck]", "nox")
     session.run("mypy")
 
