@@ -61,6 +61,31 @@ async def test_handles_up_to_concurrency_requests_at_once(
     assert (stats.requests_received, stats.replies_sent, stats.in_flight) == (10, 10, 0)
 
 
+async def test_requests_queued_behind_a_waiting_handler_go_to_a_free_one(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    # The worker wakes one free handler per batch and the others only for what it leaves
+    # queued: the requests that came with one that waits must still be served meanwhile.
+    held = anyio.Event()
+
+    async def handle(request: bytes) -> bytes:
+        if request == b"slow":
+            await held.wait()
+        return request
+
+    worker = AsyncWorker("inproc://b", handle, context=context, concurrency=2)
+    replies: list[bytes] = []
+    async with worker, anyio.create_task_group() as tg:
+        tg.start_soon(_ask, client, b"slow", replies)
+        for n in range(20):
+            tg.start_soon(_ask, client, b"%d" % n, replies)
+        await eventually(lambda: len(replies) == 20)
+        assert b"slow" not in replies
+        assert worker.statistics().in_flight == 1
+        held.set()
+    assert sorted(replies) == sorted([b"slow", *(b"%d" % n for n in range(20))])
+
+
 async def _ask(client: AsyncClient, body: bytes, replies: list[bytes]) -> None:
     replies.append(await client.request(body))
 
