@@ -11,6 +11,7 @@ import zmq
 
 from peers import eventually, raw_socket, req_client
 from zmqrelay import AsyncClient, AsyncWorker, NoWorkers, RemoteError
+from zmqrelay._core import tag
 from zmqrelay.testing import LeakCheckingContext
 
 pytestmark = [
@@ -244,6 +245,51 @@ async def test_malformed_requests_are_dropped_and_counted(context: LeakCheckingC
             await broker_side.send_multipart([b"w1", b"client", b"", b"fine"])
             assert await broker_side.recv_multipart() == [b"w1", b"client", b"", b"fine"]
         assert worker.statistics().malformed_requests == 3
+    finally:
+        broker_side.close()
+
+
+async def test_handlers_past_their_deadline_are_cancelled_and_the_task_serves_on(
+    context: LeakCheckingContext,
+) -> None:
+    # One handler task: a request whose handler hangs, one whose handler ignores being
+    # cancelled, then one that answers; each deadline passed gets one DeadlineExceeded reply.
+    broker_side = raw_socket(context, zmq.ROUTER, "inproc://fake-broker", bind=True)
+    cancelled: list[bytes] = []
+
+    async def handle(request: bytes) -> bytes:
+        if request == b"fine":
+            return request
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            cancelled.append(request)
+            if request == b"stubborn":
+                return b"too late"  # swallowed: its client has been told already
+            raise
+        raise AssertionError
+
+    try:
+        worker = AsyncWorker(
+            "inproc://fake-broker", handle, context=context, routing_id=b"w1", tracing=False
+        )
+        async with worker:
+            for n, body in enumerate((b"hang", b"stubborn", b"fine")):
+                hop = tag.encode(n, timeout=0.05 if body != b"fine" else 5.0)
+                await broker_side.send_multipart([b"w1", b"client", hop, b"", body])
+                with anyio.fail_after(5):
+                    reply = await broker_side.recv_multipart()
+                status = tag.decode(reply[2])
+                assert status is not None
+                if body == b"fine":
+                    assert (status.status, reply[4:]) == (tag.Status.OK, [b"fine"])
+                else:
+                    assert status.status == tag.Status.ERROR
+                    assert reply[4] == b"DeadlineExceeded"
+            assert cancelled == [b"hang", b"stubborn"]
+            stats = worker.statistics()
+            assert (stats.replies_sent, stats.handler_errors, stats.in_flight) == (3, 2, 0)
+            assert not await broker_side.poll(50)  # no second reply to "stubborn"
     finally:
         broker_side.close()
 
