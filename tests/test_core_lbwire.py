@@ -149,3 +149,37 @@ def test_any_backend_message_decodes_or_is_a_violation(frames: list[bytes], know
 def test_any_broker_message_decodes_or_is_refused(frames: list[bytes]) -> None:
     with contextlib.suppress(RemoteProtocolError):
         lbwire.decode_from_broker(frames)
+
+
+@given(
+    st.sampled_from([lbwire.PROTOCOL, b"ZRW1", b"\x00RW2"]),
+    st.sampled_from([lbwire.REQUEST, lbwire.HEARTBEAT, b"\x09"]),
+    st.binary(min_size=8, max_size=8),
+    st.integers(0, 255),
+    st.integers(0, lbwire.NO_TIMEOUT),
+    st.lists(st.binary(max_size=4), max_size=3),
+)
+def test_request_shaped_headers_decode_as_requests_or_are_refused(
+    protocol: bytes,
+    command: bytes,
+    reply_to: bytes,
+    flags: int,
+    milliseconds: int,
+    rest: list[bytes],
+) -> None:
+    header = lbwire.REQUEST_HEADER.pack(protocol, command, reply_to, flags, milliseconds)
+    frames = [header, *rest]
+    try:
+        decoded = lbwire.decode_from_broker(frames)
+    except RemoteProtocolError:
+        well_formed = protocol == lbwire.PROTOCOL and command == lbwire.REQUEST and flags < 4
+        assert not well_formed or len(rest) < 1 + (flags >> 1)
+        return
+    assert isinstance(decoded, lbwire.Assignment)
+    assert (protocol, command) == (lbwire.PROTOCOL, lbwire.REQUEST)
+    assert decoded.reply_to == reply_to
+    assert decoded.redelivery == bool(flags & lbwire.REDELIVERY)
+    assert decoded.timeout == (None if milliseconds == lbwire.NO_TIMEOUT else milliseconds / 1000)
+    with_context = bool(flags & lbwire.WITH_CONTEXT)
+    assert decoded.context == (rest[0] if with_context else b"")
+    assert decoded.body == (rest[1:] if with_context else rest)

@@ -11,6 +11,7 @@ import zmq
 
 from peers import eventually, raw_socket, req_client
 from zmqrelay import AsyncClient, AsyncWorker, NoWorkers, RemoteError
+from zmqrelay._core import tag
 from zmqrelay.testing import LeakCheckingContext
 
 pytestmark = [
@@ -59,6 +60,31 @@ async def test_handles_up_to_concurrency_requests_at_once(
     assert gate.most_inside == 3
     stats = worker.statistics()
     assert (stats.requests_received, stats.replies_sent, stats.in_flight) == (10, 10, 0)
+
+
+async def test_requests_queued_behind_a_waiting_handler_go_to_a_free_one(
+    context: LeakCheckingContext, client: AsyncClient
+) -> None:
+    # The worker wakes one free handler per batch and the others only for what it leaves
+    # queued: the requests that came with one that waits must still be served meanwhile.
+    held = anyio.Event()
+
+    async def handle(request: bytes) -> bytes:
+        if request == b"slow":
+            await held.wait()
+        return request
+
+    worker = AsyncWorker("inproc://b", handle, context=context, concurrency=2)
+    replies: list[bytes] = []
+    async with worker, anyio.create_task_group() as tg:
+        tg.start_soon(_ask, client, b"slow", replies)
+        for n in range(20):
+            tg.start_soon(_ask, client, b"%d" % n, replies)
+        await eventually(lambda: len(replies) == 20)
+        assert b"slow" not in replies
+        assert worker.statistics().in_flight == 1
+        held.set()
+    assert sorted(replies) == sorted([b"slow", *(b"%d" % n for n in range(20))])
 
 
 async def _ask(client: AsyncClient, body: bytes, replies: list[bytes]) -> None:
@@ -219,6 +245,51 @@ async def test_malformed_requests_are_dropped_and_counted(context: LeakCheckingC
             await broker_side.send_multipart([b"w1", b"client", b"", b"fine"])
             assert await broker_side.recv_multipart() == [b"w1", b"client", b"", b"fine"]
         assert worker.statistics().malformed_requests == 3
+    finally:
+        broker_side.close()
+
+
+async def test_handlers_past_their_deadline_are_cancelled_and_the_task_serves_on(
+    context: LeakCheckingContext,
+) -> None:
+    # One handler task: a request whose handler hangs, one whose handler ignores being
+    # cancelled, then one that answers; each deadline passed gets one DeadlineExceeded reply.
+    broker_side = raw_socket(context, zmq.ROUTER, "inproc://fake-broker", bind=True)
+    cancelled: list[bytes] = []
+
+    async def handle(request: bytes) -> bytes:
+        if request == b"fine":
+            return request
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            cancelled.append(request)
+            if request == b"stubborn":
+                return b"too late"  # swallowed: its client has been told already
+            raise
+        raise AssertionError
+
+    try:
+        worker = AsyncWorker(
+            "inproc://fake-broker", handle, context=context, routing_id=b"w1", tracing=False
+        )
+        async with worker:
+            for n, body in enumerate((b"hang", b"stubborn", b"fine")):
+                hop = tag.encode(n, timeout=0.05 if body != b"fine" else 5.0)
+                await broker_side.send_multipart([b"w1", b"client", hop, b"", body])
+                with anyio.fail_after(5):
+                    reply = await broker_side.recv_multipart()
+                status = tag.decode(reply[2])
+                assert status is not None
+                if body == b"fine":
+                    assert (status.status, reply[4:]) == (tag.Status.OK, [b"fine"])
+                else:
+                    assert status.status == tag.Status.ERROR
+                    assert reply[4] == b"DeadlineExceeded"
+            assert cancelled == [b"hang", b"stubborn"]
+            stats = worker.statistics()
+            assert (stats.replies_sent, stats.handler_errors, stats.in_flight) == (3, 2, 0)
+            assert not await broker_side.poll(50)  # no second reply to "stubborn"
     finally:
         broker_side.close()
 

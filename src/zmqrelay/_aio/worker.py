@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import math
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
+from types import AsyncGeneratorType
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import anyio
@@ -297,6 +297,18 @@ class AsyncWorker(Service):
         ]
         self._backends: list[_Backend] = []
         self._free: deque[asyncio.Future[None]] = deque()
+        """Handler tasks waiting for a request."""
+        self._spread_pending = False
+        """Whether :meth:`_spread` is due to run: one free handler has been woken for the
+        requests queued since, and the rest are woken only if that one cannot take them."""
+        self._scope_type: type[anyio.CancelScope] = anyio.CancelScope
+        self._slots: list[_Slot] = []
+        """The handler tasks' slots, whose deadlines :meth:`_check_deadlines` checks."""
+        self._watched = math.inf
+        """When :meth:`_check_deadlines` is due (``inf``: not due)."""
+        self._watch_handle: asyncio.TimerHandle | None = None
+        """The event loop's own cancel scope class, made without asking which loop runs
+        (anyio's ``CancelScope()`` looks that up each time: a quarter of a request's cost)."""
         self._service = service_name
         self._variant = variant
         self._said_goodbye = False
@@ -344,6 +356,7 @@ class AsyncWorker(Service):
 
             self._tracing = WorkerTracing(chosen_provider(self._tracing_setting), self._service)
         self._claim()
+        self._scope_type = type(anyio.CancelScope())
         try:
             with contextlib.ExitStack() as stack:
                 context = sockets.get_context(self._context)
@@ -403,6 +416,9 @@ class AsyncWorker(Service):
                         await self._idle.wait()
                 task_group.cancel_scope.cancel()
         finally:
+            if self._watch_handle is not None:
+                self._watch_handle.cancel()
+                self._watch_handle, self._watched = None, math.inf
             self._last_word()
             while self._queue:  # taken from the socket, never started
                 held = self._queue.popleft()
@@ -467,10 +483,10 @@ class AsyncWorker(Service):
                     self._requests_received += 1
                     self._in_flight += 1
                     queue.append(_Held(request, backend, link.take(), now))
-                    if free:
-                        waiter = free.popleft()
-                        if not waiter.done():
-                            waiter.set_result(None)
+                    if free and not self._spread_pending:
+                        self._spread_pending = True
+                        self._wake_handlers(1)
+                        loop.call_soon(self._spread)
                     if self._receivers_waiting:
                         # Other brokers' sockets wait for a handler too: one request a turn.
                         self._wake_receiver()
@@ -478,6 +494,26 @@ class AsyncWorker(Service):
                         break
                 else:
                     await checkpoint()
+
+    def _wake_handlers(self, count: int) -> None:
+        """Wake up to ``count`` free handler tasks."""
+        free = self._free
+        while count and free:
+            waiter = free.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                count -= 1
+
+    def _spread(self) -> None:
+        """Wake a free handler for each request still queued after the first woken one ran.
+
+        A handler that answers without waiting serves the whole queue in its one turn: waking
+        a task per request would only wake tasks that find the queue empty (most of the
+        worker's cost per request). A handler that waits leaves the rest of the queue here,
+        one loop iteration later.
+        """
+        self._spread_pending = False
+        self._wake_handlers(len(self._queue))
 
     def _wake_receiver(self) -> None:
         """Let the receiving task that has waited longest for a free handler read on."""
@@ -584,16 +620,33 @@ class AsyncWorker(Service):
     async def _handle_queued(self) -> None:
         queue, free = self._queue, self._free
         loop = asyncio.get_running_loop()
-        while True:
-            while not queue:
-                waiter: asyncio.Future[None] = loop.create_future()
-                free.append(waiter)
-                await waiter
-            await self._serve(queue.popleft())
+        slot = _Slot()
+        self._slots.append(slot)
+        try:
+            while True:
+                # One cancel scope for the requests this task handles, not one each (a
+                # scope per request was a fifth of a request's cost): _expire cancels it
+                # when a request's deadline passes, and the next request gets a new one.
+                with self._scope_type() as slot.scope:
+                    while not slot.expired:
+                        while not queue:
+                            waiter: asyncio.Future[None] = loop.create_future()
+                            free.append(waiter)
+                            await waiter
+                        await self._serve(queue.popleft(), slot)
+                slot.expired = False
+                held, slot.held = slot.held, None
+                assert held is not None
+                await self._answer_expired(held)
+        finally:
+            if slot.held is not None:  # stopped before answering the request that expired
+                self._done(slot.held, dropped=False)
+            self._slots.remove(slot)
 
-    async def _serve(self, held: _Held) -> None:
+    async def _serve(self, held: _Held, slot: _Slot) -> None:
         backend, session = held.backend, held.session
         dropped = session.forgotten  # while it waited: nobody would get the reply
+        slot.held = held
         try:
             if dropped:
                 return
@@ -601,34 +654,55 @@ class AsyncWorker(Service):
             try:
                 tracing = self._tracing
                 if tracing is None:
-                    reply = await self._answer(held)
+                    reply = await self._answer(held, slot)
                 else:
                     span, token = tracing.start(request.context, request.redelivery)
                     stopped = True  # unless the handler's answer comes
                     try:
-                        reply = await self._answer(held)
+                        reply = await self._answer(held, slot)
                         stopped = False
                     finally:
                         tracing.end(span, token, stopped)
             except anyio.get_cancelled_exc_class():
-                # The worker is stopping: tell the client now rather than let it time out.
-                self._refuse_held(held)
+                if not slot.expired:
+                    # The worker is stopping: tell the client now rather than let it time out.
+                    self._refuse_held(held)
                 raise
+            if slot.expired:
+                return  # the handler ignored being cancelled: its deadline has passed
             if await backend.send(reply, session):
                 self._replies_sent += 1
             else:
                 dropped = True
         finally:
-            backend.link.release(session, dropped=dropped)
-            self._in_flight -= 1
-            if self._slot_waiters:
-                self._wake_receiver()
-            if not self._in_flight:
-                self._idle.set()
-                if self._state == "draining":
-                    self._goodbye()
+            if not slot.expired:  # else done once its client is told (_answer_expired)
+                slot.held = None
+                self._done(held, dropped=dropped)
 
-    async def _answer(self, held: _Held) -> list[bytes]:
+    async def _answer_expired(self, held: _Held) -> None:
+        """Tell the client that the handler of ``held`` ran past the request's deadline."""
+        dropped = True
+        try:
+            message = f"the handler ran past {held.request.timeout} s"
+            error = held.request.error("DeadlineExceeded", message)
+            if await held.backend.send(error, held.session):
+                self._replies_sent += 1
+                dropped = False
+        finally:
+            self._done(held, dropped=dropped)
+
+    def _done(self, held: _Held, *, dropped: bool) -> None:
+        """``held`` is answered, or ``dropped``: its handler is free."""
+        held.backend.link.release(held.session, dropped=dropped)
+        self._in_flight -= 1
+        if self._slot_waiters:
+            self._wake_receiver()
+        if not self._in_flight:
+            self._idle.set()
+            if self._state == "draining":
+                self._goodbye()
+
+    async def _answer(self, held: _Held, slot: _Slot) -> list[bytes]:
         """The reply to ``held``: the handler's, or an error, within the client's timeout."""
         request = held.request
         _redelivery.set(request.redelivery)
@@ -640,7 +714,17 @@ class AsyncWorker(Service):
         deadline = held.arrived + timeout
         reset = _deadline.set(deadline)
         try:
-            with anyio.CancelScope(deadline=deadline):
+            if self._tracing is None:
+                slot.deadline = deadline
+                if deadline < self._watched:
+                    self._watch(deadline)
+                try:
+                    return await self._call(held)
+                finally:
+                    slot.deadline = math.inf
+            # Tracing: the error is recorded in the handler's span, so the deadline is
+            # enforced here, in the handler's task.
+            with self._scope_type(deadline=deadline):
                 return await self._call(held)
             # Reached only when the deadline cancelled the handler: the client has given up.
             self._handler_errors += 1
@@ -651,6 +735,33 @@ class AsyncWorker(Service):
         finally:
             _deadline.reset(reset)
 
+    def _watch(self, deadline: float) -> None:
+        """Check the handlers' deadlines at ``deadline`` (and no later than it)."""
+        if self._watch_handle is not None:
+            self._watch_handle.cancel()
+        self._watched = deadline
+        self._watch_handle = asyncio.get_running_loop().call_at(deadline, self._check_deadlines)
+
+    def _check_deadlines(self) -> None:
+        """Expire the handlers past their request's deadline; watch for the next one."""
+        self._watch_handle, self._watched = None, math.inf
+        now = asyncio.get_running_loop().time()
+        nearest = math.inf
+        for slot in self._slots:
+            if slot.deadline <= now:
+                self._expire(slot)
+            elif slot.deadline < nearest:
+                nearest = slot.deadline
+        if nearest < math.inf:
+            self._watch(nearest)
+
+    def _expire(self, slot: _Slot) -> None:
+        """A handler ran past its request's deadline: cancel it (its task then answers)."""
+        slot.deadline = math.inf
+        slot.expired = True
+        self._handler_errors += 1
+        slot.scope.cancel()
+
     async def _call(self, held: _Held) -> list[bytes]:
         request = held.request
         try:
@@ -658,7 +769,7 @@ class AsyncWorker(Service):
                 called = self._handler(request.body)
             else:
                 called = self._handler(request.body[0])
-            if inspect.isasyncgen(called):
+            if isinstance(called, AsyncGeneratorType):
                 return await self._stream(held, called)
             result = await called
             return request.reply(result if self._frames else [result])
@@ -938,6 +1049,22 @@ class _Backend:
         self.link.end(forgotten=forgotten)
         for scope in self._waiting:
             scope.cancel()
+
+
+class _Slot:
+    """What one handler task is doing: the request it handles, and until when."""
+
+    __slots__ = ("deadline", "expired", "held", "scope")
+
+    def __init__(self) -> None:
+        self.held: _Held | None = None
+        self.deadline = math.inf
+        """When the client of :attr:`held` stops waiting (``inf``: never, or none held)."""
+        self.scope = anyio.CancelScope()
+        """The cancel scope the task handles requests in, cancelled on a deadline."""
+        self.expired = False
+        """Whether the deadline of :attr:`held` passed: the scope is cancelled, the client
+        is told once the task has left it."""
 
 
 class _Held:

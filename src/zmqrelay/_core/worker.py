@@ -9,7 +9,6 @@ codes, so an error travels as a status; a plain peer instead receives :func:`pla
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from zmqrelay._core import envelope, tag, trace
@@ -103,9 +102,12 @@ class Answerable(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """A request as the worker sees it."""
+class Request(NamedTuple):
+    """A request as the worker sees it.
+
+    (A named tuple rather than a frozen dataclass: made for every request, it is built
+    several times faster.)
+    """
 
     routing: list[bytes]
     """The envelope's hops, outermost first, to send back unchanged."""
