@@ -615,7 +615,7 @@ class AsyncClient(Service):
                 replies[index] = outcome
         return replies
 
-    async def replies(
+    def replies(
         self,
         bodies: Iterable[bytes],
         /,
@@ -649,16 +649,10 @@ class AsyncClient(Service):
             and self._tracing is None
             and policy is None
         ):
-            outcomes = self._replies_tagged(name, bodies, limit, redeliveries, window)
-        else:
-            # Retries, tracing, several brokers and Majordomo take a request at a time: run
-            # those requests side by side, still waking the consumer once per batch.
-            outcomes = self._replies_side_by_side(
-                name, bodies, timeout, redeliveries, retry, window
-            )
-        async with contextlib.aclosing(outcomes) as each:
-            async for outcome in each:
-                yield outcome
+            return self._replies_tagged(name, bodies, limit, redeliveries, window)
+        # Retries, tracing, several brokers and Majordomo take a request at a time: run those
+        # requests side by side, still waking the consumer once per batch.
+        return self._replies_side_by_side(name, bodies, timeout, redeliveries, retry, window)
 
     async def _replies_tagged(
         self,
@@ -679,12 +673,12 @@ class AsyncClient(Service):
         index = 0
         try:
             while True:
+                now = loop.time()  # once per refill: a deadline a little early, never late
                 while len(in_flight) < window:
                     body = next(bodies_left, None)
                     if body is None:
                         break
                     slot = _Slot(batch, index)
-                    now = loop.time()
                     request_id, message = correlator.open(
                         slot,
                         [body],
@@ -701,6 +695,7 @@ class AsyncClient(Service):
                         # A timeout while waiting for room shows as the request's outcome.
                         with anyio.move_on_after(math.inf if limit is None else limit):
                             await pump.send(message)
+                        now = loop.time()
                 if not in_flight:
                     return
                 await batch.wait(loop)
