@@ -671,6 +671,8 @@ class AsyncClient(Service):
         in_flight: dict[int, int] = {}  # index: request id
         bodies_left = iter(bodies)
         index = 0
+        receive, match, reads = pump.try_recv, correlator.receive, range(512)
+        unyielded = 0  # replies handed over since the event loop last ran
         try:
             while True:
                 now = loop.time()  # once per refill: a deadline a little early, never late
@@ -698,7 +700,24 @@ class AsyncClient(Service):
                         now = loop.time()
                 if not in_flight:
                     return
-                await batch.wait(loop)
+                if not ready:
+                    # Read what came here, rather than wait for the receive task to read it
+                    # and wake this one: a task switch less per read.
+                    for _ in reads:
+                        frames = receive()
+                        if frames is None:
+                            break
+                        matched = match(frames)
+                        if matched is not None and not matched[0].done():
+                            matched[0].set_result(matched[1])
+                if ready and unyielded < 512:
+                    unyielded += len(ready)
+                else:
+                    unyielded = 0  # let the loop run: timers, the receive task, other tasks
+                    if ready:
+                        await checkpoint()
+                    else:
+                        await batch.wait(loop)
                 while ready:
                     done, outcome = ready.popleft()
                     del in_flight[done]
