@@ -18,6 +18,7 @@ from zmqrelay import (
     AsyncWorker,
     Broker,
     ClosedError,
+    LocalProtocolError,
     RemoteError,
     RequestTimeout,
     RetryPolicy,
@@ -165,6 +166,15 @@ async def test_leaving_the_loop_early_sends_no_more(
             break
     assert len(sent) <= 5
     await eventually(lambda: relay_client.statistics().in_flight == 0)
+
+
+async def test_a_body_that_is_not_bytes_is_refused_locally(
+    relay_worker: WorkerFactory, relay_client: AsyncClient
+) -> None:
+    await relay_worker(_shout)
+    with pytest.raises(LocalProtocolError):
+        await relay_client.request_many([b"a", None])  # type: ignore[list-item]
+    assert await relay_client.request(b"after") == b"AFTER"
 
 
 async def test_a_closed_client_refuses_a_batch(context: LeakCheckingContext) -> None:

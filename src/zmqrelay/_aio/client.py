@@ -677,8 +677,9 @@ class AsyncClient(Service):
             while True:
                 now = loop.time()  # once per refill: a deadline a little early, never late
                 while len(in_flight) < window:
-                    body = next(bodies_left, None)
-                    if body is None:
+                    try:
+                        body = next(bodies_left)
+                    except StopIteration:
                         break
                     slot = _Slot(batch, index)
                     request_id, message = correlator.open(
@@ -765,8 +766,9 @@ class AsyncClient(Service):
         try:
             while True:
                 while len(tasks) < window:
-                    body = next(bodies_left, None)
-                    if body is None:
+                    try:
+                        body = next(bodies_left)
+                    except StopIteration:
                         break
                     task = loop.create_task(
                         self._request(
