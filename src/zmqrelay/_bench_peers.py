@@ -8,6 +8,7 @@ their counts and write their latencies (nanoseconds, native 64-bit integers) to 
 from __future__ import annotations
 
 import array
+import contextlib
 import json
 import os
 import resource
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -499,6 +500,10 @@ def generate_load(
         counted, latencies, cpu = run_on_event_loop(
             _async_load, endpoint, window, padding, warmup, duration
         )
+    elif kind == "async-batch":
+        counted, latencies, cpu = run_on_event_loop(
+            _async_batch_load, endpoint, window, padding, warmup, duration
+        )
     elif kind == "c":
         counted, latencies, cpu = _c_load(endpoint, window, padding, warmup, duration)
     elif kind == "nats":
@@ -657,6 +662,32 @@ async def _async_load(
     async with client, anyio.create_task_group() as tg:
         for _ in range(window):
             tg.start_soon(keep_one_in_flight, client)
+    return measured.result()
+
+
+async def _async_batch_load(
+    endpoint: str, window: int, padding: bytes, warmup: float, duration: float
+) -> tuple[int, array.array[int], float]:
+    """As :func:`_async_load`, through the batch API: one endless batch, ``window`` in flight."""
+    from zmqrelay import AsyncClient
+
+    _trace_everything()
+    clock, pack = time.perf_counter_ns, _STAMP.pack
+    measured = _Window(warmup, duration)
+
+    def bodies() -> Iterator[bytes]:
+        while True:
+            yield pack(clock()) + padding
+
+    client = AsyncClient(endpoint, timeout=30, **_curve_options("client"))
+    async with client, contextlib.aclosing(client.replies(bodies(), window=window)) as replies:
+        async for _, reply in replies:
+            now = clock()
+            if now >= measured.closes:
+                break
+            if isinstance(reply, Exception):
+                raise reply
+            measured.record(now, reply)
     return measured.result()
 
 

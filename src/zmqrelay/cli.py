@@ -593,9 +593,10 @@ def top(url: str, interval: float, timeout: float, once: bool, as_json: bool) ->
 @click.option("--clients", type=click.IntRange(1, 64), default=1, help="Load client processes.")
 @click.option(
     "--client-kind",
-    type=click.Choice(["sync", "async", "mdp", "c"]),
+    type=click.Choice(["sync", "async", "async-batch", "mdp", "c"]),
     default="sync",
-    help="sync: a plain pipelined pyzmq DEALER; async: AsyncClient; mdp: plain Majordomo "
+    help="sync: a plain pipelined pyzmq DEALER; async: AsyncClient; async-batch: "
+    "AsyncClient's batch API (replies()) keeping the window in flight; mdp: plain Majordomo "
     "clients, a socket per request in flight; c: libzmq sends each reply back as the next "
     "request (the cheapest client; measures no latency).",
 )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
 import secrets
 from collections import deque
-from collections.abc import AsyncGenerator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import EllipsisType
@@ -107,7 +108,70 @@ class _Stream:
         return item
 
 
-_Waiter = asyncio.Future[Reply] | _Stream
+class _Batch:
+    """What the requests of one batch have come to, queued for its single consumer.
+
+    The receive task records each reply (or failure) here and wakes the consumer only when
+    it waits: once per receive batch, never a task per reply.
+    """
+
+    __slots__ = ("_wake", "ready")
+
+    def __init__(self) -> None:
+        # A reply, a failure, or None: a request of its own ended (see its task).
+        self.ready: deque[tuple[int, Reply | BaseException | None]] = deque()
+        self._wake: asyncio.Future[None] | None = None
+
+    def put(self, index: int, outcome: Reply | BaseException | None) -> None:
+        self.ready.append((index, outcome))
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Return once something is ready (at once if something is)."""
+        if not self.ready:
+            self._wake = loop.create_future()
+            try:
+                await self._wake
+            finally:
+                self._wake = None
+
+
+class _Slot:
+    """A batch's request as the correlator sees it: a waiter that feeds its batch."""
+
+    __slots__ = ("_batch", "_done", "index")
+
+    def __init__(self, batch: _Batch, index: int) -> None:
+        self._batch = batch
+        self.index = index
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancelled(self) -> bool:
+        return False
+
+    def set_result(self, reply: Reply) -> None:
+        self._done = True
+        self._batch.put(self.index, reply)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._done = True
+        self._batch.put(self.index, exc)
+
+
+_Waiter = asyncio.Future[Reply] | _Stream | _Slot
+
+
+def _single(reply: list[bytes]) -> bytes:
+    if len(reply) != 1:
+        raise RemoteProtocolError(
+            f"expected a single-frame reply, got {len(reply)} frames; use request_frames()"
+        )
+    return reply[0]
 
 
 def _service_name(service: str | bytes) -> bytes:
@@ -465,6 +529,278 @@ class AsyncClient(Service):
         return await self._request(
             service, body, timeout=timeout, redeliveries=redeliveries, retry=retry
         )
+
+    @overload
+    async def request_many(
+        self,
+        bodies: Iterable[bytes],
+        /,
+        *,
+        service: str | bytes = b"",
+        timeout: float | EllipsisType | None = ...,
+        redeliveries: int = 0,
+        retry: RetryPolicy | EllipsisType | None = ...,
+        window: int = 1000,
+        return_exceptions: Literal[False] = False,
+    ) -> list[bytes]: ...
+
+    @overload
+    async def request_many(
+        self,
+        bodies: Iterable[bytes],
+        /,
+        *,
+        service: str | bytes = b"",
+        timeout: float | EllipsisType | None = ...,
+        redeliveries: int = 0,
+        retry: RetryPolicy | EllipsisType | None = ...,
+        window: int = 1000,
+        return_exceptions: Literal[True],
+    ) -> list[bytes | Exception]: ...
+
+    async def request_many(
+        self,
+        bodies: Iterable[bytes],
+        /,
+        *,
+        service: str | bytes = b"",
+        timeout: float | EllipsisType | None = ...,
+        redeliveries: int = 0,
+        retry: RetryPolicy | EllipsisType | None = ...,
+        window: int = 1000,
+        return_exceptions: bool = False,
+    ) -> list[bytes] | list[bytes | Exception]:
+        """Send many single-frame requests and return their replies, in the order of ``bodies``.
+
+        Each body is a request of its own, as :meth:`request` sends it (same ``service``,
+        ``timeout``, ``redeliveries`` and ``retry``), with at most ``window`` of them in
+        flight at once. The replies are gathered without waking a task per reply: the client's
+        receive task wakes this call once per batch of replies it reads.
+
+        Args:
+            bodies: the requests' bodies; any iterable, read as room opens in the window.
+            service: the service all of them ask; by default the broker's default service.
+            timeout: seconds each request may wait for its reply (from when it is sent), as
+                :meth:`request`'s.
+            redeliveries: as :meth:`request`'s.
+            retry: as :meth:`request`'s.
+            window: the most requests in flight at once (at least 1).
+            return_exceptions: ``False`` (the default): the first request to fail ends the
+                call at once with its error, as :func:`asyncio.gather` does; the requests
+                still in flight are forgotten (their replies are dropped when they come) and
+                the bodies not yet sent are not sent. ``True``: every request runs to its
+                end, and a failed one's error takes its place in the list.
+
+        Raises:
+            RequestTimeout, RequestRefused, RemoteError, RemoteProtocolError, ClosedError: as
+                :meth:`request`, for the first request that failed (unless
+                ``return_exceptions``).
+        """
+        replies: list[bytes | Exception] = []
+        async with contextlib.aclosing(
+            self.replies(
+                bodies,
+                service=service,
+                timeout=timeout,
+                redeliveries=redeliveries,
+                retry=retry,
+                window=window,
+            )
+        ) as outcomes:
+            async for index, outcome in outcomes:
+                if isinstance(outcome, Exception) and not return_exceptions:
+                    raise outcome
+                if index >= len(replies):
+                    replies.extend([b""] * (index + 1 - len(replies)))
+                replies[index] = outcome
+        return replies
+
+    def replies(
+        self,
+        bodies: Iterable[bytes],
+        /,
+        *,
+        service: str | bytes = b"",
+        timeout: float | EllipsisType | None = ...,
+        redeliveries: int = 0,
+        retry: RetryPolicy | EllipsisType | None = ...,
+        window: int = 1000,
+    ) -> AsyncGenerator[tuple[int, bytes | Exception], None]:
+        """Send many single-frame requests and yield ``(index, reply)`` as the replies come.
+
+        ``async for index, reply in client.replies(bodies)``: ``index`` is the body's place in
+        ``bodies``; ``reply`` its reply, or the error :meth:`request` would have raised for
+        it (yielded in place, never raised). Arguments are as :meth:`request_many`'s. Leaving
+        the loop early forgets the requests still in flight and sends no more
+        (``contextlib.aclosing()`` does so on leaving, rather than when the event loop
+        finalizes the generator).
+
+        Raises:
+            ValueError: ``window`` is less than 1.
+        """
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        name = _service_name(service)
+        limit = self._timeout if timeout is ... else timeout
+        policy = self._retry if retry is ... else retry
+        if (
+            self._variant is None
+            and self._links is None
+            and self._tracing is None
+            and policy is None
+        ):
+            return self._replies_tagged(name, bodies, limit, redeliveries, window)
+        # Retries, tracing, several brokers and Majordomo take a request at a time: run those
+        # requests side by side, still waking the consumer once per batch.
+        return self._replies_side_by_side(name, bodies, timeout, redeliveries, retry, window)
+
+    async def _replies_tagged(
+        self,
+        service: bytes,
+        bodies: Iterable[bytes],
+        limit: float | None,
+        redeliveries: int,
+        window: int,
+    ) -> AsyncGenerator[tuple[int, bytes | Exception], None]:
+        """Many requests on the one tagged socket: a slot each in the correlator, no future."""
+        pump = self._running_pump()
+        loop = self._loop
+        correlator = self._correlator
+        batch = _Batch()
+        ready = batch.ready
+        in_flight: dict[int, int] = {}  # index: request id
+        bodies_left = iter(bodies)
+        index = 0
+        receive, match, reads = pump.try_recv, correlator.receive, range(512)
+        unyielded = 0  # replies handed over since the event loop last ran
+        try:
+            while True:
+                now = loop.time()  # once per refill: a deadline a little early, never late
+                while len(in_flight) < window:
+                    try:
+                        body = next(bodies_left)
+                    except StopIteration:
+                        break
+                    slot = _Slot(batch, index)
+                    request_id, message = correlator.open(
+                        slot,
+                        [body],
+                        now=now,
+                        timeout=limit,
+                        redeliveries=redeliveries,
+                        service=service,
+                    )
+                    in_flight[index] = request_id
+                    index += 1
+                    if limit is not None and now + limit < self._timer_at:
+                        self._arm_timer(now + limit)
+                    if not pump.try_send(message):
+                        # A timeout while waiting for room shows as the request's outcome.
+                        with anyio.move_on_after(math.inf if limit is None else limit):
+                            await pump.send(message)
+                        now = loop.time()
+                if not in_flight:
+                    return
+                if not ready:
+                    # Read what came here, rather than wait for the receive task to read it
+                    # and wake this one: a task switch less per read.
+                    for _ in reads:
+                        frames = receive()
+                        if frames is None:
+                            break
+                        matched = match(frames)
+                        if matched is not None and not matched[0].done():
+                            matched[0].set_result(matched[1])
+                if ready and unyielded < 512:
+                    unyielded += len(ready)
+                else:
+                    unyielded = 0  # let the loop run: timers, the receive task, other tasks
+                    if ready:
+                        await checkpoint()
+                    else:
+                        await batch.wait(loop)
+                while ready:
+                    done, outcome = ready.popleft()
+                    del in_flight[done]
+                    assert outcome is not None  # only requests of their own leave None
+                    if isinstance(outcome, BaseException):
+                        if not isinstance(outcome, Exception):
+                            raise outcome
+                        yield done, outcome
+                        continue
+                    try:
+                        reply: bytes | Exception = _single(outcome.result())
+                    except Exception as exc:  # yielded in place
+                        reply = exc
+                    yield done, reply
+        except zmq.ZMQError as exc:
+            raise ClosedError(f"the client's socket failed: {exc}") from exc
+        finally:
+            for request_id in in_flight.values():
+                correlator.close(request_id)
+
+    async def _replies_side_by_side(
+        self,
+        service: bytes,
+        bodies: Iterable[bytes],
+        timeout: float | EllipsisType | None,
+        redeliveries: int,
+        retry: RetryPolicy | EllipsisType | None,
+        window: int,
+    ) -> AsyncGenerator[tuple[int, bytes | Exception], None]:
+        """Many requests as :meth:`request` makes them, each in a task, ``window`` at once."""
+        if self._state != "running":
+            raise ClosedError(f"the client is {self._state}; use it inside 'async with'")
+        loop = asyncio.get_running_loop()  # with Majordomo, self._loop is not set
+        batch = _Batch()
+        ready = batch.ready
+        tasks: dict[int, asyncio.Task[list[bytes]]] = {}
+        bodies_left = iter(bodies)
+        index = 0
+
+        def ended(done: int, task: asyncio.Task[list[bytes]]) -> None:
+            if task.cancelled():
+                return
+            batch.put(done, task.exception())
+
+        try:
+            while True:
+                while len(tasks) < window:
+                    try:
+                        body = next(bodies_left)
+                    except StopIteration:
+                        break
+                    task = loop.create_task(
+                        self._request(
+                            service,
+                            [body],
+                            timeout=timeout,
+                            redeliveries=redeliveries,
+                            retry=retry,
+                        )
+                    )
+                    task.add_done_callback(functools.partial(ended, index))
+                    tasks[index] = task
+                    index += 1
+                if not tasks:
+                    return
+                await batch.wait(loop)
+                while ready:
+                    done, outcome = ready.popleft()
+                    task = tasks.pop(done)
+                    if isinstance(outcome, BaseException):
+                        if not isinstance(outcome, Exception):
+                            raise outcome
+                        yield done, outcome
+                        continue
+                    try:
+                        reply: bytes | Exception = _single(task.result())
+                    except Exception as exc:  # yielded in place
+                        reply = exc
+                    yield done, reply
+        finally:
+            for task in tasks.values():
+                task.cancel()
 
     def _request(
         self,
