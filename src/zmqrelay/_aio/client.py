@@ -973,14 +973,10 @@ class AsyncClient(Service):
                 async for part, _ in parts:
                     yield part
             return
-        if self._links is not None:
-            async with contextlib.aclosing(
-                self._stream_spread(service, frames, limit, redeliveries, context)
-            ) as parts:
-                async for part in parts:
-                    yield part
-            return
+        # One broker: sent through its socket. Several: on a link that is up, and never sent
+        # again once it went out.
         pump = self._running_pump()
+        spread = self._links is not None
         loop = self._loop
         waiter = _Stream()
         now = loop.time()
@@ -997,7 +993,9 @@ class AsyncClient(Service):
         if limit is not None and now + limit < self._timer_at:
             self._arm_timer(now + limit)
         try:
-            if not pump.try_send(message):
+            if spread:
+                await self._send_on_a_link(request_id, message, waiter.ended())
+            elif not pump.try_send(message):
                 with anyio.move_on_after(math.inf if limit is None else limit):
                     await pump.send(message)  # a timeout shows as the stream's next item
             while True:
@@ -1009,44 +1007,8 @@ class AsyncClient(Service):
             raise ClosedError(f"the client's socket failed: {exc}") from exc
         finally:
             self._correlator.close(request_id)
-
-    async def _stream_spread(
-        self,
-        service: bytes,
-        frames: Sequence[bytes],
-        limit: float | None,
-        redeliveries: int,
-        context: bytes | None,
-    ) -> AsyncGenerator[list[bytes], None]:
-        """A stream on one of several brokers: never sent again once it went out."""
-        self._running_pump()
-        loop = self._loop
-        waiter = _Stream()
-        now = loop.time()
-        request_id, message = self._correlator.open(
-            waiter,
-            frames,
-            now=now,
-            timeout=limit,
-            redeliveries=redeliveries,
-            service=service,
-            stream=True,
-            context=context,
-        )
-        if limit is not None and now + limit < self._timer_at:
-            self._arm_timer(now + limit)
-        try:
-            await self._send_on_a_link(request_id, message, waiter.ended())
-            while True:
-                reply = await waiter.next()
-                yield reply.result()
-                if reply.status is not tag.Status.PARTIAL:
-                    return
-        except zmq.ZMQError as exc:
-            raise ClosedError(f"the client's socket failed: {exc}") from exc
-        finally:
-            self._correlator.close(request_id)
-            self._end_on_link(request_id, waiter.failure)
+            if spread:
+                self._end_on_link(request_id, waiter.failure)
 
     def _majordomo(
         self, service: bytes, frames: Sequence[bytes], limit: float | None, redeliveries: int
