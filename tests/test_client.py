@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pathlib
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -12,6 +13,8 @@ from peers import echo_handler, eventually, raw_socket
 from zmqrelay import (
     AsyncClient,
     AsyncWorker,
+    BrokenError,
+    Broker,
     ClosedError,
     EndpointError,
     LocalProtocolError,
@@ -219,6 +222,25 @@ async def test_closing_fails_requests_still_waiting(
         await backend.recv_multipart()
         await client.aclose()
     assert len(failures) == 1
+
+
+async def test_a_socket_destroyed_under_the_client_is_a_broken_error_not_a_closed_one(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The client did not close: its socket failed, which is BrokenError (anyio's split)."""
+    endpoint = f"ipc://{tmp_path}/f"
+    async with (
+        Broker(frontend=endpoint, backend=f"ipc://{tmp_path}/b") as own,
+        AsyncWorker(own.endpoints.backend, echo_handler("w", Counter())),
+    ):
+        context = zmq.asyncio.Context()
+        async with AsyncClient(endpoint, context=context, timeout=5) as client:
+            assert await client.request(b"before") == b"World before"
+            context.destroy(linger=0)
+            with pytest.raises(BrokenError, match="the client's socket failed") as caught:
+                await client.request(b"after")
+            assert not isinstance(caught.value, ClosedError)
+            assert isinstance(caught.value.__cause__, zmq.ZMQError)
 
 
 async def test_invalid_endpoint_is_an_endpoint_error(context: LeakCheckingContext) -> None:

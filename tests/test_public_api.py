@@ -15,6 +15,7 @@ def test_top_level_names() -> None:
         "AsyncClient",
         "AsyncWorker",
         "BalancerStatistics",
+        "BrokenError",
         "Broker",
         "BrokerBusy",
         "BrokerLost",

@@ -21,6 +21,7 @@ from zmqrelay._core.security import SecurityStatistics
 from zmqrelay._core.worker import WorkerStatistics
 from zmqrelay._core.worker_link import WorkerLinkStatistics
 from zmqrelay.errors import (
+    BrokenError,
     BrokerBusy,
     BrokerLost,
     ClosedError,
@@ -46,6 +47,7 @@ __all__ = [
     "AsyncClient",
     "AsyncWorker",
     "BalancerStatistics",
+    "BrokenError",
     "Broker",
     "BrokerBusy",
     "BrokerLost",

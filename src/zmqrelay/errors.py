@@ -16,12 +16,15 @@ reaches user code. The tree::
     ├── BrokerLost                the broker holding the request was lost (several brokers)
     ├── RequestTimeout            also a TimeoutError
     ├── EndpointError             an endpoint could not be bound or connected; also an OSError
-    └── ClosedError               the broker, worker or client is closed
+    ├── ClosedError               the broker, worker or client is not running: not started yet,
+    │                             already ran, or closed (by you) while the call waited
+    └── BrokenError               a socket under it failed or its context was terminated
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BrokenError",
     "BrokerBusy",
     "BrokerLost",
     "ClosedError",
@@ -126,7 +129,20 @@ class EndpointError(ZmqRelayError, OSError):
 
 
 class ClosedError(ZmqRelayError):
-    """The broker, worker or client was closed, or used before it was started."""
+    """The broker, worker or client is not running.
+
+    It was used before it started or after it ran (each runs once), or it was closed while the
+    call waited. Closing is something this process did; compare :class:`BrokenError`.
+    """
+
+
+class BrokenError(ZmqRelayError):
+    """A socket under the broker, worker or client failed, so it cannot go on.
+
+    libzmq refused a call on the socket: most often the ``zmq.Context`` it was given was
+    terminated under it. The message gives libzmq's reason; the ``zmq.ZMQError`` is the
+    ``__cause__``. Unlike :class:`ClosedError`, nothing here closed it.
+    """
 
 
 class KeyFileError(ZmqRelayError, ValueError):

@@ -376,7 +376,8 @@ class Broker(Service):
 
         Raises:
             EndpointError: an endpoint could not be bound.
-            ClosedError: the broker already ran, or its context was terminated.
+            ClosedError: the broker already ran.
+            BrokenError: a socket failed (its context was terminated, say).
 
         """
         self._claim()

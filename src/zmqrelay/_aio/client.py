@@ -35,6 +35,7 @@ from zmqrelay._aio.service import (
     require_tracing,
     tracing_wanted,
 )
+from zmqrelay._aio.zmqerrors import broken
 from zmqrelay._core import mdp, tag
 from zmqrelay._core.client import ClientStatistics, Correlator, Reply
 from zmqrelay._core.client_links import Links
@@ -734,7 +735,7 @@ class AsyncClient(Service):
                         reply = exc
                     yield done, reply
         except zmq.ZMQError as exc:
-            raise ClosedError(f"the client's socket failed: {exc}") from exc
+            raise broken(exc, "the client's socket") from exc
         finally:
             for request_id in in_flight.values():
                 correlator.close(request_id)
@@ -1004,7 +1005,7 @@ class AsyncClient(Service):
                 if reply.status is not tag.Status.PARTIAL:
                     return
         except zmq.ZMQError as exc:
-            raise ClosedError(f"the client's socket failed: {exc}") from exc
+            raise broken(exc, "the client's socket") from exc
         finally:
             self._correlator.close(request_id)
             if spread:
@@ -1169,7 +1170,7 @@ class AsyncClient(Service):
             if waiter.done() and not waiter.cancelled():
                 waiter.exception()  # retrieved here if the send, not the wait, ended the call
             if isinstance(exc, zmq.ZMQError):
-                raise ClosedError(f"the client's socket failed: {exc}") from exc
+                raise broken(exc, "the client's socket") from exc
             raise
         # A reply takes its request off the correlator's table: there is nothing to close.
         return reply.result()
@@ -1202,7 +1203,7 @@ class AsyncClient(Service):
             await self._send_on_a_link(request_id, message, waiter)
             reply = await waiter
         except zmq.ZMQError as exc:
-            raise ClosedError(f"the client's socket failed: {exc}") from exc
+            raise broken(exc, "the client's socket") from exc
         finally:
             self._correlator.close(request_id)
             failure = None
@@ -1235,7 +1236,7 @@ class AsyncClient(Service):
             return
         with (
             self._connected_dealer(self._context, self._endpoint, self._routing_id) as sock,
-            sockets.Pump(sock) as pump,
+            sockets.Pump(sock, f"the {self._kind}'s socket") as pump,
         ):
             try:
                 self._pump, self._loop = pump, asyncio.get_running_loop()
@@ -1282,7 +1283,8 @@ class AsyncClient(Service):
                     watches.append(watch)
                     sockets.connect(sock, endpoint)
                     if self._variant is None:
-                        self._pumps.append(stack.enter_context(sockets.Pump(sock)))
+                        pump = sockets.Pump(sock, f"the {self._kind}'s socket")
+                        self._pumps.append(stack.enter_context(pump))
                     else:
                         # The socket only watches the broker: each request borrows its own.
                         sessions = Sessions(

@@ -18,6 +18,7 @@ import zmq
 import zmq.asyncio
 
 from zmqrelay._aio import sockets
+from zmqrelay._aio.zmqerrors import broken
 from zmqrelay._core import mdp
 from zmqrelay._core.client import error_from_plain
 from zmqrelay.errors import BrokerLost, ClosedError, RemoteProtocolError, RequestTimeout
@@ -161,7 +162,7 @@ class Sessions:
             self._counts.timeouts += 1
             raise RequestTimeout(f"no reply within {limit} s") from None
         except zmq.ZMQError as exc:
-            raise ClosedError(f"the client's socket failed: {exc}") from exc
+            raise broken(exc, "the client's socket") from exc
         except anyio.get_cancelled_exc_class():
             # Closing the client closes the sockets of requests in flight, which cancels
             # what they await: the caller learns that the client closed, not that it was

@@ -16,6 +16,7 @@ import zmq.asyncio
 
 from zmqrelay._aio import curve, sockets
 from zmqrelay._aio.curve import CurveKeyPair
+from zmqrelay._aio.zmqerrors import broken
 from zmqrelay.errors import ClosedError
 
 if TYPE_CHECKING:
@@ -205,18 +206,18 @@ def boundary_errors(kind: str) -> Iterator[None]:
     """Map the errors that leave a service to the ones users catch (house rule 5).
 
     Internal task groups wrap exceptions in (nested) exception groups: a lone exception is
-    raised by itself. A ``zmq.ZMQError`` becomes a :class:`ClosedError`.
+    raised by itself. A ``zmq.ZMQError`` becomes a :class:`~zmqrelay.BrokenError`.
     """
     try:
         yield
     except zmq.ZMQError as exc:
-        raise ClosedError(f"the {kind}'s socket failed: {exc}") from exc
+        raise broken(exc, f"the {kind}'s socket") from exc
     except BaseExceptionGroup as group:
         lone: BaseException = group
         while isinstance(lone, BaseExceptionGroup) and len(lone.exceptions) == 1:
             lone = lone.exceptions[0]
         if isinstance(lone, zmq.ZMQError):
-            raise ClosedError(f"the {kind}'s socket failed: {lone}") from lone
+            raise broken(lone, f"the {kind}'s socket") from lone
         if isinstance(lone, Exception) and not isinstance(lone, BaseExceptionGroup):
             raise lone from None
         raise

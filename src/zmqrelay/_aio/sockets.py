@@ -1,6 +1,7 @@
-"""Socket creation, options, binding, closing, and the translation of ``zmq`` errors.
+"""Socket creation, options, binding and closing, and the pump that waits on a socket.
 
-Every socket zmqrelay opens is made here, so options and error handling live in one place.
+Every socket zmqrelay opens is made here, so options live in one place; its ``zmq`` errors
+become zmqrelay's in :mod:`zmqrelay._aio.zmqerrors`.
 The hot loops receive and send through a synchronous *shadow* of each ``zmq.asyncio`` socket
 with plain integer flags: a non-blocking call on the shadow costs a fraction of an awaited one,
 and awaiting is needed only when a socket has nothing to read or cannot take more.
@@ -10,18 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import errno
 import os
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import Literal, cast
 
 import anyio
 import zmq
 import zmq.asyncio
 
-from zmqrelay.errors import ClosedError, EndpointError
+from zmqrelay._aio.zmqerrors import broken, translated
+from zmqrelay.errors import ClosedError
 
 NOBLOCK = int(zmq.NOBLOCK)
 NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
@@ -80,13 +81,13 @@ def open_socket(
     """A new ``zmq.asyncio`` socket of ``kind`` with zmqrelay's options set (and ``options``).
 
     Raises:
-        ClosedError: the context is terminated.
+        BrokenError: the context is terminated.
 
     """
     try:
         sock = context.socket(kind)
     except zmq.ZMQError as exc:
-        raise ClosedError(f"cannot open a socket: {exc}") from exc
+        raise broken(exc, "opening a socket") from exc
     settings: list[tuple[int, int | bytes]] = list(options)
     if routing_id is not None:
         settings.append((zmq.ROUTING_ID, routing_id))
@@ -108,17 +109,6 @@ def open_socket(
 def shadow(sock: AsyncSocket) -> SyncSocket:
     """A synchronous handle on the same libzmq socket, for non-blocking calls."""
     return zmq.Socket.shadow(sock.underlying)
-
-
-@contextmanager
-def translated(action: str, endpoint: str) -> Iterator[None]:
-    """Turn a ``zmq.ZMQError`` from binding or connecting into an :class:`EndpointError`."""
-    try:
-        yield
-    except zmq.ZMQError as exc:
-        raise EndpointError(
-            exc.errno or errno.EINVAL, f"cannot {action} {endpoint!r}: {exc.strerror}"
-        ) from exc
 
 
 def bind(sock: AsyncSocket, endpoint: str) -> str:
@@ -324,8 +314,9 @@ class Pump:
     the socket through ``zmq.asyncio`` (it would register the same descriptor).
     """
 
-    def __init__(self, sock: AsyncSocket) -> None:
+    def __init__(self, sock: AsyncSocket, name: str = "a socket") -> None:
         self.sync = shadow(sock)
+        self.name = name  # for errors: "the client's socket"
         self._events = self.sync.getsockopt
         self._fd = self.sync.fileno()
         self._loop = asyncio.get_running_loop()
@@ -373,14 +364,15 @@ class Pump:
         """Send ``frames`` if the socket takes them now; false if it cannot (EAGAIN).
 
         Raises:
-            ClosedError: the socket is closed.
+            ClosedError: the pump is closed.
+            BrokenError: the socket failed.
         """
         if not self._open:
             raise ClosedError("the socket is closed")
         try:
             sent = send_message(self.sync, frames)
         except zmq.ZMQError as exc:
-            raise ClosedError(f"the socket failed: {exc}") from exc
+            raise broken(exc, self.name) from exc
         if sent:
             self._kick_soon()
         return sent
@@ -416,13 +408,14 @@ class Pump:
         """The next message's frames, or ``None`` if none is waiting.
 
         Raises:
-            ClosedError: the socket is closed.
+            ClosedError: the pump is closed.
+            BrokenError: the socket failed.
         """
         if not self._open:
             raise ClosedError("the socket is closed")
         try:
             frames = recv_message(self.sync)
         except zmq.ZMQError as exc:
-            raise ClosedError(f"the socket failed: {exc}") from exc
+            raise broken(exc, self.name) from exc
         self._kick_soon()
         return frames

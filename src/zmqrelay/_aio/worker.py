@@ -30,11 +30,12 @@ from zmqrelay._aio.service import (
     require_tracing,
     tracing_wanted,
 )
+from zmqrelay._aio.zmqerrors import UNUSABLE
 from zmqrelay._core import lbwire, mdp, tag
 from zmqrelay._core.throttle import Report, Throttle
 from zmqrelay._core.worker import Answerable, Request, WorkerStatistics, decode_request
 from zmqrelay._core.worker_link import Link, Session
-from zmqrelay.errors import ClosedError, LocalProtocolError, NoWorkers, RemoteProtocolError
+from zmqrelay.errors import LocalProtocolError, NoWorkers, RemoteProtocolError
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -348,7 +349,8 @@ class AsyncWorker(Service):
 
         Raises:
             EndpointError: an endpoint is not a valid address.
-            ClosedError: the worker already ran, or its context was terminated.
+            ClosedError: the worker already ran.
+            BrokenError: a socket failed (its context was terminated, say).
 
         """
         if tracing_wanted(self._tracing_setting):
@@ -377,7 +379,7 @@ class AsyncWorker(Service):
         )
         try:
             sockets.connect(sock, link.endpoint)
-            with sockets.Pump(sock) as pump:
+            with sockets.Pump(sock, f"the {self._kind}'s socket") as pump:
                 ask_context = self._tracing is not None and self._variant is None
                 yield _Backend(link, pump, ask_context=ask_context)
         finally:
@@ -402,7 +404,7 @@ class AsyncWorker(Service):
                     intake.cancel()
                 for backend in backends:
                     if balancing and self._variant is None:
-                        with contextlib.suppress(ClosedError):
+                        with contextlib.suppress(*UNUSABLE):
                             backend.pump.try_send(lbwire.encode_command_to_broker(lbwire.LEAVING))
                     # In relay mode the broker keeps handing this worker requests until it
                     # disconnects, which it cannot do while replies are still to be sent:
@@ -431,7 +433,7 @@ class AsyncWorker(Service):
                 self._goodbye()
             elif balancing and not self._aborted:
                 for backend in backends:
-                    with contextlib.suppress(ClosedError):
+                    with contextlib.suppress(*UNUSABLE):
                         backend.pump.try_send(self._command("disconnect"))
 
     async def _receive(self, backend: _Backend, intake: anyio.CancelScope) -> None:
@@ -826,7 +828,7 @@ class AsyncWorker(Service):
             f"this worker's handler takes a single-frame request, got {len(request.body)} frames"
         )
         self._malformed(f"refused a request: {reason}")
-        with contextlib.suppress(ClosedError):
+        with contextlib.suppress(*UNUSABLE):
             if pump.try_send(request.error(RemoteProtocolError.__name__, reason)):
                 self._replies_sent += 1
 
@@ -839,7 +841,7 @@ class AsyncWorker(Service):
             "mode, which does not route services (start it with mode='load-balancing')"
         )
         self._malformed(f"refused a request: {reason}")
-        with contextlib.suppress(ClosedError):
+        with contextlib.suppress(*UNUSABLE):
             refusal = request.refuse(tag.Status.NO_WORKERS, NoWorkers.__name__, reason)
             if pump.try_send(refusal):
                 self._replies_sent += 1
@@ -896,7 +898,7 @@ class AsyncWorker(Service):
             return
         self._said_goodbye = True
         for backend in self._backends:
-            with contextlib.suppress(ClosedError):
+            with contextlib.suppress(*UNUSABLE):
                 backend.pump.try_send(self._command("disconnect"))
 
     def _refuse_held(self, held: _Held) -> None:
@@ -908,7 +910,7 @@ class AsyncWorker(Service):
         """Answer ``request`` with a ``WorkerStopped`` error, without waiting."""
         if self._aborted or self._said_goodbye:
             return
-        with contextlib.suppress(ClosedError):
+        with contextlib.suppress(*UNUSABLE):
             if pump.try_send(request.error("WorkerStopped", "the worker stopped")):
                 self._refused_requests += 1
 
@@ -926,7 +928,7 @@ class AsyncWorker(Service):
         for _ in range(512):
             try:
                 frames = pump.try_recv()
-            except ClosedError:  # a socket gone with its context
+            except UNUSABLE:  # a socket gone with its context
                 return False
             if frames is None:
                 return False
