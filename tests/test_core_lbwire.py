@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from strategies import body, messages
 from zmqrelay._core import dialects, lbwire
-from zmqrelay._core.dialects import Ready, Reply, Violation
+from zmqrelay._core.dialects import Answer, Ready, Violation
 from zmqrelay._core.request import Request
 from zmqrelay._core.tag import Status
 from zmqrelay.errors import RemoteProtocolError
@@ -42,7 +42,7 @@ def test_zmqrelay_ready(worker: bytes, credits: int, service: bytes) -> None:
 def test_zmqrelay_reply(worker: bytes, token: bytes, status: Status, payload: list[bytes]) -> None:
     sent = [worker, *lbwire.encode_reply(token, status, payload)]
     partial = status is Status.PARTIAL
-    expected = Reply(token, Status.OK if partial else status, payload, partial)
+    expected = Answer(token, Status.OK if partial else status, payload, partial)
     assert read(sent, known=True) == ("zmqrelay", expected)
 
 
@@ -74,7 +74,7 @@ def test_guide_worker_round_trip(worker: bytes, token: bytes, payload: list[byte
     reply = [sent[0], b"", b"answer"]
     assert read([worker, b"", *reply], known=True) == (
         "guide",
-        Reply(token, Status.OK, [b"answer"], False),
+        Answer(token, Status.OK, [b"answer"], False),
     )
 
 
@@ -133,7 +133,7 @@ def test_a_guide_workers_reply_is_read_even_before_it_said_ready() -> None:
     # A REQ worker's reply is also its next READY: after a broker restart, one that answers
     # the broker's previous life is taken as ready (the balancer decides; here, it decodes).
     named, event = read([b"w", b"", bytes(8), b"", b"late"], known=False)
-    assert (named, event) == ("guide", Reply(bytes(8), Status.OK, [b"late"], False))
+    assert (named, event) == ("guide", Answer(bytes(8), Status.OK, [b"late"], False))
     named, event = read([b"w", b"", b"READY", b"extra"], known=False)
     assert named == "guide"
     assert isinstance(event, Violation)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from strategies import frame, messages, routing
 from zmqrelay._core import dialects, frontend, lbwire, mdp, tag
-from zmqrelay._core.dialects import Ready, Reply, Violation
+from zmqrelay._core.dialects import Answer, Ready, Violation
 from zmqrelay._core.refusal import Refusal
 from zmqrelay._core.request import ClientDialect, Request
 from zmqrelay._core.tag import Status
@@ -137,16 +137,16 @@ def test_a_request_reaches_the_worker_and_its_answers_come_back(
     assert isinstance(assignment, mdp.MdpAssignment)
 
     final = read_worker([worker, *assignment.reply(reply)], known=True)
-    assert final == Reply(token_frame(token), Status.OK, reply, False)
+    assert final == Answer(token_frame(token), Status.OK, reply, False)
     part = assignment.partial(reply)
     if streams(variant):
         assert part is not None
         event = read_worker([worker, *part], known=True)
-        assert event == Reply(token_frame(token), Status.OK, reply, True)
+        assert event == Answer(token_frame(token), Status.OK, reply, True)
     else:
         assert part is None  # 0.1 has no PARTIAL: the worker joins the parts itself
     error = read_worker([worker, *assignment.error("ValueError", "no")], known=True)
-    assert error == Reply(
+    assert error == Answer(
         token_frame(token), Status.OK, [b"zmqrelay-error: ValueError: no"], False
     )
 
@@ -195,7 +195,7 @@ def test_what_an_mdp_worker_message_decodes_to_encodes_back_to_the_same_frames(
     worker = frames[0]
     if isinstance(event, Ready):
         assert [worker, *mdp.encode_ready(variant, event.service)] == frames
-    elif isinstance(event, Reply):
+    elif isinstance(event, Answer):
         answer = mdp.MdpAssignment(variant, event.token, [])
         again = answer.partial(event.body) if event.partial else answer.reply(event.body)
         assert again is not None
@@ -234,7 +234,7 @@ def test_any_backend_message_decodes_or_is_a_violation(frames: list[bytes], know
         assert event.reason
     else:
         assert dialect is not None
-        assert isinstance(event, Ready | Reply) or event in ("heartbeat", "leaving", "disconnect")
+        assert isinstance(event, Ready | Answer) or event in ("heartbeat", "leaving", "disconnect")
 
 
 @given(variants, garbage)
@@ -339,18 +339,22 @@ def test_broker_to_worker_on_the_wire(
         (
             [b"w", b"", b"MDPW01", b"\x03", _T, b"", b"r", b""],
             "mdp-0.1",
-            Reply(_T, Status.OK, [b"r", b""], False),
+            Answer(_T, Status.OK, [b"r", b""], False),
         ),
-        ([b"w", b"MDPW02", b"\x03", _T, b"", b"r"], "mdp-0.2", Reply(_T, Status.OK, [b"r"], True)),
+        (
+            [b"w", b"MDPW02", b"\x03", _T, b"", b"r"],
+            "mdp-0.2",
+            Answer(_T, Status.OK, [b"r"], True),
+        ),
         (
             [b"w", b"MDPW02", b"\x04", _T, b"", b"r"],
             "mdp-0.2",
-            Reply(_T, Status.OK, [b"r"], False),
+            Answer(_T, Status.OK, [b"r"], False),
         ),
         (
             [b"w", b"", b"MDPW02", b"\x03", _T, b"", b"r"],
             "majortomo",
-            Reply(_T, Status.OK, [b"r"], True),
+            Answer(_T, Status.OK, [b"r"], True),
         ),
     ],
 )

@@ -185,7 +185,7 @@ class Balancer:
                 scheduler.gone(worker, now)
             else:
                 self._disconnect(worker_id, dialect)
-        elif type(event) is dialects.Reply:
+        elif type(event) is dialects.Answer:
             if worker is not None:
                 scheduler.reply(worker, event.token, event.status, event.body, event.partial, now)
             else:
@@ -380,7 +380,7 @@ class Balancer:
             return policy.may_serve(key, event.service)
         if worker is not None:  # registered already: its key's rights may have changed
             return policy.may_serve(key, worker.service.name)
-        if type(event) is dialects.Reply:  # a guide worker's reply is its READY
+        if type(event) is dialects.Answer:  # a guide worker's reply is its READY
             return policy.may_serve(key, b"")
         return True
 

@@ -49,7 +49,7 @@ class Ready(NamedTuple):
     service: bytes
 
 
-class Reply(NamedTuple):
+class Answer(NamedTuple):
     """The worker answered the request it got as ``token`` (one part of it, if ``partial``)."""
 
     token: bytes
@@ -59,7 +59,7 @@ class Reply(NamedTuple):
 
 
 Command = Literal["heartbeat", "leaving", "disconnect"]
-Event = Ready | Reply | Command
+Event = Ready | Answer | Command
 """What a worker's message says."""
 
 
@@ -120,7 +120,7 @@ class _Guide(Dialect):
             return Ready(1, b"")
         if len(rest) < 3 or rest[1] != DELIMITER:
             raise RemoteProtocolError("a guide worker replies [reply-to, empty frame, reply...]")
-        return Reply(_token(rest[0]), Status.OK, rest[2:], False)
+        return Answer(_token(rest[0]), Status.OK, rest[2:], False)
 
     def request(self, worker: bytes, request: Request, now: float) -> list[bytes]:
         return [worker, DELIMITER, request.token, DELIMITER, *request.body]
@@ -151,8 +151,8 @@ class _Zmqrelay(Dialect):
                     f"a REPLY's status is OK, ERROR or PARTIAL, not {status}"
                 )
             if status == Status.PARTIAL:
-                return Reply(header[5:13], Status.OK, rest[1:], True)
-            return Reply(header[5:13], _STATUSES[status], rest[1:], False)
+                return Answer(header[5:13], Status.OK, rest[1:], True)
+            return Answer(header[5:13], _STATUSES[status], rest[1:], False)
         if command == lbwire.READY:
             if len(header) not in _READY_SIZES or len(rest) > 2:
                 raise RemoteProtocolError(
@@ -212,7 +212,7 @@ class _Pirate(Dialect):
             return "heartbeat"
         if len(rest) < 3 or rest[1] != DELIMITER:
             raise RemoteProtocolError("a Paranoid Pirate worker replies [reply-to, '', reply...]")
-        return Reply(_token(rest[0]), Status.OK, rest[2:], False)
+        return Answer(_token(rest[0]), Status.OK, rest[2:], False)
 
     def request(self, worker: bytes, request: Request, now: float) -> list[bytes]:
         return [worker, request.token, DELIMITER, *request.body]
@@ -260,8 +260,8 @@ class _Zmqrelay1(Dialect):
                 )
             status = _STATUSES[arguments[1][0]]
             if status is Status.PARTIAL:
-                return Reply(_token(arguments[0]), Status.OK, arguments[2:], True)
-            return Reply(_token(arguments[0]), status, arguments[2:], False)
+                return Answer(_token(arguments[0]), Status.OK, arguments[2:], True)
+            return Answer(_token(arguments[0]), status, arguments[2:], False)
         if command == lbwire.READY:
             if len(arguments) not in (1, 2) or not arguments[0].isdigit():
                 raise RemoteProtocolError(
@@ -312,7 +312,9 @@ class _Majordomo(Dialect):
                 raise RemoteProtocolError("a reply from a worker that has not said READY")
             if len(arguments) < 3 or arguments[1] != DELIMITER:
                 raise RemoteProtocolError("a reply carries [client, empty frame, body...]")
-            return Reply(_token(arguments[0]), Status.OK, arguments[2:], command != commands.final)
+            return Answer(
+                _token(arguments[0]), Status.OK, arguments[2:], command != commands.final
+            )
         if command == commands.ready:
             if known:
                 raise RemoteProtocolError("a worker may say READY only once")
