@@ -51,7 +51,7 @@ async def _floor_load(
     sock.connect(endpoint)
     loop = asyncio.get_running_loop()
     pending: dict[bytes, asyncio.Future[bytes]] = {}
-    measured = _Window(warmup, duration)
+    measured = _Window.starting_in(warmup, duration)
     clock, pack = time.perf_counter_ns, _STAMP.pack
     ids = iter(range(1 << 62))
     shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)

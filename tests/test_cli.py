@@ -446,7 +446,24 @@ def test_bench_runs_every_kind_of_party() -> None:
     for run in runs:
         assert run["requests"] > 0
         assert 0 < run["latency_p50_us"] <= run["latency_p99_us"] <= run["latency_p999_us"]
+        # Every party is read over the one window the clients count in, however slowly each
+        # process started: the Python broker and workers did work in it.
         assert run["client_cpu_seconds"] > 0
+        assert run["worker_cpu_seconds"] > 0
+        assert run["broker_cpu_seconds"] > 0
+
+
+def test_bench_names_a_peer_that_never_got_ready() -> None:
+    from zmqrelay.bench import _await_ready
+
+    dying = subprocess.Popen(
+        [sys.executable, "-c", "print('no such kind')"], stdout=subprocess.PIPE, text=True
+    )
+    with pytest.raises(RuntimeError, match=rf"a worker \(PID {dying.pid}\) did not start"):
+        _await_ready([dying], "worker")
+    dying.wait(10)
+    assert dying.stdout is not None
+    dying.stdout.close()
 
 
 def test_bench_measures_an_external_broker_command() -> None:

@@ -285,6 +285,7 @@ def _serve_mdp_echo(endpoints: Sequence[str], work: float, sockets: int) -> None
         sock.send_multipart(_MDP_READY)
         poller.register(sock, zmq.POLLIN)
         last_sent[sock] = time.monotonic()
+    announce_ready()
     interval = 1.0
     while True:
         ready = poller.poll(int(interval * 1000))
@@ -348,6 +349,7 @@ def _serve_guide_c(endpoints: Sequence[str], sockets: int) -> None:
     socks = _connected(zmq.Context(), zmq.DEALER, endpoints, sockets)
     for sock in socks:
         sock.send_multipart([b"", b"READY"])
+    announce_ready()
     _echo_in_threads(socks)
 
 
@@ -399,13 +401,18 @@ def serve_echo(
     if kind == "guide":
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         first, *others = _connected(context, zmq.REQ, endpoints)
+        announce_ready()
         for sock in others:
             threading.Thread(target=_serve_guide, args=(sock, work), daemon=True).start()
         _serve_guide(first, work)
     elif kind == "c":
-        _echo_in_threads(_connected(zmq.Context(), zmq.DEALER, endpoints))
+        socks = _connected(zmq.Context(), zmq.DEALER, endpoints)
+        announce_ready()
+        _echo_in_threads(socks)
     elif kind == "sync":
-        _serve_sync(_connected(zmq.Context(), zmq.DEALER, endpoints), work)
+        socks = _connected(zmq.Context(), zmq.DEALER, endpoints)
+        announce_ready()
+        _serve_sync(socks, work)
     elif kind == "guide-c":
         _serve_guide_c(endpoints, sockets)
     elif kind == "mdp":
@@ -452,7 +459,9 @@ async def _async_echo(endpoints: Sequence[str], concurrency: int, work: float, k
             mode=mode,
             **_curve_options("worker"),
         )
-    await worker.run()
+    async with anyio.create_task_group() as task_group:
+        await task_group.start(worker.run)
+        announce_ready()
 
 
 NATS_SUBJECT = "echo"
@@ -474,6 +483,8 @@ async def _nats_echo(endpoint: str, work: float) -> None:
         await message.respond(message.data)
 
     await connection.subscribe(NATS_SUBJECT, queue="workers", cb=echo)
+    await connection.flush()  # the server has the subscription
+    announce_ready()
     await anyio.sleep_forever()
 
 
@@ -492,23 +503,24 @@ def generate_load(
     round-trip time of each request answered in it to ``latencies_path``.
     """
     padding = b"x" * max(0, size - _STAMP.size)
+    measured = _Window.agreed(warmup, duration)
     if kind == "sync":
-        counted, latencies, cpu = _sync_load(endpoint, window, padding, warmup, duration)
+        counted, latencies, cpu = _sync_load(endpoint, window, padding, measured)
     elif kind == "mdp":
-        counted, latencies, cpu = _mdp_load(endpoint, window, padding, warmup, duration)
+        counted, latencies, cpu = _mdp_load(endpoint, window, padding, measured)
     elif kind == "async":
         counted, latencies, cpu = run_on_event_loop(
-            _async_load, endpoint, window, padding, warmup, duration
+            _async_load, endpoint, window, padding, measured
         )
     elif kind == "async-batch":
         counted, latencies, cpu = run_on_event_loop(
-            _async_batch_load, endpoint, window, padding, warmup, duration
+            _async_batch_load, endpoint, window, padding, measured
         )
     elif kind == "c":
-        counted, latencies, cpu = _c_load(endpoint, window, padding, warmup, duration)
+        counted, latencies, cpu = _c_load(endpoint, window, padding, measured)
     elif kind == "nats":
         counted, latencies, cpu = run_on_event_loop(
-            _nats_load, endpoint, window, padding, warmup, duration
+            _nats_load, endpoint, window, padding, measured
         )
     else:
         raise ValueError(f"unknown client kind {kind!r}")
@@ -522,14 +534,48 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+SYNC_ENV = "ZMQRELAY_BENCH_SYNC"
+"""Set by ``zmqrelay bench`` for its peers: each says ``ready`` on a line of its own once set up,
+and a load client then reads the measured window, ``OPENS CLOSES`` in ``perf_counter_ns``
+(the system's monotonic clock, the same in every process), from its standard input."""
+
+READY = "ready"
+
+
+def announce_ready() -> None:
+    """Tell the bench (when it asked, see :data:`SYNC_ENV`) that this peer is set up."""
+    if os.environ.get(SYNC_ENV):
+        print(READY, flush=True)
+
+
 class _Window:
     """A load client's measured window: the latency of each reply in it, and the CPU used."""
 
-    def __init__(self, warmup: float, duration: float) -> None:
-        self.opens = time.perf_counter_ns() + int(warmup * 1e9)
-        self.closes = self.opens + int(duration * 1e9)
+    def __init__(self, opens: int, closes: int) -> None:
+        self.opens, self.closes = opens, closes
         self.latencies: array.array[int] = array.array("q")
         self._cpu_start: float | None = None
+
+    @classmethod
+    def starting_in(cls, warmup: float, duration: float) -> _Window:
+        """The window that opens ``warmup`` seconds from now and lasts ``duration``."""
+        opens = time.perf_counter_ns() + int(warmup * 1e9)
+        return cls(opens, opens + int(duration * 1e9))
+
+    @classmethod
+    def agreed(cls, warmup: float, duration: float) -> _Window:
+        """The window the bench chose for every party, once this client is set up.
+
+        Run by ``zmqrelay bench``, a client says it is ready and waits for the window, so that
+        the broker's and the workers' CPU is read over the very window the clients count
+        replies in, however long each process took to start. Run alone, it opens after
+        ``warmup``.
+        """
+        if not os.environ.get(SYNC_ENV):
+            return cls.starting_in(warmup, duration)
+        announce_ready()
+        opens, closes = (int(field) for field in sys.stdin.readline().split())
+        return cls(opens, closes)
 
     def record(self, now: int, stamp: bytes) -> None:
         """A reply came at ``now`` for the request sent at the time packed in ``stamp``."""
@@ -544,8 +590,13 @@ class _Window:
         return len(self.latencies), self.latencies, cpu
 
 
+def _sleep_until(instant: int) -> None:
+    """Sleep until ``perf_counter_ns()`` reaches ``instant``."""
+    time.sleep(max(0.0, (instant - time.perf_counter_ns()) / 1e9))
+
+
 def _sync_load(
-    endpoint: str, window: int, padding: bytes, warmup: float, duration: float
+    endpoint: str, window: int, padding: bytes, measured: _Window
 ) -> tuple[int, array.array[int], float]:
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
@@ -555,7 +606,6 @@ def _sync_load(
     recv, send = sock.recv_multipart, sock.send_multipart
     for _ in range(window):
         send([b"", pack(clock()) + padding])
-    measured = _Window(warmup, duration)
     while True:
         reply = recv()
         now = clock()
@@ -570,7 +620,7 @@ def _sync_load(
 
 
 def _c_load(
-    endpoint: str, window: int, padding: bytes, warmup: float, duration: float
+    endpoint: str, window: int, padding: bytes, measured: _Window
 ) -> tuple[int, array.array[int], float]:
     """A client whose every reply libzmq sends back at once as its next request.
 
@@ -595,9 +645,9 @@ def _c_load(
         frames_in = _COUNTER.unpack(control.recv_multipart()[0])[0]
         return int(frames_in) // 2  # each reply is [b"", body]
 
-    time.sleep(warmup)
+    _sleep_until(measured.opens)
     first, cpu = replies(), _cpu()
-    time.sleep(duration)
+    _sleep_until(measured.closes)
     counted, cpu = replies() - first, _cpu() - cpu
     control.send(b"TERMINATE")
     echo.join()
@@ -608,7 +658,7 @@ def _c_load(
 
 
 def _mdp_load(
-    endpoint: str, window: int, padding: bytes, warmup: float, duration: float
+    endpoint: str, window: int, padding: bytes, measured: _Window
 ) -> tuple[int, array.array[int], float]:
     """Majordomo clients have one request in flight each: ``window`` sockets, polled."""
     context = zmq.Context()
@@ -623,7 +673,6 @@ def _mdp_load(
     clock, pack = time.perf_counter_ns, _STAMP.pack
     for sock in socks:
         sock.send_multipart([*_MDP_CLIENT, pack(clock()) + padding])
-    measured = _Window(warmup, duration)
     while True:
         ready = poller.poll(max(1, (measured.closes - clock()) // 1_000_000))
         now = clock()
@@ -641,13 +690,12 @@ def _mdp_load(
 
 
 async def _async_load(
-    endpoint: str, window: int, padding: bytes, warmup: float, duration: float
+    endpoint: str, window: int, padding: bytes, measured: _Window
 ) -> tuple[int, array.array[int], float]:
     from zmqrelay import AsyncClient
 
     _trace_everything()
     clock, pack = time.perf_counter_ns, _STAMP.pack
-    measured = _Window(warmup, duration)
 
     async def keep_one_in_flight(client: AsyncClient) -> None:
         request = client.request
@@ -666,14 +714,13 @@ async def _async_load(
 
 
 async def _async_batch_load(
-    endpoint: str, window: int, padding: bytes, warmup: float, duration: float
+    endpoint: str, window: int, padding: bytes, measured: _Window
 ) -> tuple[int, array.array[int], float]:
     """As :func:`_async_load`, through the batch API: one endless batch, ``window`` in flight."""
     from zmqrelay import AsyncClient
 
     _trace_everything()
     clock, pack = time.perf_counter_ns, _STAMP.pack
-    measured = _Window(warmup, duration)
 
     def bodies() -> Iterator[bytes]:
         while True:
@@ -692,13 +739,12 @@ async def _async_batch_load(
 
 
 async def _nats_load(
-    endpoint: str, window: int, padding: bytes, warmup: float, duration: float
+    endpoint: str, window: int, padding: bytes, measured: _Window
 ) -> tuple[int, array.array[int], float]:
     """nats-py requests, ``window`` tasks each keeping one in flight (as :func:`_async_load`)."""
     import nats  # type: ignore[import-not-found,unused-ignore]  # optional: the NATS bench only
 
     clock, pack = time.perf_counter_ns, _STAMP.pack
-    measured = _Window(warmup, duration)
     connection = await nats.connect(endpoint, error_cb=_quiet, allow_reconnect=False)
 
     async def keep_one_in_flight() -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shlex
 import signal
 import socket
@@ -33,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
-from zmqrelay._bench_peers import CURVE_ENV, TRACING_ENV, read_latencies
+from zmqrelay._bench_peers import CURVE_ENV, READY, SYNC_ENV, TRACING_ENV, read_latencies
 
 __all__ = ["BROKERS", "BenchConfig", "BenchResult", "report", "run_bench"]
 
@@ -326,7 +327,9 @@ def run_bench(
         if config.broker == "nats":
             raise ValueError("the bench runs one nats broker only")
         label += f" x{config.brokers}"
-    peers_environment = {**os.environ, TRACING_ENV: "1"} if config.tracing else None
+    peers_environment = {**os.environ, SYNC_ENV: "1"}
+    if config.tracing:
+        peers_environment[TRACING_ENV] = "1"
     with (
         _processes() as started,
         tempfile.TemporaryDirectory(prefix="zmqrelay-bench-") as tmp,
@@ -346,6 +349,7 @@ def run_bench(
                     str(config.work * (config.slow_factor if number == 0 else 1)),
                     str(config.sockets_per_worker),
                 ),
+                stdout=subprocess.PIPE,
                 text=True,
                 env=peers_environment,
                 preexec_fn=_pinned(config, broker=False),
@@ -353,6 +357,7 @@ def run_bench(
             for number in range(config.workers)
         ]
         started.extend(workers)
+        _await_ready(workers, "worker")
         paths = [os.path.join(tmp, f"client-{n}.latencies") for n in range(config.clients)]
         clients = [
             subprocess.Popen(
@@ -367,6 +372,7 @@ def run_bench(
                     str(config.duration),
                     path,
                 ),
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
                 env=peers_environment,
@@ -375,10 +381,19 @@ def run_bench(
             for number, path in enumerate(paths)
         ]
         started.extend(clients)
-        _sleep_with_progress(config.warmup, f"{label}: warming up", progress)
+        # Every party counts over one window, chosen once all are set up: a process slow to
+        # start (imports on a busy machine can take seconds) shifts nobody's window.
+        _await_ready(clients, "client")
+        opens = time.perf_counter_ns() + round(config.warmup * 1e9)
+        closes = opens + round(config.duration * 1e9)
+        for client in clients:
+            assert client.stdin is not None
+            client.stdin.write(f"{opens} {closes}\n")
+            client.stdin.flush()
+        _sleep_with_progress(opens, f"{label}: warming up", progress)
         broker_before = sum(_cpu_seconds(pid) for pid in pids)
         workers_before = sum(_cpu_seconds(worker.pid) for worker in workers)
-        _sleep_with_progress(config.duration, f"{label}: measuring", progress)
+        _sleep_with_progress(closes, f"{label}: measuring", progress)
         broker_cpu = sum(_cpu_seconds(pid) for pid in pids) - broker_before
         worker_cpu = sum(_cpu_seconds(worker.pid) for worker in workers) - workers_before
         requests, client_cpu = 0, 0.0
@@ -423,11 +438,26 @@ def _curve_environment(config: BenchConfig, tmp: str) -> Iterator[None]:
             os.environ[CURVE_ENV] = before
 
 
-def _sleep_with_progress(seconds: float, what: str, progress: Callable[[str], None]) -> None:
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
+def _sleep_with_progress(until: int, what: str, progress: Callable[[str], None]) -> None:
+    """Sleep until ``perf_counter_ns()`` reaches ``until``, saying how long is left."""
+    while (left := (until - time.perf_counter_ns()) / 1e9) > 0:
         progress(f"{what}, {left:4.1f} s left")
         time.sleep(min(0.5, left))
+
+
+def _await_ready(processes: Sequence[subprocess.Popen[str]], role: str) -> None:
+    """Wait until each of ``processes`` says it is set up (see ``SYNC_ENV``)."""
+    deadline = time.monotonic() + _START_DEADLINE
+    for process in processes:
+        assert process.stdout is not None
+        readable, _, _ = select.select([process.stdout], [], [], deadline - time.monotonic())
+        line = process.stdout.readline() if readable else ""
+        if line.strip() != READY:
+            process.poll()
+            raise RuntimeError(
+                f"a {role} (PID {process.pid}) did not start: exit code {process.returncode}, "
+                f"said {line!r}"
+            )
 
 
 def report(results: Sequence[BenchResult], *, as_json: bool = False) -> str:
