@@ -114,8 +114,8 @@ class HandlerRunner:
         self._error_log = Throttle(_MALFORMED_LOG_INTERVAL)
         """Handlers that raised, by exception type: a client that makes the handler raise
         on every request fills no disk."""
-        self.idle = anyio.Event()
-        """Set when no request is in hand (reset by the worker before it waits on it)."""
+        self._idle = anyio.Event()
+        """Set when no request is in hand (see :meth:`drain`)."""
         self._queue: deque[_Held] = deque()
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         """Receiving tasks waiting for a free handler, woken one at a time, first come first
@@ -314,7 +314,7 @@ class HandlerRunner:
         if self._slot_waiters:
             self._wake_receiver()
         if not self.in_flight:
-            self.idle.set()
+            self._idle.set()
 
     async def _answer(self, held: _Held, slot: _Slot) -> list[bytes]:
         """The reply to ``held``: the handler's, or an error, within the client's timeout."""
@@ -519,6 +519,13 @@ class HandlerRunner:
             else:
                 self._refuse(backend, request)
         return True
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the requests in hand to be answered."""
+        self._idle = anyio.Event()
+        if self.in_flight:
+            with anyio.move_on_after(timeout):
+                await self._idle.wait()
 
     def stopped(self, backends: Sequence[Backend]) -> None:
         """The tasks have ended: refuse what is left, and log what the throttles hold back.

@@ -354,10 +354,7 @@ class AsyncWorker(Service):
                 for backend in backends:
                     backend.say(backend.conversation.draining())
                     task_group.start_soon(runner.refuse_arriving, backend)
-                runner.idle = anyio.Event()
-                if runner.in_flight:
-                    with anyio.move_on_after(self._drain_timeout):
-                        await runner.idle.wait()
+                await runner.drain(self._drain_timeout)
                 if not runner.in_flight and not runner.aborted:
                     for backend in backends:
                         backend.say(backend.conversation.idle())
