@@ -46,9 +46,7 @@ def zrw(*, ask_context: bool = False, credits: int = 4) -> Zrw:
 
 
 def majordomo(variant: mdp.Variant = "mdp-0.2") -> Majordomo:
-    return Majordomo(
-        link(patient=True), variant=variant, service=b"echo", heartbeat_interval=INTERVAL
-    )
+    return Majordomo(link(), variant=variant, service=b"echo", heartbeat_interval=INTERVAL)
 
 
 def zrw_request(body: list[bytes]) -> list[bytes]:
@@ -102,6 +100,7 @@ def test_a_disconnect_that_answers_no_ready_keeps_asking_for_trace_context() -> 
 
 def test_a_majordomo_worker_takes_itself_registered_and_reconnects_to_register_again() -> None:
     registration = majordomo("mdp-0.1")
+    assert registration.link.patient
     first = registration.ready(0.0)
     assert first == Greeting(mdp.encode_ready("mdp-0.1", b"echo"), reconnect=False)
     assert registration.registered

@@ -232,12 +232,7 @@ class AsyncWorker(Service):
         # One socket per broker, in every mode: a DEALER connected to several brokers deals
         # what it sends round-robin, replies included, whichever broker a request came from.
         self._links = [
-            Link(
-                endpoint,
-                heartbeat_interval=heartbeat_interval,
-                liveness=liveness,
-                patient=variant is not None,
-            )
+            Link(endpoint, heartbeat_interval=heartbeat_interval, liveness=liveness)
             for endpoint in self._endpoints
         ]
 

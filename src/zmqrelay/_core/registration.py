@@ -13,7 +13,8 @@ and send what they return. The rules, each with its class:
 - :class:`Majordomo` (its three variants, :mod:`~zmqrelay._core.mdp`): READY names the service
   and goes unanswered: the worker takes itself to be registered. Registering again, it first
   drops its connection and makes a new one (specs 7 and 18: the broker then sees a new peer,
-  and nothing queued for the old session reaches the new one). It has no LEAVING: it says
+  and nothing queued for the old session reaches the new one). Its broker is *patient* (see
+  :mod:`~zmqrelay._core.worker_link`). It has no LEAVING: it says
   DISCONNECT once its last reply has gone (the broker hands a worker that answered the next
   request at once), or as it stops, and nothing after it.
 
@@ -251,6 +252,8 @@ class Majordomo(Registration):
             heartbeat=mdp.encode_to_broker(variant, "heartbeat"),
         )
         self.variant = variant
+        # A Majordomo broker may not heartbeat a worker that holds one of its requests.
+        link.patient = True
 
     @property
     def registered(self) -> bool:
