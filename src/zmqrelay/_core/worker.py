@@ -105,7 +105,8 @@ class Answerable(Protocol):
 class Unanswerable(RemoteProtocolError):
     """A request the worker answers at once with an error instead of handling it.
 
-    It is the peer's fault (several frames for a handler of one, say): counted as malformed.
+    It is the peer's fault (several frames for a handler of one, or a named service asked of a
+    relay broker): counted as malformed.
     """
 
     def __init__(self, reason: str, request: Answerable, answer: list[bytes]) -> None:
