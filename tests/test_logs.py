@@ -428,9 +428,9 @@ async def test_a_handler_that_always_raises_logs_a_line_per_interval_per_excepti
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from zmqrelay._aio import worker as worker_module
+    from zmqrelay._aio import handlers
 
-    monkeypatch.setattr(worker_module, "_MALFORMED_LOG_INTERVAL", INTERVAL)
+    monkeypatch.setattr(handlers, "_MALFORMED_LOG_INTERVAL", INTERVAL)
 
     async def fails(request: bytes) -> bytes:
         raise (ValueError if request == b"v" else KeyError)(request)
@@ -439,7 +439,7 @@ async def test_a_handler_that_always_raises_logs_a_line_per_interval_per_excepti
         worker = AsyncWorker("inproc://b", fails, context=context, concurrency=8)
         async with worker, AsyncClient("inproc://f", context=context, timeout=5) as client:
             # Replaced at construction: the shortened interval applies.
-            worker._error_log = Throttle(INTERVAL)
+            worker._runner._error_log = Throttle(INTERVAL)
             for n in range(1_000):
                 with pytest.raises(zmqrelay.RemoteError):
                     await client.request(b"v" if n % 2 else b"k")

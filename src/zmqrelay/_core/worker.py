@@ -13,7 +13,7 @@ from typing import NamedTuple, Protocol
 
 from zmqrelay._core import envelope, tag, trace
 from zmqrelay._core.worker_link import WorkerLinkStatistics
-from zmqrelay.errors import LocalProtocolError
+from zmqrelay.errors import LocalProtocolError, RemoteProtocolError
 
 PLAIN_ERROR_PREFIX = b"zmqrelay-error: "
 
@@ -100,6 +100,20 @@ class Answerable(Protocol):
     def error(self, type_name: str, message: str) -> list[bytes]:
         """The frames that tell its client the handler raised."""
         ...
+
+
+class Unanswerable(RemoteProtocolError):
+    """A request the worker answers at once with an error instead of handling it.
+
+    It is the peer's fault (several frames for a handler of one, or a named service asked of a
+    relay broker): counted as malformed.
+    """
+
+    def __init__(self, reason: str, request: Answerable, answer: list[bytes]) -> None:
+        super().__init__(reason)
+        self.request = request
+        self.answer = answer
+        """The frames that tell the client why."""
 
 
 class Request(NamedTuple):

@@ -80,7 +80,7 @@ class Link:
     )
 
     def __init__(
-        self, endpoint: str, *, heartbeat_interval: float, liveness: int, patient: bool
+        self, endpoint: str, *, heartbeat_interval: float, liveness: int, patient: bool = False
     ) -> None:
         self.endpoint = endpoint
         self.silence = heartbeat_interval * liveness
