@@ -7,9 +7,9 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from strategies import body, messages
 from zmqrelay._core import tag
-from zmqrelay._core.client import ClientStatistics, Correlator
+from zmqrelay._core.client import ClientStatistics, Correlator, single_frame
 from zmqrelay._core.worker import encode_error
-from zmqrelay.errors import LocalProtocolError, NoWorkers, RemoteError
+from zmqrelay.errors import LocalProtocolError, NoWorkers, RemoteError, RemoteProtocolError
 
 
 def reply_to(request: list[bytes], payload: list[bytes]) -> list[bytes]:
@@ -227,3 +227,12 @@ def test_a_reply_tag_is_read_as_tag_decode_reads_it(noise: bytes, status: int) -
             assert matched is not None
             assert matched[1].status is decoded.status
             assert matched[1].request_id == decoded.request_id
+
+
+@given(st.lists(st.binary(max_size=8), max_size=4))
+def test_a_single_frame_reply_is_its_frame_and_any_other_is_refused(frames: list[bytes]) -> None:
+    if len(frames) == 1:
+        assert single_frame(frames) == frames[0]
+    else:
+        with pytest.raises(RemoteProtocolError, match=f"got {len(frames)} frames"):
+            single_frame(frames)

@@ -1,15 +1,15 @@
-"""The client: awaitable requests, many in flight on one socket, matched to replies by id."""
+"""The client's public face: requests, streams and batches, with retries and tracing.
+
+:class:`AsyncClient` checks its arguments, retries failed attempts under a
+:class:`RetryPolicy`, opens a span per request when tracing, and counts; the protocol itself
+is its transport's (:mod:`zmqrelay._aio.transport`), chosen once, from ``protocol``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
-import itertools
-import logging
-import math
-import secrets
-from collections import deque
 from collections.abc import AsyncGenerator, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +19,11 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import anyio
 import anyio.abc
 import tenacity
-import zmq
 import zmq.asyncio
-from anyio.lowlevel import checkpoint
-from zmq.utils.monitor import parse_monitor_message
 
-from zmqrelay._aio import sockets
+from zmqrelay._aio.client_links import ClientLinks
 from zmqrelay._aio.curve import CurveKeyPair
-from zmqrelay._aio.mdpclient import Sessions
+from zmqrelay._aio.mdpclient import MajordomoTransport
 from zmqrelay._aio.service import (
     Service,
     boundary_errors,
@@ -35,11 +32,11 @@ from zmqrelay._aio.service import (
     require_tracing,
     tracing_wanted,
 )
-from zmqrelay._aio.zmqerrors import broken
-from zmqrelay._core import mdp, tag
-from zmqrelay._core.client import ClientStatistics, Correlator, Reply
-from zmqrelay._core.client_links import Links
-from zmqrelay._core.worker import check_body
+from zmqrelay._aio.tagged import TaggedTransport
+from zmqrelay._aio.transport import Transport
+from zmqrelay._aio.waiters import Batch
+from zmqrelay._core import mdp
+from zmqrelay._core.client import ClientStatistics, single_frame
 from zmqrelay.errors import (
     BrokerBusy,
     BrokerLost,
@@ -55,124 +52,8 @@ if TYPE_CHECKING:
 
     from zmqrelay._aio.tracing import ClientTracing
 
-logger = logging.getLogger("zmqrelay.client")
-
 Protocol = Literal["zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
 """How a client speaks to its broker: zmqrelay's own protocol, or a Majordomo variant."""
-
-
-class _Stream:
-    """The waiter of a streamed request: the parts of its reply queue up for the caller."""
-
-    __slots__ = ("_ended", "_finished", "_items", "_wake", "failure")
-
-    def __init__(self) -> None:
-        self._items: deque[Reply | BaseException] = deque()
-        self._wake = asyncio.Event()
-        self._finished = False
-        self._ended: asyncio.Future[None] | None = None
-        self.failure: BaseException | None = None
-
-    def done(self) -> bool:
-        return self._finished
-
-    def ended(self) -> asyncio.Future[None]:
-        """A future done once the stream has ended (its last part, or a failure, came)."""
-        if self._ended is None:
-            self._ended = asyncio.get_running_loop().create_future()
-            if self._finished:
-                self._ended.set_result(None)
-        return self._ended
-
-    def set_result(self, reply: Reply) -> None:
-        self._items.append(reply)
-        self._finished = reply.status is not tag.Status.PARTIAL
-        self._wake.set()
-        if self._finished and self._ended is not None and not self._ended.done():
-            self._ended.set_result(None)
-
-    def set_exception(self, exc: BaseException) -> None:
-        self._items.append(exc)
-        self._finished = True
-        self.failure = exc
-        self._wake.set()
-        if self._ended is not None and not self._ended.done():
-            self._ended.set_result(None)
-
-    async def next(self) -> Reply:
-        while not self._items:
-            self._wake.clear()
-            await self._wake.wait()
-        item = self._items.popleft()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-
-class _Batch:
-    """What the requests of one batch have come to, queued for its single consumer.
-
-    The receive task records each reply (or failure) here and wakes the consumer only when
-    it waits: once per receive batch, never a task per reply.
-    """
-
-    __slots__ = ("_wake", "ready")
-
-    def __init__(self) -> None:
-        # A reply, a failure, or None: a request of its own ended (see its task).
-        self.ready: deque[tuple[int, Reply | BaseException | None]] = deque()
-        self._wake: asyncio.Future[None] | None = None
-
-    def put(self, index: int, outcome: Reply | BaseException | None) -> None:
-        self.ready.append((index, outcome))
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
-
-    async def wait(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Return once something is ready (at once if something is)."""
-        if not self.ready:
-            self._wake = loop.create_future()
-            try:
-                await self._wake
-            finally:
-                self._wake = None
-
-
-class _Slot:
-    """A batch's request as the correlator sees it: a waiter that feeds its batch."""
-
-    __slots__ = ("_batch", "_done", "index")
-
-    def __init__(self, batch: _Batch, index: int) -> None:
-        self._batch = batch
-        self.index = index
-        self._done = False
-
-    def done(self) -> bool:
-        return self._done
-
-    def cancelled(self) -> bool:
-        return False
-
-    def set_result(self, reply: Reply) -> None:
-        self._done = True
-        self._batch.put(self.index, reply)
-
-    def set_exception(self, exc: BaseException) -> None:
-        self._done = True
-        self._batch.put(self.index, exc)
-
-
-_Waiter = asyncio.Future[Reply] | _Stream | _Slot
-
-
-def _single(reply: list[bytes]) -> bytes:
-    if len(reply) != 1:
-        raise RemoteProtocolError(
-            f"expected a single-frame reply, got {len(reply)} frames; use request_frames()"
-        )
-    return reply[0]
 
 
 def _service_name(service: str | bytes) -> bytes:
@@ -338,63 +219,63 @@ class AsyncClient(Service):
             raise ValueError(f"an endpoint is given twice: {endpoints!r}")
         if heartbeat_interval <= 0 or heartbeat_timeout <= 0:
             raise ValueError("heartbeat_interval and heartbeat_timeout must be positive")
-        # Several brokers: one link each (a socket, its monitor, its state in the core).
-        self._links = (
-            Links(endpoints, suspend_after=suspend_after, suspend_time=suspend_time)
-            if len(endpoints) > 1
-            else None
-        )
-        self._endpoints = endpoints
-        self._heartbeat = (heartbeat_interval, heartbeat_timeout)
-        self._pumps: list[sockets.Pump] = []
-        self._link_sessions: list[Sessions] = []
-        self._up_waiters: list[asyncio.Future[None]] = []
-        self._majordomo_ids = itertools.count()
-        self._socket_options = curve_options(curve_keys, curve_server_key)
-        require_tracing(tracing)
-        self._tracing_setting = tracing
-        self._tracing: ClientTracing | None = None
         variant = mdp.as_variant(protocol)
         if variant is None and protocol != "zmqrelay":
             raise ValueError(f"unknown protocol {protocol!r}")
         if max_sockets < 1:
             raise ValueError("max_sockets must be at least 1")
-        self._max_sockets = max_sockets
+        socket_options = curve_options(curve_keys, curve_server_key)
+        require_tracing(tracing)
         super().__init__()
-        self._variant = variant
-        self._sessions: Sessions | None = None
+        self._endpoints = endpoints
+        self._tracing_setting = tracing
+        self._tracing: ClientTracing | None = None
         self._retry = retry
-        self._endpoint = endpoints[0]
-        self._context = context
         self._timeout = timeout
-        self._routing_id = routing_id
-        self._linger = linger
-        self._correlator: Correlator[_Waiter] = Correlator(secrets.randbits(64))
-        self._pump: sockets.Pump | None = None
-        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by run()
-        # One timer for all requests, set for the earliest deadline (a heap in the core):
-        # far cheaper than a timer or a cancel scope per request.
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
+        self._retries = 0
+        # Several brokers: one link each (a socket, its monitor, its state in the core).
+        links = (
+            ClientLinks(
+                endpoints,
+                heartbeat_interval=heartbeat_interval,
+                heartbeat_timeout=heartbeat_timeout,
+                suspend_after=suspend_after,
+                suspend_time=suspend_time,
+            )
+            if len(endpoints) > 1
+            else None
+        )
+        # The one place the protocol is looked at: the rest goes through the transport.
+        self._transport: Transport
+        if variant is None:
+            self._transport = TaggedTransport(
+                endpoints,
+                links=links,
+                context=context,
+                routing_id=routing_id,
+                linger=linger,
+                options=socket_options,
+            )
+        else:
+            self._transport = MajordomoTransport(
+                endpoints,
+                variant,
+                links=links,
+                context=context,
+                routing_id=routing_id,
+                linger=linger,
+                max_sockets=max_sockets,
+                options=socket_options,
+            )
 
     def __repr__(self) -> str:
-        where = (
-            f"endpoint={self._endpoint!r}"
-            if self._links is None
-            else f"endpoints={self._endpoints!r}"
-        )
+        endpoints = self._endpoints
+        where = f"endpoint={endpoints[0]!r}" if len(endpoints) == 1 else f"endpoints={endpoints!r}"
         return f"<AsyncClient {self._state} {where} in_flight={self.statistics().in_flight}>"
 
     def statistics(self) -> ClientStatistics:
         """A snapshot of the client's counters (with several endpoints, each broker's too)."""
-        counted = self._correlator.statistics()
-        if self._links is not None:
-            counted = counted._replace(links=self._links.statistics())
-            if self._variant is not None:
-                counted = counted._replace(in_flight=self._links.in_flight)
-        if self._sessions is not None:
-            return counted._replace(in_flight=self._sessions.in_flight)
-        return counted
+        return self._transport.statistics()._replace(retries=self._retries)
 
     @overload
     async def request(
@@ -462,11 +343,7 @@ class AsyncClient(Service):
         reply = await self._request(
             service, [single], timeout=timeout, redeliveries=redeliveries, retry=retry
         )
-        if len(reply) != 1:
-            raise RemoteProtocolError(
-                f"expected a single-frame reply, got {len(reply)} frames; use request_frames()"
-            )
-        return reply[0]
+        return single_frame(reply)
 
     @overload
     async def request_frames(
@@ -644,101 +521,13 @@ class AsyncClient(Service):
         name = _service_name(service)
         limit = self._timeout if timeout is ... else timeout
         policy = self._retry if retry is ... else retry
-        if (
-            self._variant is None
-            and self._links is None
-            and self._tracing is None
-            and policy is None
-        ):
-            return self._replies_tagged(name, bodies, limit, redeliveries, window)
-        # Retries, tracing, several brokers and Majordomo take a request at a time: run those
-        # requests side by side, still waking the consumer once per batch.
+        if self._state == "running" and self._tracing is None and policy is None:
+            batch = self._transport.batch(name, bodies, limit, redeliveries, window)
+            if batch is not None:
+                return batch
+        # Retries, tracing, and transports without a batch path of their own take a request
+        # at a time: run those requests side by side, still waking the consumer once per batch.
         return self._replies_side_by_side(name, bodies, timeout, redeliveries, retry, window)
-
-    async def _replies_tagged(
-        self,
-        service: bytes,
-        bodies: Iterable[bytes],
-        limit: float | None,
-        redeliveries: int,
-        window: int,
-    ) -> AsyncGenerator[tuple[int, bytes | Exception], None]:
-        """Many requests on the one tagged socket: a slot each in the correlator, no future."""
-        pump = self._running_pump()
-        loop = self._loop
-        correlator = self._correlator
-        batch = _Batch()
-        ready = batch.ready
-        in_flight: dict[int, int] = {}  # index: request id
-        bodies_left = iter(bodies)
-        index = 0
-        receive, match, reads = pump.try_recv, correlator.receive, range(512)
-        unyielded = 0  # replies handed over since the event loop last ran
-        try:
-            while True:
-                now = loop.time()  # once per refill: a deadline a little early, never late
-                while len(in_flight) < window:
-                    try:
-                        body = next(bodies_left)
-                    except StopIteration:
-                        break
-                    slot = _Slot(batch, index)
-                    request_id, message = correlator.open(
-                        slot,
-                        [body],
-                        now=now,
-                        timeout=limit,
-                        redeliveries=redeliveries,
-                        service=service,
-                    )
-                    in_flight[index] = request_id
-                    index += 1
-                    if limit is not None and now + limit < self._timer_at:
-                        self._arm_timer(now + limit)
-                    if not pump.try_send(message):
-                        # A timeout while waiting for room shows as the request's outcome.
-                        with anyio.move_on_after(math.inf if limit is None else limit):
-                            await pump.send(message)
-                        now = loop.time()
-                if not in_flight:
-                    return
-                if not ready:
-                    # Read what came here, rather than wait for the receive task to read it
-                    # and wake this one: a task switch less per read.
-                    for _ in reads:
-                        frames = receive()
-                        if frames is None:
-                            break
-                        matched = match(frames)
-                        if matched is not None and not matched[0].done():
-                            matched[0].set_result(matched[1])
-                if ready and unyielded < 512:
-                    unyielded += len(ready)
-                else:
-                    unyielded = 0  # let the loop run: timers, the receive task, other tasks
-                    if ready:
-                        await checkpoint()
-                    else:
-                        await batch.wait(loop)
-                while ready:
-                    done, outcome = ready.popleft()
-                    del in_flight[done]
-                    assert outcome is not None  # only requests of their own leave None
-                    if isinstance(outcome, BaseException):
-                        if not isinstance(outcome, Exception):
-                            raise outcome
-                        yield done, outcome
-                        continue
-                    try:
-                        reply: bytes | Exception = _single(outcome.result())
-                    except Exception as exc:  # yielded in place
-                        reply = exc
-                    yield done, reply
-        except zmq.ZMQError as exc:
-            raise broken(exc, "the client's socket") from exc
-        finally:
-            for request_id in in_flight.values():
-                correlator.close(request_id)
 
     async def _replies_side_by_side(
         self,
@@ -751,9 +540,9 @@ class AsyncClient(Service):
     ) -> AsyncGenerator[tuple[int, bytes | Exception], None]:
         """Many requests as :meth:`request` makes them, each in a task, ``window`` at once."""
         if self._state != "running":
-            raise ClosedError(f"the client is {self._state}; use it inside 'async with'")
-        loop = asyncio.get_running_loop()  # with Majordomo, self._loop is not set
-        batch = _Batch()
+            raise self._not_running()
+        loop = asyncio.get_running_loop()
+        batch = Batch()
         ready = batch.ready
         tasks: dict[int, asyncio.Task[list[bytes]]] = {}
         bodies_left = iter(bodies)
@@ -795,7 +584,7 @@ class AsyncClient(Service):
                         yield done, outcome
                         continue
                     try:
-                        reply: bytes | Exception = _single(task.result())
+                        reply: bytes | Exception = single_frame(task.result())
                     except Exception as exc:  # yielded in place
                         reply = exc
                     yield done, reply
@@ -817,12 +606,13 @@ class AsyncClient(Service):
         A plain function, so that the caller awaits the attempt itself: one coroutine frame
         fewer to pass through at every suspension and wake-up of every request.
         """
+        if self._state != "running":
+            return self._refuse()
         limit = self._timeout if timeout is ... else timeout
         policy = self._retry if retry is ... else retry
+        attempt = self._transport.exchange if self._tracing is None else self._traced_exchange
         if policy is None:
-            if self._tracing is not None:
-                return self._traced_exchange(service, frames, limit, redeliveries)
-            return self._exchange(service, frames, limit, redeliveries)
+            return attempt(service, frames, limit, redeliveries)
         attempts = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(policy.attempts),
             wait=tenacity.wait_exponential(multiplier=policy.backoff, max=policy.max_backoff)
@@ -831,8 +621,32 @@ class AsyncClient(Service):
             before_sleep=self._count_retry,
             reraise=True,
         )
-        attempt = self._exchange if self._tracing is None else self._traced_exchange
         return attempts(attempt, service, frames, limit, redeliveries)
+
+    async def _refuse(self) -> list[bytes]:
+        raise self._not_running()
+
+    def _not_running(self) -> ClosedError:
+        """What a request gets while the client is not running."""
+        return ClosedError(f"the client is {self._state}; use it inside 'async with'")
+
+    def _count_retry(self, state: tenacity.RetryCallState) -> None:
+        self._retries += 1
+
+    async def _traced_exchange(
+        self, service: bytes, frames: Sequence[bytes], limit: float | None, redeliveries: int
+    ) -> list[bytes]:
+        """One attempt in a span of its own, whose context travels with the request."""
+        tracing = self._tracing
+        assert tracing is not None
+        span, context = tracing.start(service)
+        try:
+            reply = await self._transport.exchange(service, frames, limit, redeliveries, context)
+        except BaseException as exc:
+            tracing.end(span, exc)
+            raise
+        tracing.end(span, None)
+        return reply
 
     @overload
     def stream(
@@ -934,9 +748,11 @@ class AsyncClient(Service):
         timeout: float | EllipsisType | None,
         redeliveries: int,
     ) -> AsyncGenerator[list[bytes], None]:
+        if self._state != "running":
+            raise self._not_running()
         limit = self._timeout if timeout is ... else timeout
         if self._tracing is None:
-            return self._stream_once(service, frames, limit, redeliveries, None)
+            return self._transport.stream(service, frames, limit, redeliveries)
         return self._traced_stream(service, frames, limit, redeliveries)
 
     async def _traced_stream(
@@ -949,7 +765,7 @@ class AsyncClient(Service):
         failure: BaseException | None = None
         try:
             async with contextlib.aclosing(
-                self._stream_once(service, frames, limit, redeliveries, context)
+                self._transport.stream(service, frames, limit, redeliveries, context)
             ) as parts:
                 async for part in parts:
                     yield part
@@ -958,259 +774,6 @@ class AsyncClient(Service):
             raise
         finally:
             tracing.end(span, failure)
-
-    async def _stream_once(
-        self,
-        service: bytes,
-        frames: Sequence[bytes],
-        limit: float | None,
-        redeliveries: int,
-        context: bytes | None,
-    ) -> AsyncGenerator[list[bytes], None]:
-        if self._variant is not None:
-            async with contextlib.aclosing(
-                self._majordomo(service, frames, limit, redeliveries)
-            ) as parts:
-                async for part, _ in parts:
-                    yield part
-            return
-        # One broker: sent through its socket. Several: on a link that is up, and never sent
-        # again once it went out.
-        pump = self._running_pump()
-        spread = self._links is not None
-        loop = self._loop
-        waiter = _Stream()
-        now = loop.time()
-        request_id, message = self._correlator.open(
-            waiter,
-            frames,
-            now=now,
-            timeout=limit,
-            redeliveries=redeliveries,
-            service=service,
-            stream=True,
-            context=context,
-        )
-        if limit is not None and now + limit < self._timer_at:
-            self._arm_timer(now + limit)
-        try:
-            if spread:
-                await self._send_on_a_link(request_id, message, waiter.ended())
-            elif not pump.try_send(message):
-                with anyio.move_on_after(math.inf if limit is None else limit):
-                    await pump.send(message)  # a timeout shows as the stream's next item
-            while True:
-                reply = await waiter.next()
-                yield reply.result()
-                if reply.status is not tag.Status.PARTIAL:
-                    return
-        except zmq.ZMQError as exc:
-            raise broken(exc, "the client's socket") from exc
-        finally:
-            self._correlator.close(request_id)
-            if spread:
-                self._end_on_link(request_id, waiter.failure)
-
-    def _majordomo(
-        self, service: bytes, frames: Sequence[bytes], limit: float | None, redeliveries: int
-    ) -> AsyncGenerator[tuple[list[bytes], bool], None]:
-        sessions = self._sessions
-        if (sessions is None and not self._link_sessions) or self._state != "running":
-            raise ClosedError(f"the client is {self._state}; use it inside 'async with'")
-        if not service:
-            raise ValueError("a Majordomo request names a service: request(service, body)")
-        if redeliveries:
-            raise ValueError("Majordomo carries no redelivery budget: redeliveries=0")
-        check_body(frames, "request")
-        if sessions is None:
-            return self._majordomo_spread(service, frames, limit)
-        return sessions.exchange(service, frames, limit)
-
-    async def _majordomo_spread(
-        self, service: bytes, frames: Sequence[bytes], limit: float | None
-    ) -> AsyncGenerator[tuple[list[bytes], bool], None]:
-        """A Majordomo request on one of several brokers, through that broker's sessions."""
-        links = self._links
-        assert links is not None
-        loop = self._loop
-        request_id = next(self._majordomo_ids)  # the links' name for it; never sent
-        deadline = None if limit is None else loop.time() + limit
-        failure: BaseException | None = None
-        try:
-            index = links.assign(request_id, loop.time())
-            while index is None:
-                with anyio.move_on_after(math.inf if deadline is None else deadline - loop.time()):
-                    await self._link_up(None)
-                if deadline is not None and loop.time() >= deadline:
-                    self._correlator.timeouts += 1
-                    raise RequestTimeout(f"no reply within {limit} s (no broker was up)")  # noqa: TRY301
-                index = links.assign(request_id, loop.time())
-            left = None if deadline is None else max(0.0, deadline - loop.time())
-            async with contextlib.aclosing(
-                self._link_sessions[index].exchange(service, frames, left)
-            ) as parts:
-                async for part in parts:
-                    links.heard(index)
-                    yield part
-        except BaseException as exc:
-            failure = exc
-            raise
-        finally:
-            self._end_on_link(request_id, failure)
-
-    async def _send_on_a_link(
-        self, request_id: int, message: list[bytes], ended: asyncio.Future[Any]
-    ) -> None:
-        """Send a request on the link its core chooses, waiting for one to come up if none is.
-
-        Returns early, without sending, once ``ended`` is done (the request's timer fired, its
-        broker was lost, or the client closed).
-        """
-        links = self._links
-        assert links is not None
-        loop = self._loop
-        index = links.assign(request_id, loop.time())
-        while index is None:
-            await self._link_up(ended)
-            if ended.done():
-                return
-            index = links.assign(request_id, loop.time())
-        pump = self._pumps[index]
-        if not pump.try_send(message):
-            await _send_before(pump, message, ended)
-
-    async def _link_up(self, ended: asyncio.Future[Any] | None) -> None:
-        """Wait until some link comes up, or ``ended`` is done."""
-        up: asyncio.Future[None] = self._loop.create_future()
-        self._up_waiters.append(up)
-        try:
-            waits = [up] if ended is None else [up, ended]
-            await asyncio.wait(waits, return_when="FIRST_COMPLETED")
-        finally:
-            if not up.done():
-                up.cancel()
-                self._up_waiters.remove(up)
-
-    def _end_on_link(self, request_id: int, failure: BaseException | None) -> None:
-        links = self._links
-        assert links is not None
-        # Only the client's own timeout counts against a broker (a refusal is an answer).
-        links.ended(request_id, self._loop.time(), timed_out=type(failure) is RequestTimeout)
-
-    def _running_pump(self) -> sockets.Pump:
-        pump = self._pump
-        if (pump is None and not self._pumps) or self._state != "running":
-            raise ClosedError(f"the client is {self._state}; use it inside 'async with'")
-        return pump  # type: ignore[return-value]  # None with several links: not used then
-
-    def _count_retry(self, state: tenacity.RetryCallState) -> None:
-        self._correlator.retries += 1
-
-    async def _traced_exchange(
-        self, service: bytes, frames: Sequence[bytes], limit: float | None, redeliveries: int
-    ) -> list[bytes]:
-        """One attempt in a span of its own, whose context travels with the request."""
-        tracing = self._tracing
-        assert tracing is not None
-        span, context = tracing.start(service)
-        try:
-            reply = await self._exchange(service, frames, limit, redeliveries, context)
-        except BaseException as exc:
-            tracing.end(span, exc)
-            raise
-        tracing.end(span, None)
-        return reply
-
-    async def _exchange(
-        self,
-        service: bytes,
-        frames: Sequence[bytes],
-        limit: float | None,
-        redeliveries: int,
-        context: bytes | None = None,
-    ) -> list[bytes]:
-        """One attempt: send, and wait for the reply within ``limit`` seconds.
-
-        ``context``: the trace context frame to send with it (not to Majordomo brokers).
-        """
-        if self._variant is not None:
-            joined: list[bytes] = []
-            async with contextlib.aclosing(
-                self._majordomo(service, frames, limit, redeliveries)
-            ) as parts:
-                async for part, _ in parts:
-                    joined.extend(part)
-            return joined
-        if self._links is not None:
-            return await self._exchange_spread(service, frames, limit, redeliveries, context)
-        pump = self._pump
-        if pump is None or self._state != "running":
-            raise ClosedError(f"the client is {self._state}; use it inside 'async with'")
-        loop = self._loop
-        waiter: asyncio.Future[Reply] = loop.create_future()
-        now = loop.time()
-        correlator = self._correlator
-        request_id, message = correlator.open(
-            waiter,
-            frames,
-            now=now,
-            timeout=limit,
-            redeliveries=redeliveries,
-            service=service,
-            context=context,
-        )
-        if limit is not None and now + limit < self._timer_at:
-            self._arm_timer(now + limit)
-        try:
-            if not pump.try_send(message):
-                await _send_before(pump, message, waiter)
-            reply = await waiter
-        except BaseException as exc:
-            correlator.close(request_id)
-            if waiter.done() and not waiter.cancelled():
-                waiter.exception()  # retrieved here if the send, not the wait, ended the call
-            if isinstance(exc, zmq.ZMQError):
-                raise broken(exc, "the client's socket") from exc
-            raise
-        # A reply takes its request off the correlator's table: there is nothing to close.
-        return reply.result()
-
-    async def _exchange_spread(
-        self,
-        service: bytes,
-        frames: Sequence[bytes],
-        limit: float | None,
-        redeliveries: int,
-        context: bytes | None,
-    ) -> list[bytes]:
-        """One attempt on one of several brokers (see :meth:`_exchange`)."""
-        self._running_pump()
-        loop = self._loop
-        waiter: asyncio.Future[Reply] = loop.create_future()
-        now = loop.time()
-        request_id, message = self._correlator.open(
-            waiter,
-            frames,
-            now=now,
-            timeout=limit,
-            redeliveries=redeliveries,
-            service=service,
-            context=context,
-        )
-        if limit is not None and now + limit < self._timer_at:
-            self._arm_timer(now + limit)
-        try:
-            await self._send_on_a_link(request_id, message, waiter)
-            reply = await waiter
-        except zmq.ZMQError as exc:
-            raise broken(exc, "the client's socket") from exc
-        finally:
-            self._correlator.close(request_id)
-            failure = None
-            if waiter.done() and not waiter.cancelled():
-                failure = waiter.exception()  # retrieved, whoever ended the call
-            self._end_on_link(request_id, failure)
-        return reply.result()
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -1224,242 +787,23 @@ class AsyncClient(Service):
             EndpointError: ``endpoint`` is not a valid address.
 
         """
-        if tracing_wanted(self._tracing_setting):
-            from zmqrelay._aio.tracing import ClientTracing
-
-            self._tracing = ClientTracing(chosen_provider(self._tracing_setting), self._endpoint)
-        if self._links is not None:
-            await self._run_links(self._links, task_status)
-            return
-        if self._variant is not None:
-            await self._run_majordomo(self._variant, task_status)
-            return
-        with (
-            self._connected_dealer(self._context, self._endpoint, self._routing_id) as sock,
-            sockets.Pump(sock, f"the {self._kind}'s socket") as pump,
-        ):
-            try:
-                self._pump, self._loop = pump, asyncio.get_running_loop()
-                async with anyio.create_task_group() as task_group:
-                    task_group.start_soon(self._receive, pump)
-                    self._report_ready(task_status, None)
-                    await self._close_requested.wait()
-                    task_group.cancel_scope.cancel()
-            finally:
-                self._state = "closing"
-                self._pump = None
-                if self._timer is not None:
-                    self._timer.cancel()
-                for waiter in self._correlator.waiters():
-                    if not waiter.done():
-                        waiter.set_exception(
-                            ClosedError("the client closed before the reply came")
-                        )
-
-    async def _run_links(self, links: Links, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """Serve requests over several brokers: a link (socket and monitor) to each."""
         self._claim()
         try:
-            with boundary_errors(self._kind), contextlib.ExitStack() as stack:
-                context = sockets.get_context(self._context)
-                interval, timeout = self._heartbeat
-                options = [
-                    *self._socket_options,
-                    (zmq.HEARTBEAT_IVL, round(interval * 1000)),
-                    (zmq.HEARTBEAT_TIMEOUT, round(timeout * 1000)),
-                    (zmq.HEARTBEAT_TTL, round(timeout * 1000)),
-                    # Queue only to a connection that completed its handshake, and drop what
-                    # is queued when it is lost: a request ended as lost never goes out later.
-                    (zmq.IMMEDIATE, 1),
-                ]
-                watches = []
-                for endpoint in self._endpoints:
-                    sock = sockets.open_socket(
-                        context, zmq.DEALER, routing_id=self._routing_id, options=options
-                    )
-                    stack.callback(self._close_link, sock)
-                    watch = sockets.monitor(sock, _LINK_EVENTS)
-                    stack.callback(_stop_monitor, sock, watch)
-                    watches.append(watch)
-                    sockets.connect(sock, endpoint)
-                    if self._variant is None:
-                        pump = sockets.Pump(sock, f"the {self._kind}'s socket")
-                        self._pumps.append(stack.enter_context(pump))
-                    else:
-                        # The socket only watches the broker: each request borrows its own.
-                        sessions = Sessions(
-                            context,
-                            endpoint,
-                            self._variant,
-                            self._linger,
-                            self._correlator,
-                            self._max_sockets,
-                            self._socket_options,
-                        )
-                        stack.callback(sessions.close)
-                        sessions.prepare()
-                        self._link_sessions.append(sessions)
-                self._loop = asyncio.get_running_loop()
-                try:
-                    async with anyio.create_task_group() as task_group:
-                        for index, pump in enumerate(self._pumps):
-                            task_group.start_soon(self._receive_link, links, index, pump)
-                        for index, watch in enumerate(watches):
-                            task_group.start_soon(self._watch_link, links, index, watch)
+            if tracing_wanted(self._tracing_setting):
+                from zmqrelay._aio.tracing import ClientTracing
+
+                provider = chosen_provider(self._tracing_setting)
+                self._tracing = ClientTracing(provider, self._endpoints[0])
+            with boundary_errors(self._kind):
+                async with self._transport.open():
+                    try:
                         self._report_ready(task_status, None)
                         await self._close_requested.wait()
-                        task_group.cancel_scope.cancel()
-                finally:
-                    self._state = "closing"
-                    self._pumps = []
-                    self._link_sessions = []
-                    if self._timer is not None:
-                        self._timer.cancel()
-                    for up in self._up_waiters:
-                        up.cancel()
-                    for waiter in self._correlator.waiters():
-                        if not waiter.done():
-                            waiter.set_exception(
-                                ClosedError("the client closed before the reply came")
-                            )
+                    finally:
+                        self._state = "closing"
         finally:
             self._finish()
-
-    def _close_link(self, sock: sockets.AsyncSocket) -> None:
-        sockets.close(sock, self._linger)  # the linger set by the time it closes
-
-    async def _watch_link(self, links: Links, index: int, watch: sockets.AsyncSocket) -> None:
-        """Tell the core when link ``index`` comes up or is lost, and do what it answers."""
-        while True:
-            event = parse_monitor_message(await watch.recv_multipart())["event"]
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                links.connected(index)
-                logger.info("broker %s is up", self._endpoints[index])
-                for up in self._up_waiters:
-                    if not up.done():
-                        up.set_result(None)
-                self._up_waiters.clear()
-            elif event == zmq.EVENT_DISCONNECTED:
-                lost = links.disconnected(index)
-                logger.warning(
-                    "lost broker %s with %d requests in flight", self._endpoints[index], len(lost)
-                )
-                for request_id in lost:
-                    waiter = self._correlator.lose(request_id)
-                    if waiter is not None and not waiter.done():
-                        waiter.set_exception(
-                            BrokerLost(f"lost broker {self._endpoints[index]} before the reply")
-                        )
-                if self._link_sessions:
-                    self._link_sessions[index].lose()
-
-    async def _receive_link(self, links: Links, index: int, pump: sockets.Pump) -> None:
-        """As :meth:`_receive`, for one of several links; what comes tells that it lives."""
-        receive = pump.try_recv
-        match = self._correlator.receive
-        batch = range(512)
-        while True:
-            await pump.readable()
-            links.heard(index)
-            for _ in batch:
-                frames = receive()
-                if frames is None:
-                    break
-                matched = match(frames)
-                if matched is not None:
-                    waiter, reply = matched
-                    if not waiter.done():
-                        waiter.set_result(reply)
-            else:
-                await checkpoint()
-
-    async def _run_majordomo(
-        self, variant: mdp.Variant, task_status: anyio.abc.TaskStatus[None]
-    ) -> None:
-        """Serve Majordomo requests: each opens (or reuses) a socket of its own."""
-        self._claim()
-        try:
-            with boundary_errors(self._kind):
-                sessions = Sessions(
-                    sockets.get_context(self._context),
-                    self._endpoint,
-                    variant,
-                    self._linger,
-                    self._correlator,  # keeps the counters
-                    self._max_sockets,
-                    self._socket_options,
-                )
-                try:
-                    sessions.prepare()  # connects one socket: a bad endpoint fails here
-                    self._sessions = sessions
-                    self._report_ready(task_status, None)
-                    await self._close_requested.wait()
-                finally:
-                    self._state = "closing"
-                    self._sessions = None
-                    sessions.close()
-        finally:
-            self._finish()
-
-    def _arm_timer(self, when: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self._loop.call_at(when, self._expire)
-
-    def _expire(self) -> None:
-        self._timer, self._timer_at = None, math.inf
-        for waiter, limit in self._correlator.expire(self._loop.time()):
-            if not waiter.done():
-                waiter.set_exception(RequestTimeout(f"no reply within {limit} s"))
-        upcoming = self._correlator.next_deadline()
-        if upcoming is not None:
-            self._arm_timer(upcoming)
-
-    async def _receive(self, pump: sockets.Pump) -> None:
-        receive = pump.try_recv
-        match = self._correlator.receive
-        batch = range(512)
-        while True:
-            await pump.readable()
-            for _ in batch:
-                frames = receive()
-                if frames is None:
-                    break
-                matched = match(frames)
-                if matched is not None:
-                    waiter, reply = matched
-                    if not waiter.done():
-                        waiter.set_result(reply)
-            else:
-                await checkpoint()
 
     async def aclose(self) -> None:
         """Close the client; requests still waiting fail with :class:`ClosedError`."""
         await super().aclose()
-
-
-_LINK_EVENTS = int(zmq.EVENT_HANDSHAKE_SUCCEEDED) | int(zmq.EVENT_DISCONNECTED)
-
-
-def _stop_monitor(sock: sockets.AsyncSocket, watch: sockets.AsyncSocket) -> None:
-    if not sock.closed:
-        sock.disable_monitor()
-    watch.close(linger=0)
-
-
-async def _send_before(
-    pump: sockets.Pump, message: list[bytes], waiter: asyncio.Future[Any]
-) -> None:
-    """Wait for room to send ``message``, unless ``waiter`` ends first (its timer fired)."""
-    async with anyio.create_task_group() as task_group:
-
-        async def send() -> None:
-            # A closing client fails the waiter with ClosedError: the caller sees that.
-            with contextlib.suppress(ClosedError):
-                await pump.send(message)
-            task_group.cancel_scope.cancel()
-
-        task_group.start_soon(send)
-        await asyncio.wait([waiter])
-        task_group.cancel_scope.cancel()

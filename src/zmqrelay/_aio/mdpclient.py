@@ -1,16 +1,20 @@
 """Majordomo requests from an :class:`~zmqrelay.AsyncClient` to any Majordomo broker.
 
-Majordomo replies carry no request id, so a socket can have only one request in flight, and a
-reply that comes after its request gave up would be taken for the next one's. Each request
-therefore borrows a socket of its own from a small pool: one whose request ended cleanly goes
-back to the pool, one whose request timed out or was cancelled is closed (the guide's Lazy
-Pirate), so no late reply can ever be misread. Requests in flight at once use as many sockets.
+The transport of an :class:`~zmqrelay.AsyncClient` with a Majordomo ``protocol``. Majordomo
+replies carry no request id, so a socket can have only one request in flight, and a reply that
+comes after its request gave up would be taken for the next one's. Each request therefore
+borrows a socket of its own from a small pool per broker (:class:`Sessions`): one whose request
+ended cleanly goes back to the pool, one whose request timed out or was cancelled is closed
+(the guide's Lazy Pirate), so no late reply can ever be misread. Requests in flight at once use
+as many sockets. With several brokers, each request goes to the one the links' core chooses
+(:class:`~zmqrelay._aio.client_links.ClientLinks`, whose sockets only watch the brokers).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Iterator, Sequence
+import itertools
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from typing import Protocol
 
 import anyio
@@ -18,16 +22,20 @@ import zmq
 import zmq.asyncio
 
 from zmqrelay._aio import sockets
-from zmqrelay._aio.zmqerrors import broken
+from zmqrelay._aio.client_links import ClientLinks
+from zmqrelay._aio.zmqerrors import unbroken
 from zmqrelay._core import mdp
-from zmqrelay._core.client import error_from_plain
+from zmqrelay._core.client import ClientStatistics, error_from_plain
+from zmqrelay._core.worker import check_body
 from zmqrelay.errors import BrokerLost, ClosedError, RemoteProtocolError, RequestTimeout
+
+__all__ = ["MajordomoTransport", "Sessions"]
 
 
 class Counts(Protocol):
     """Where the counters of :class:`~zmqrelay.ClientStatistics` are kept.
 
-    The client's correlator: Majordomo requests never enter its table (no id to match).
+    The Majordomo transport's, shared by the pools of its brokers.
     """
 
     requests_sent: int
@@ -99,8 +107,8 @@ class Sessions:
 
     async def exchange(
         self, service: bytes, body: Sequence[bytes], limit: float | None
-    ) -> AsyncGenerator[tuple[list[bytes], bool], None]:
-        """Send one request; yield each part of its reply with whether it is the final one.
+    ) -> AsyncGenerator[list[bytes], None]:
+        """Send one request; yield each part of its reply, the final one last.
 
         Raises:
             RequestTimeout: the reply (all of it) did not come within ``limit`` seconds.
@@ -137,7 +145,7 @@ class Sessions:
                     failure = error_from_plain(reply.body)
                     if failure is not None:
                         raise failure
-                yield reply.body, reply.final
+                yield reply.body
                 if reply.final:
                     return
         finally:
@@ -151,18 +159,19 @@ class Sessions:
         limit: float | None,
         sock: sockets.AsyncSocket | None = None,
     ) -> Iterator[None]:
-        """Wait until ``deadline`` at most; a socket error means the client closed.
+        """Wait until ``deadline`` at most; a failed socket is a :class:`~zmqrelay.BrokenError`.
 
         A wait on ``sock`` that :meth:`lose` ended raises :class:`~zmqrelay.BrokerLost`.
         """
         try:
-            with anyio.fail_after(None if deadline is None else deadline - anyio.current_time()):
+            with (
+                unbroken("the client's socket"),
+                anyio.fail_after(None if deadline is None else deadline - anyio.current_time()),
+            ):
                 yield
         except TimeoutError:
             self._counts.timeouts += 1
             raise RequestTimeout(f"no reply within {limit} s") from None
-        except zmq.ZMQError as exc:
-            raise broken(exc, "the client's socket") from exc
         except anyio.get_cancelled_exc_class():
             # Closing the client closes the sockets of requests in flight, which cancels
             # what they await: the caller learns that the client closed, not that it was
@@ -198,3 +207,198 @@ class Sessions:
             sockets.close(sock, 0)
         self._idle.clear()
         self._busy.clear()
+
+
+class MajordomoTransport:
+    """Majordomo requests to one broker, or spread over several (``links``).
+
+    It keeps the counters of :class:`~zmqrelay.ClientStatistics` for its pools.
+
+    Args:
+        endpoints: the brokers' frontends (one, unless ``links`` are given).
+        variant: the Majordomo variant spoken.
+        links: with several brokers, their links.
+        context: the ``zmq.asyncio.Context``, or ``None`` for the process-wide one.
+        routing_id: the identity of the links' sockets on the wire, if not libzmq's choice.
+        linger: seconds a request may still go out after its socket closes.
+        max_sockets: the most requests in flight at once to each broker.
+        options: more socket options (CURVE's).
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        variant: mdp.Variant,
+        *,
+        links: ClientLinks | None,
+        context: zmq.asyncio.Context | None,
+        routing_id: bytes | None,
+        linger: float,
+        max_sockets: int,
+        options: Sequence[tuple[int, int | bytes]],
+    ) -> None:
+        self._endpoints = endpoints
+        self._variant = variant
+        self._links = links
+        self._context = context
+        self._routing_id = routing_id
+        self._linger = linger
+        self._max_sockets = max_sockets
+        self._options = options
+        self._sessions: list[Sessions] = []  # a pool per broker, while open
+        self._request_ids = itertools.count()  # the links' names for requests; never sent
+        self.requests_sent = 0
+        self.replies_received = 0
+        self.timeouts = 0
+        self.malformed_replies = 0
+
+    def statistics(self) -> ClientStatistics:
+        """The counters; requests in flight are those holding a socket (a broker, with links)."""
+        links = self._links
+        if links is not None:
+            in_flight = links.core.in_flight
+        else:
+            in_flight = sum(sessions.in_flight for sessions in self._sessions)
+        return ClientStatistics(
+            requests_sent=self.requests_sent,
+            replies_received=self.replies_received,
+            in_flight=in_flight,
+            timeouts=self.timeouts,
+            late_replies=0,
+            foreign_replies=0,
+            malformed_replies=self.malformed_replies,
+            links=() if links is None else links.core.statistics(),
+        )
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[None]:
+        """Connect a first socket to each broker, and serve requests while the block runs.
+
+        On leaving, every socket closes: requests in flight fail with
+        :class:`~zmqrelay.ClosedError`.
+
+        Raises:
+            EndpointError: an endpoint is invalid.
+        """
+        context = sockets.get_context(self._context)
+        with contextlib.ExitStack() as stack:
+            links = self._links
+            if links is not None:
+                links.open(
+                    stack,
+                    context,
+                    options=self._options,
+                    routing_id=self._routing_id,
+                    linger=self._linger,
+                )
+            pools = []
+            for endpoint in self._endpoints:
+                sessions = Sessions(
+                    context,
+                    endpoint,
+                    self._variant,
+                    self._linger,
+                    self,
+                    self._max_sockets,
+                    self._options,
+                )
+                stack.callback(sessions.close)
+                sessions.prepare()  # connects one socket: a bad endpoint fails here
+                pools.append(sessions)
+            try:
+                async with anyio.create_task_group() as task_group:
+                    if links is not None:
+                        task_group.start_soon(links.watch, self._lose)
+                    self._sessions = pools
+                    try:
+                        yield
+                    finally:
+                        task_group.cancel_scope.cancel()
+            finally:
+                self._sessions = []
+
+    async def exchange(
+        self,
+        service: bytes,
+        frames: Sequence[bytes],
+        limit: float | None,
+        redeliveries: int,
+        context: bytes | None = None,
+    ) -> list[bytes]:
+        """One request: its reply's frames (a streamed reply's parts joined).
+
+        ``context`` is not sent: Majordomo's framing has no room for it.
+        """
+        joined: list[bytes] = []
+        async with contextlib.aclosing(
+            self.stream(service, frames, limit, redeliveries, context)
+        ) as parts:
+            async for part in parts:
+                joined.extend(part)
+        return joined
+
+    async def stream(
+        self,
+        service: bytes,
+        frames: Sequence[bytes],
+        limit: float | None,
+        redeliveries: int,
+        context: bytes | None = None,
+    ) -> AsyncGenerator[list[bytes], None]:
+        """One request whose reply's parts are yielded as they come.
+
+        Raises:
+            ValueError: no service is named, or redeliveries are asked for.
+            RequestTimeout: no broker was up, or the reply did not come, within ``limit``.
+        """
+        pools = self._sessions
+        if not pools:
+            raise ClosedError("the client is closed")
+        if not service:
+            raise ValueError("a Majordomo request names a service: request(service, body)")
+        if redeliveries:
+            raise ValueError("Majordomo carries no redelivery budget: redeliveries=0")
+        check_body(frames, "request")
+        links = self._links
+        request_id = next(self._request_ids)
+        failure: BaseException | None = None
+        try:
+            index, left = 0, limit
+            if links is not None:
+                index, left = await self._assign(links, request_id, limit)
+            async with contextlib.aclosing(pools[index].exchange(service, frames, left)) as parts:
+                async for part in parts:
+                    if links is not None:
+                        links.core.heard(index)
+                    yield part
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            if links is not None:
+                links.release(request_id, failure)
+
+    async def _assign(
+        self, links: ClientLinks, request_id: int, limit: float | None
+    ) -> tuple[int, float | None]:
+        """The broker a request goes to, once one is up, and the time left of its ``limit``."""
+        deadline = None if limit is None else anyio.current_time() + limit
+        index = await links.assign(request_id, deadline=deadline)
+        if index is None:
+            self.timeouts += 1
+            raise RequestTimeout(f"no reply within {limit} s (no broker was up)")
+        return index, None if deadline is None else max(0.0, deadline - anyio.current_time())
+
+    def batch(
+        self,
+        service: bytes,
+        bodies: Iterable[bytes],
+        limit: float | None,
+        redeliveries: int,
+        window: int,
+    ) -> None:
+        """``None``: each request of a batch needs a socket of its own, as :meth:`exchange`."""
+
+    def _lose(self, index: int, request_ids: list[int]) -> None:
+        """End the requests to broker ``index``, which was lost, and forget its sockets."""
+        self._sessions[index].lose()

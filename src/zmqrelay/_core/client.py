@@ -92,6 +92,19 @@ class Reply(NamedTuple):
         raise refusal.error(detail or refusal.text)
 
 
+def single_frame(body: list[bytes]) -> bytes:
+    """The one frame of a reply's ``body``.
+
+    Raises:
+        RemoteProtocolError: the reply has more frames, or none.
+    """
+    if len(body) != 1:
+        raise RemoteProtocolError(
+            f"expected a single-frame reply, got {len(body)} frames; use request_frames()"
+        )
+    return body[0]
+
+
 def error_from_plain(body: list[bytes]) -> ZmqRelayError | None:
     """The error a reply in zmqrelay's plain error format reports, or ``None`` if it is none.
 
