@@ -14,7 +14,7 @@ import anyio.abc
 import zmq
 import zmq.asyncio
 
-from zmqrelay._aio import curve, sockets
+from zmqrelay._aio import curve
 from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.zmqerrors import broken
 from zmqrelay.errors import ClosedError
@@ -113,35 +113,6 @@ class Service:
         await self._ready.wait()
         if not self._was_ready:
             raise ClosedError(f"the {self._kind} closed before it was ready")
-
-    @contextmanager
-    def _connected_dealer(
-        self,
-        context: zmq.asyncio.Context | None,
-        endpoint: str,
-        routing_id: bytes | None,
-    ) -> Iterator[sockets.AsyncSocket]:
-        """Claim this service and lend it a DEALER connected to ``endpoint``.
-
-        On the way out the socket is closed with the linger set by then (``self._linger``) and
-        the service marked closed.
-        """
-        self._claim()
-        try:
-            sock = sockets.open_socket(
-                sockets.get_context(context),
-                zmq.DEALER,
-                routing_id=routing_id,
-                options=self._socket_options,
-            )
-            try:
-                sockets.connect(sock, endpoint)
-                with boundary_errors(self._kind):
-                    yield sock
-            finally:
-                sockets.close(sock, self._linger)
-        finally:
-            self._finish()
 
     async def aclose(self) -> None:
         """Stop gracefully and wait until closed. Safe to call more than once, or before start."""
