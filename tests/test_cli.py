@@ -453,6 +453,21 @@ def test_bench_runs_every_kind_of_party() -> None:
         assert run["broker_cpu_seconds"] > 0
 
 
+def test_bench_says_why_a_rig_whose_peers_do_not_fit_cannot_run() -> None:
+    command = [
+        *ZMQRELAY, "bench", "--broker", "zmqrelay-lb", "--worker-kind", "async",
+        "--client-kind", "async", "--window", "4", "--workers", "1",
+        "--warmup", "0.2", "--duration", "0.4",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "NoWorkers" in result.stderr  # the client's own error
+    assert result.stderr.rstrip().splitlines()[-1] == (
+        "Error: the async client against zmqrelay-lb ended without a result (exit code 1; its "
+        "error is above): do --worker-kind async workers speak that broker's protocol?"
+    )
+
+
 def test_bench_names_a_peer_that_never_got_ready() -> None:
     from zmqrelay.bench import _await_ready
 

@@ -399,7 +399,14 @@ def run_bench(
         requests, client_cpu = 0, 0.0
         for client in clients:
             out, _ = client.communicate(timeout=config.duration + config.warmup + 60)
-            counts = json.loads(out)
+            try:
+                counts = json.loads(out)
+            except json.JSONDecodeError:
+                raise RuntimeError(
+                    f"the {config.client_kind} client against {label} ended without a result "
+                    f"(exit code {client.returncode}; its error is above): do "
+                    f"--worker-kind {config.worker_kind} workers speak that broker's protocol?"
+                ) from None
             requests += counts["requests"]
             client_cpu += counts["cpu_seconds"]
         latencies = read_latencies(paths)

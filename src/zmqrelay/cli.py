@@ -707,7 +707,10 @@ def bench(
             twin for config in configs for twin in (config, replace(config, brokers=broker_count))
         ]
     show = _progress_line if sys.stderr.isatty() and not as_json else lambda _: None
-    results = [run_bench(config, progress=show) for config in configs]
+    try:
+        results = [run_bench(config, progress=show) for config in configs]
+    except (ValueError, RuntimeError) as exc:  # a rig that cannot run: say why, no traceback
+        raise click.ClickException(str(exc)) from exc
     click.echo(report(results, as_json=as_json))
 
 
