@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import anyio
 import pytest
 import zmq
+import zmq.asyncio
 
 from peers import broker_process, echo_handler, eventually, free_port, raw_socket
 from zmqrelay import (
@@ -19,6 +20,7 @@ from zmqrelay import (
     AsyncWorker,
     BrokerLost,
     ClientLinkStatistics,
+    ClosedError,
     RequestTimeout,
     RetryPolicy,
 )
@@ -376,3 +378,90 @@ async def test_a_stopped_broker_is_found_by_heartbeat_and_a_killed_one_at_once(
 
 async def _check(outcomes: Awaitable[Counter[str]], expected: dict[str, int]) -> None:
     assert await outcomes == Counter(expected)
+
+
+# -- a Majordomo stream held open while its broker is lost or its client closes ---------------
+
+_PARTIAL, _FINAL = b"\x02", b"\x03"  # MDP/0.2 client commands
+
+
+async def answer_one(router: zmq.asyncio.Socket, command: bytes) -> None:
+    """Be a Majordomo 0.2 broker for one request: echo its body as one part."""
+    identity, _, _, service, *body = await router.recv_multipart()
+    await router.send_multipart([identity, b"MDPC02", command, service, *body])
+
+
+@asynccontextmanager
+async def hand_broker(
+    context: zmq.asyncio.Context, port: int
+) -> AsyncIterator[zmq.asyncio.Socket]:
+    router = raw_socket(context, zmq.ROUTER, f"tcp://127.0.0.1:{port}", bind=True)
+    try:
+        yield router
+    finally:
+        router.close(linger=0)
+
+
+def majordomo_client(context: zmq.asyncio.Context, ports: list[int]) -> AsyncClient:
+    return AsyncClient(
+        [f"tcp://127.0.0.1:{port}" for port in ports],
+        protocol="mdp-0.2",
+        context=context,
+        timeout=5,
+        heartbeat_interval=0.05,
+        heartbeat_timeout=0.3,
+    )
+
+
+async def test_a_majordomo_stream_held_past_its_lost_broker_leaves_the_broker_usable(
+    context: LeakCheckingContext,
+) -> None:
+    """The held stream's socket was closed with the broker: it must not serve the next request."""
+    port, nobody = free_port(), free_port()
+    async with majordomo_client(context, [port, nobody]) as client:
+        async with hand_broker(context, port) as router:
+            await eventually(lambda: links(client)[0].state == "up")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(answer_one, router, _FINAL)
+                parts = client.stream("echo", b"one")
+                assert await anext(parts) == b"one"  # its last part, the stream still open
+        await eventually(lambda: links(client)[0].state == "down")
+        await parts.aclose()
+        async with hand_broker(context, port) as router, anyio.create_task_group() as tg:
+            await eventually(lambda: links(client)[0].state == "up")
+            tg.start_soon(answer_one, router, _FINAL)
+            assert await client.request("echo", b"two") == b"two"
+
+
+async def test_a_majordomo_stream_read_after_its_broker_was_lost_ends_in_broker_lost(
+    context: LeakCheckingContext,
+) -> None:
+    port, nobody = free_port(), free_port()
+    async with majordomo_client(context, [port, nobody]) as client:
+        async with hand_broker(context, port) as router:
+            await eventually(lambda: links(client)[0].state == "up")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(answer_one, router, _PARTIAL)
+                parts = client.stream("echo", b"one")
+                assert await anext(parts) == b"one"
+        await eventually(lambda: links(client)[0].state == "down")
+        with pytest.raises(BrokerLost):
+            await anext(parts)
+        await parts.aclose()
+
+
+async def test_a_majordomo_stream_read_after_its_client_closed_ends_in_closed_error(
+    context: LeakCheckingContext,
+) -> None:
+    """This process closed the socket: ClosedError, not BrokenError."""
+    port = free_port()
+    client = AsyncClient(f"tcp://127.0.0.1:{port}", protocol="mdp-0.2", context=context, timeout=5)
+    async with hand_broker(context, port) as router, anyio.create_task_group() as tg:
+        await tg.start(client.run)
+        tg.start_soon(answer_one, router, _PARTIAL)
+        parts = client.stream("echo", b"one")
+        assert await anext(parts) == b"one"
+        await client.aclose()
+        with pytest.raises(ClosedError, match="closed before the reply"):
+            await anext(parts)
+        await parts.aclose()

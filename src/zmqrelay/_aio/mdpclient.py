@@ -27,7 +27,13 @@ from zmqrelay._aio.zmqerrors import unbroken
 from zmqrelay._core import mdp
 from zmqrelay._core.client import ClientStatistics, error_from_plain
 from zmqrelay._core.worker import check_body
-from zmqrelay.errors import BrokerLost, ClosedError, RemoteProtocolError, RequestTimeout
+from zmqrelay.errors import (
+    BrokenError,
+    BrokerLost,
+    ClosedError,
+    RemoteProtocolError,
+    RequestTimeout,
+)
 
 __all__ = ["MajordomoTransport", "Sessions"]
 
@@ -98,6 +104,9 @@ class Sessions:
         self._give_back(self._borrow(), clean=True)
 
     def _give_back(self, sock: sockets.AsyncSocket, *, clean: bool) -> None:
+        # A stream that read its final part may still hold its socket when the broker is lost
+        # or the client closes: that socket is closed, and must not serve the next request.
+        clean = clean and sock not in self._lost and not sock.closed
         self._busy.discard(sock)
         self._lost.discard(sock)
         if clean and not self._closed and len(self._idle) < _POOL_SIZE:
@@ -172,15 +181,24 @@ class Sessions:
         except TimeoutError:
             self._counts.timeouts += 1
             raise RequestTimeout(f"no reply within {limit} s") from None
+        except BrokenError:
+            # A socket this client closed (a stream read between two parts) is not broken.
+            self._raise_if_ended(sock)
+            raise
         except anyio.get_cancelled_exc_class():
             # Closing the client closes the sockets of requests in flight, which cancels
             # what they await: the caller learns that the client closed, not that it was
             # cancelled (it was not). Losing the broker does the same to its requests.
-            if sock is not None and sock in self._lost and not sockets.being_cancelled():
-                raise BrokerLost(f"lost broker {self._endpoint} before the reply") from None
-            if self._closed and not sockets.being_cancelled():
-                raise ClosedError("the client closed before the reply came") from None
+            if not sockets.being_cancelled():
+                self._raise_if_ended(sock)
             raise
+
+    def _raise_if_ended(self, sock: sockets.AsyncSocket | None) -> None:
+        """Raise what a wait on ``sock`` means if :meth:`lose` or :meth:`close` ended it."""
+        if sock is not None and sock in self._lost:
+            raise BrokerLost(f"lost broker {self._endpoint} before the reply") from None
+        if self._closed:
+            raise ClosedError("the client closed before the reply came") from None
 
     @property
     def in_flight(self) -> int:
