@@ -115,6 +115,42 @@ async def zrw_worker(
     return sock
 
 
+@pytest.mark.timeout(20)
+async def test_a_ready_answered_by_a_request_registers_the_worker_at_once(
+    context: LeakCheckingContext,
+) -> None:
+    """A ZRW broker may answer READY with work rather than a heartbeat: the worker is registered
+    then, and heartbeats one interval later, not two (it waited out the READY's interval)."""
+    interval = 0.5
+    router = raw_socket(context, zmq.ROUTER, "tcp://127.0.0.1:*", bind=True)
+    endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    async def echo(request: bytes) -> bytes:
+        return request
+
+    worker = AsyncWorker(
+        endpoint, echo, mode="load-balancing", heartbeat_interval=interval, context=context
+    )
+    try:
+        async with running(worker):
+            identity, *ready = await router.recv_multipart()
+            assert ready[0][:5] == lbwire.PROTOCOL + lbwire.READY
+            answered = anyio.current_time()
+            header = lbwire.REQUEST_HEADER.pack(
+                lbwire.PROTOCOL, lbwire.REQUEST, b"12345678", 0, lbwire.NO_TIMEOUT
+            )
+            await router.send_multipart([identity, header, b"work"])
+            await router.send_multipart([identity, lbwire.PROTOCOL + lbwire.HEARTBEAT])
+            while True:
+                _, *frames = await router.recv_multipart()
+                if frames == [lbwire.PROTOCOL + lbwire.HEARTBEAT]:
+                    break
+                assert frames[0][4:5] == lbwire.REPLY  # the answer to the work
+            assert anyio.current_time() - answered < 1.6 * interval
+    finally:
+        router.close(linger=0)
+
+
 async def test_zmqrelay_workers_get_heartbeats_and_a_silent_one_dies(
     context: LeakCheckingContext, client: AsyncClient
 ) -> None:

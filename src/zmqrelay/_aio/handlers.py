@@ -161,6 +161,7 @@ class HandlerRunner:
                     finally:
                         self._receivers_waiting -= 1
                 now = clock()
+                drained = False
                 for _ in batch:
                     if self.in_flight >= limit:
                         break
@@ -169,7 +170,7 @@ class HandlerRunner:
                         if slot_waiters:
                             # Nothing here: another broker's socket may take the free handler.
                             self._wake_receiver()
-                        await pump.readable()
+                        drained = True
                         break
                     try:
                         request = received(frames, now)
@@ -199,6 +200,12 @@ class HandlerRunner:
                         break
                 else:
                     await checkpoint()
+                if not link.unacknowledged and not backend.heard.is_set():
+                    # The broker answered the READY, if with a request rather than a heartbeat
+                    # (the core saw it): the registration need not wait out its interval.
+                    backend.heard.set()
+                if drained:
+                    await pump.readable()
 
     def _wake_handlers(self, count: int) -> None:
         """Wake up to ``count`` free handler tasks."""
