@@ -114,8 +114,9 @@ class HandlerRunner:
         self._error_log = Throttle(_MALFORMED_LOG_INTERVAL)
         """Handlers that raised, by exception type: a client that makes the handler raise
         on every request fills no disk."""
-        self._idle = anyio.Event()
-        """Set when no request is in hand (see :meth:`drain`)."""
+        self._idle: anyio.Event | None = None
+        """While :meth:`drain` waits: set once no request is in hand."""
+        self._when_idle: Callable[[], None] = _nothing
         self._queue: deque[_Held] = deque()
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         """Receiving tasks waiting for a free handler, woken one at a time, first come first
@@ -320,7 +321,8 @@ class HandlerRunner:
         self.in_flight -= 1
         if self._slot_waiters:
             self._wake_receiver()
-        if not self.in_flight:
+        if not self.in_flight and self._idle is not None and not self._idle.is_set():
+            self._when_idle()  # in this turn, right after the last reply went
             self._idle.set()
 
     async def _answer(self, held: _Held, slot: _Slot) -> list[bytes]:
@@ -527,12 +529,18 @@ class HandlerRunner:
                 self._refuse(backend, request)
         return True
 
-    async def drain(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the requests in hand to be answered."""
-        self._idle = anyio.Event()
-        if self.in_flight:
-            with anyio.move_on_after(timeout):
-                await self._idle.wait()
+    async def drain(self, timeout: float, when_idle: Callable[[], None]) -> None:
+        """Wait up to ``timeout`` seconds for the requests in hand to be answered.
+
+        ``when_idle`` is called once none is in hand (at once if none is now), in the same
+        event-loop turn as the last reply is sent.
+        """
+        if not self.in_flight:
+            when_idle()
+            return
+        self._idle, self._when_idle = anyio.Event(), when_idle
+        with anyio.move_on_after(timeout):
+            await self._idle.wait()
 
     def stopped(self, backends: Sequence[Backend]) -> None:
         """The tasks have ended: refuse what is left, and log what the throttles hold back.
@@ -615,3 +623,7 @@ class _Held:
         self.backend = backend
         self.session = session
         self.arrived = arrived
+
+
+def _nothing() -> None:
+    """What :meth:`HandlerRunner.drain` is told to do when idle, until it is called."""

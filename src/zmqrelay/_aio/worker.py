@@ -349,10 +349,13 @@ class AsyncWorker(Service):
                 for backend in backends:
                     backend.say(backend.conversation.draining())
                     task_group.start_soon(runner.refuse_arriving, backend)
-                await runner.drain(self._drain_timeout)
-                if not runner.in_flight and not runner.aborted:
-                    for backend in backends:
-                        backend.say(backend.conversation.idle())
+
+                def say_idle() -> None:
+                    if not runner.aborted:
+                        for backend in backends:
+                            backend.say(backend.conversation.idle())
+
+                await runner.drain(self._drain_timeout, say_idle)
                 task_group.cancel_scope.cancel()
         finally:
             runner.stopped(backends)
