@@ -184,11 +184,17 @@ def boundary_errors(kind: str) -> Iterator[None]:
     except zmq.ZMQError as exc:
         raise broken(exc, f"the {kind}'s socket") from exc
     except BaseExceptionGroup as group:
-        lone: BaseException = group
-        while isinstance(lone, BaseExceptionGroup) and len(lone.exceptions) == 1:
-            lone = lone.exceptions[0]
+        lone = sole(group)
         if isinstance(lone, zmq.ZMQError):
             raise broken(lone, f"the {kind}'s socket") from lone
         if isinstance(lone, Exception) and not isinstance(lone, BaseExceptionGroup):
             raise lone from None
         raise
+
+
+def sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception inside ``group`` and its nested groups, or the group if several."""
+    lone: BaseException = group
+    while isinstance(lone, BaseExceptionGroup) and len(lone.exceptions) == 1:
+        lone = lone.exceptions[0]
+    return lone

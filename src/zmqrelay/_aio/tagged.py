@@ -26,10 +26,11 @@ from anyio.lowlevel import checkpoint
 
 from zmqrelay._aio import sockets
 from zmqrelay._aio.client_links import ClientLinks
+from zmqrelay._aio.service import sole
 from zmqrelay._aio.waiters import Batch, Slot, Stream, Waiter
 from zmqrelay._core import tag
 from zmqrelay._core.client import ClientStatistics, Correlator, Reply, single_frame
-from zmqrelay.errors import BrokerLost, ClosedError, RequestTimeout
+from zmqrelay.errors import BrokenError, BrokerLost, ClosedError, RequestTimeout
 
 __all__ = ["TaggedTransport"]
 
@@ -342,17 +343,23 @@ class TaggedTransport:
         pump = self._pumps[index]
         if pump.try_send(message):
             return
-        async with anyio.create_task_group() as task_group:
+        try:
+            async with anyio.create_task_group() as task_group:
 
-            async def send() -> None:
-                # A closing client fails the waiter with ClosedError: the caller sees that.
-                with contextlib.suppress(ClosedError):
-                    await pump.send(message)
+                async def send() -> None:
+                    # A closing client fails the waiter with ClosedError: the caller sees that.
+                    with contextlib.suppress(ClosedError):
+                        await pump.send(message)
+                    task_group.cancel_scope.cancel()
+
+                task_group.start_soon(send)
+                await asyncio.wait([ended])
                 task_group.cancel_scope.cancel()
-
-            task_group.start_soon(send)
-            await asyncio.wait([ended])
-            task_group.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # the socket broke: a BrokenError, not a group
+            lone = sole(group)
+            if isinstance(lone, BrokenError):
+                raise lone from None
+            raise
 
     def _lose(self, index: int, request_ids: list[int]) -> None:
         """End the requests of link ``index``, whose broker was lost."""
