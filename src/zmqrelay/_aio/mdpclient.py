@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
-from typing import Protocol
 
 import anyio
 import zmq
@@ -35,26 +34,18 @@ from zmqrelay.errors import (
     RequestTimeout,
 )
 
-__all__ = ["MajordomoTransport", "Sessions"]
-
-
-class Counts(Protocol):
-    """Where the counters of :class:`~zmqrelay.ClientStatistics` are kept.
-
-    The Majordomo transport's, shared by the pools of its brokers.
-    """
-
-    requests_sent: int
-    replies_received: int
-    timeouts: int
-    malformed_replies: int
+__all__ = ["MajordomoTransport"]
 
 
 _POOL_SIZE = 16  # idle sockets kept; more may be open while that many requests are in flight
 
 
 class Sessions:
-    """A pool of DEALER sockets speaking one Majordomo ``variant`` to ``endpoint``."""
+    """A pool of DEALER sockets speaking one Majordomo ``variant`` to ``endpoint``.
+
+    It counts what it sends and receives in ``counts``, the transport the pools of all its
+    brokers share.
+    """
 
     def __init__(
         self,
@@ -62,7 +53,7 @@ class Sessions:
         endpoint: str,
         variant: mdp.Variant,
         linger: float,
-        counts: Counts,
+        counts: MajordomoTransport,
         max_sockets: int,
         options: Sequence[tuple[int, int | bytes]] = (),
     ) -> None:

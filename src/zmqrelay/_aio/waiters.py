@@ -110,9 +110,6 @@ class Slot:
     def done(self) -> bool:
         return self._done
 
-    def cancelled(self) -> bool:
-        return False
-
     def set_result(self, reply: Reply) -> None:
         self._done = True
         self._batch.put(self.index, reply)
