@@ -8,28 +8,29 @@ from hypothesis import strategies as st
 from zmqrelay._core.worker_link import Link, Session, WorkerLinkStatistics
 
 
-def link(*, patient: bool = False) -> Link:
-    return Link("tcp://broker:5560", heartbeat_interval=1.0, liveness=3, patient=patient)
+def link() -> Link:
+    return Link("tcp://broker:5560", heartbeat_interval=1.0, liveness=3)
 
 
 def test_silence_counts_from_the_last_ready_or_message() -> None:
     standing = link()
     standing.register(10.0)
-    assert not standing.gone(12.9)
-    assert standing.gone(13.0)
+    assert not standing.gone(12.9, patient=False)
+    assert standing.gone(13.0, patient=False)
     assert standing.heard(12.0)  # it answered the READY
     assert not standing.heard(12.5)  # a heartbeat answers nothing
-    assert not standing.gone(15.4)
-    assert standing.gone(15.5)
+    assert not standing.gone(15.4, patient=False)
+    assert standing.gone(15.5, patient=False)
 
 
 def test_a_patient_broker_is_judged_only_while_the_worker_holds_none_of_its_requests() -> None:
-    standing = link(patient=True)
+    standing = link()
     standing.register(0.0)
     session = standing.take()
-    assert not standing.gone(100.0)
+    assert not standing.gone(100.0, patient=True)
+    assert standing.gone(100.0, patient=False)
     standing.release(session)
-    assert standing.gone(100.0)
+    assert standing.gone(100.0, patient=True)
 
 
 def test_a_disconnect_forgets_the_session_and_silence_leaves_it_answerable_if_room() -> None:
@@ -67,7 +68,7 @@ operations = st.lists(
 def test_counts_and_sessions_follow_any_sequence_of_events(
     steps: list[tuple[str, object]], patient: bool
 ) -> None:
-    standing = link(patient=patient)
+    standing = link()
     now = last_heard = 0.0
     outstanding: list[Session] = []
     ended: dict[Session, bool] = {}  # each ended session: whether it was forgotten
@@ -109,4 +110,4 @@ def test_counts_and_sessions_follow_any_sequence_of_events(
         )
         for later in (now + 2.9, now + 3.0):
             silent = later - last_heard >= 3.0
-            assert standing.gone(later) == (silent and not (patient and held))
+            assert standing.gone(later, patient=patient) == (silent and not (patient and held))

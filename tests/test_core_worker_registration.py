@@ -29,10 +29,8 @@ HEARTBEAT = lbwire.encode_command_to_broker(lbwire.HEARTBEAT)
 DISCONNECT = lbwire.encode_command_to_broker(lbwire.DISCONNECT)
 
 
-def link(*, patient: bool = False) -> Link:
-    return Link(
-        "tcp://broker:5560", heartbeat_interval=INTERVAL, liveness=LIVENESS, patient=patient
-    )
+def link() -> Link:
+    return Link("tcp://broker:5560", heartbeat_interval=INTERVAL, liveness=LIVENESS)
 
 
 def zrw(*, ask_context: bool = False, credits: int = 4) -> Zrw:
@@ -100,7 +98,7 @@ def test_a_disconnect_that_answers_no_ready_keeps_asking_for_trace_context() -> 
 
 def test_a_majordomo_worker_takes_itself_registered_and_reconnects_to_register_again() -> None:
     registration = majordomo("mdp-0.1")
-    assert registration.link.patient
+    assert registration.patient
     first = registration.ready(0.0)
     assert first == Greeting(mdp.encode_ready("mdp-0.1", b"echo"), reconnect=False)
     assert registration.registered

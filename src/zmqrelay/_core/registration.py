@@ -128,6 +128,9 @@ class Registration(Conversation):
     __slots__ = ("_decode", "_heartbeat", "ask_context", "heartbeat_interval", "service")
 
     registers = True
+    patient: ClassVar[bool] = False
+    """Whether the broker may not heartbeat a worker that holds one of its requests (see
+    :meth:`~zmqrelay._core.worker_link.Link.gone`)."""
 
     def __init__(
         self,
@@ -179,7 +182,7 @@ class Registration(Conversation):
 
         ``None``: the broker is judged gone, and the session has ended (register again).
         """
-        if self.link.gone(now):
+        if self.link.gone(now, patient=self.patient):
             self.link.end(forgotten=False)
             return None
         return self._heartbeat
@@ -241,6 +244,8 @@ class Majordomo(Registration):
 
     __slots__ = ("variant",)
 
+    patient = True  # a Majordomo broker may not heartbeat a worker that holds its request
+
     def __init__(
         self, link: Link, *, variant: mdp.Variant, service: bytes, heartbeat_interval: float
     ) -> None:
@@ -252,8 +257,6 @@ class Majordomo(Registration):
             heartbeat=mdp.encode_to_broker(variant, "heartbeat"),
         )
         self.variant = variant
-        # A Majordomo broker may not heartbeat a worker that holds one of its requests.
-        link.patient = True
 
     @property
     def registered(self) -> bool:

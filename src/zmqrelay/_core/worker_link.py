@@ -9,8 +9,9 @@ load-balancing mode the rules, all in this module, with time as an argument:
   DISCONNECT or has been silent for ``liveness`` heartbeat intervals. The worker then
   registers again, in a new session.
 - Silence counts from the last message heard, or from the last READY. A *patient* broker
-  (Majordomo: a broker may not heartbeat a worker that holds one of its requests) is judged
-  only while the worker holds none of its requests.
+  (Majordomo: a broker may not heartbeat a worker that holds one of its requests; the protocol's
+  :class:`~zmqrelay._core.registration.Registration` says which) is judged only while the
+  worker holds none of its requests.
 - A request belongs to the session it came in, and is answered according to how that session
   stands:
 
@@ -73,19 +74,15 @@ class Link:
         "_requests_dropped",
         "_requests_received",
         "endpoint",
-        "patient",
         "session",
         "silence",
         "unacknowledged",
     )
 
-    def __init__(
-        self, endpoint: str, *, heartbeat_interval: float, liveness: int, patient: bool = False
-    ) -> None:
+    def __init__(self, endpoint: str, *, heartbeat_interval: float, liveness: int) -> None:
         self.endpoint = endpoint
         self.silence = heartbeat_interval * liveness
         """Seconds of silence after which the broker is judged gone."""
-        self.patient = patient
         self.session = Session()
         """The current session."""
         self.unacknowledged = False
@@ -129,9 +126,12 @@ class Link:
         if dropped:
             self._requests_dropped += 1
 
-    def gone(self, now: float) -> bool:
-        """Whether the broker has been silent long enough to be judged gone."""
-        if self.patient and self._held:
+    def gone(self, now: float, *, patient: bool) -> bool:
+        """Whether the broker has been silent long enough to be judged gone.
+
+        A ``patient`` broker is not judged while the worker holds one of its requests.
+        """
+        if patient and self._held:
             return False
         return now - self._heard_at >= self.silence
 
