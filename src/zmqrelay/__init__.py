@@ -12,7 +12,8 @@ Clients connect to the broker's ROUTER *frontend*, workers connect (never bind) 
 from zmqrelay._aio.broker import Broker, Endpoints
 from zmqrelay._aio.client import AsyncClient, RetryPolicy
 from zmqrelay._aio.curve import CurveKeyPair
-from zmqrelay._aio.worker import AsyncWorker, FramesHandler, Handler, is_redelivery, time_left
+from zmqrelay._aio.handlers import FramesHandler, Handler, is_redelivery, time_left
+from zmqrelay._aio.worker import AsyncWorker
 from zmqrelay._core.balancer import BalancerStatistics
 from zmqrelay._core.client import ClientStatistics
 from zmqrelay._core.client_links import ClientLinkStatistics

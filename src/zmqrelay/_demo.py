@@ -18,7 +18,8 @@ import zmq.asyncio
 
 from zmqrelay._aio.broker import Broker
 from zmqrelay._aio.client import AsyncClient
-from zmqrelay._aio.worker import AsyncWorker, FramesHandler
+from zmqrelay._aio.handlers import FramesHandler
+from zmqrelay._aio.worker import AsyncWorker
 
 
 @dataclass

@@ -20,7 +20,7 @@ import zmq.asyncio
 from zmqrelay._aio import sockets
 from zmqrelay._aio.backends import Backend
 from zmqrelay._aio.curve import CurveKeyPair
-from zmqrelay._aio.handlers import FramesHandler, Handler, HandlerRunner, is_redelivery, time_left
+from zmqrelay._aio.handlers import FramesHandler, Handler, HandlerRunner
 from zmqrelay._aio.service import (
     Service,
     boundary_errors,
@@ -37,15 +37,7 @@ from zmqrelay._core.worker_link import Link
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
-__all__ = [
-    "AsyncWorker",
-    "FramesHandler",
-    "Handler",
-    "Mode",
-    "Protocol",
-    "is_redelivery",
-    "time_left",
-]
+__all__ = ["AsyncWorker", "Mode", "Protocol"]
 
 Mode = Literal["relay", "load-balancing"]
 Protocol = Literal["zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
