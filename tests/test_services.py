@@ -10,7 +10,7 @@ import contextlib
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import anyio
 import pytest
@@ -30,19 +30,19 @@ from zmqrelay import (
     RequestTimeout,
     RetryPolicy,
 )
+from zmqrelay._aio.service import ProtocolName
 from zmqrelay.testing import LeakCheckingContext, relay_harness, running
 
 pytestmark = pytest.mark.asyncio
 
-Protocol = Literal["zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
-CLIENT_PROTOCOLS: list[Protocol] = ["zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
-MDP_PROTOCOLS: list[Protocol] = ["mdp-0.1", "mdp-0.2", "majortomo"]
+CLIENT_PROTOCOLS: list[ProtocolName] = ["zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
+MDP_PROTOCOLS: list[ProtocolName] = ["mdp-0.1", "mdp-0.2", "majortomo"]
 
 T = TypeVar("T")
 
 
 def client_for(
-    context: LeakCheckingContext, protocol: Protocol = "zmqrelay", **options: object
+    context: LeakCheckingContext, protocol: ProtocolName = "zmqrelay", **options: object
 ) -> AsyncClient:
     options.setdefault("timeout", 5.0)
     return AsyncClient("inproc://f", context=context, protocol=protocol, **options)  # type: ignore[arg-type]
@@ -166,7 +166,7 @@ async def test_many_requests_in_flight_to_one_service(context: LeakCheckingConte
 
 @pytest.mark.parametrize("protocol", CLIENT_PROTOCOLS)
 async def test_an_unknown_service_ends_in_no_workers(
-    context: LeakCheckingContext, protocol: Protocol
+    context: LeakCheckingContext, protocol: ProtocolName
 ) -> None:
     async with running(lb_broker(context, queue_timeout=0.3)) as broker:
         async with running(client_for(context, protocol)) as client:
@@ -179,7 +179,7 @@ async def test_an_unknown_service_ends_in_no_workers(
 
 @pytest.mark.parametrize("protocol", CLIENT_PROTOCOLS)
 async def test_service_discovery_through_mmi(
-    context: LeakCheckingContext, protocol: Protocol
+    context: LeakCheckingContext, protocol: ProtocolName
 ) -> None:
     async def echo(request: bytes) -> bytes:
         return request
@@ -200,7 +200,7 @@ async def test_service_discovery_through_mmi(
 @pytest.mark.parametrize("service", ["mmi.service", b"mmi.mine", "mmi."])
 @pytest.mark.parametrize("protocol", ["zmqrelay", "mdp-0.2"])
 async def test_a_worker_may_not_offer_an_mmi_service(
-    service: str | bytes, protocol: Protocol
+    service: str | bytes, protocol: ProtocolName
 ) -> None:
     async def echo(request: bytes) -> bytes:
         return request
@@ -362,7 +362,7 @@ async def test_leaving_a_stream_early_leaves_the_client_usable(
 
 @pytest.mark.parametrize("protocol", ["zmqrelay", "mdp-0.2", "majortomo"])
 async def test_the_timeout_bounds_the_whole_stream(
-    context: LeakCheckingContext, protocol: Protocol
+    context: LeakCheckingContext, protocol: ProtocolName
 ) -> None:
     async def endless(request: bytes) -> AsyncIterator[bytes]:
         n = 0
@@ -432,7 +432,7 @@ async def majordomo_handler(frames: list[bytes]) -> AsyncIterator[list[bytes]]:
 @pytest.mark.parametrize("client_protocol", CLIENT_PROTOCOLS)
 @pytest.mark.parametrize("worker_protocol", [*MDP_PROTOCOLS, "zmqrelay"])
 async def test_every_worker_protocol_serves_every_client_protocol(
-    context: LeakCheckingContext, worker_protocol: Protocol, client_protocol: Protocol
+    context: LeakCheckingContext, worker_protocol: ProtocolName, client_protocol: ProtocolName
 ) -> None:
     worker = AsyncWorker(
         "inproc://b", majordomo_handler, frames=True, service="svc",
@@ -461,7 +461,7 @@ async def test_every_worker_protocol_serves_every_client_protocol(
 
 @pytest.mark.parametrize("protocol", MDP_PROTOCOLS)
 async def test_a_majordomo_timeout_never_hands_its_late_reply_to_the_next_request(
-    context: LeakCheckingContext, protocol: Protocol
+    context: LeakCheckingContext, protocol: ProtocolName
 ) -> None:
     release = anyio.Event()
 
@@ -499,7 +499,7 @@ async def test_a_majordomo_timeout_never_hands_its_late_reply_to_the_next_reques
 
 @pytest.mark.parametrize("protocol", ["mdp-0.2", "majortomo"])
 async def test_leaving_a_majordomo_stream_early_never_misleads_the_next_request(
-    context: LeakCheckingContext, protocol: Protocol
+    context: LeakCheckingContext, protocol: ProtocolName
 ) -> None:
     release = anyio.Event()
 
@@ -534,7 +534,7 @@ async def test_leaving_a_majordomo_stream_early_never_misleads_the_next_request(
 
 @pytest.mark.parametrize("protocol", MDP_PROTOCOLS)
 async def test_a_majordomo_request_names_a_service(
-    context: LeakCheckingContext, protocol: Protocol
+    context: LeakCheckingContext, protocol: ProtocolName
 ) -> None:
     async with running(lb_broker(context)), running(client_for(context, protocol)) as client:
         with pytest.raises(ValueError, match="names a service"):
@@ -659,7 +659,7 @@ async def test_a_majordomo_timeout_through_majortomos_broker(
 
 @pytest.mark.parametrize("protocol", ["zmqrelay", *MDP_PROTOCOLS])
 async def test_a_service_worker_registers_again_with_a_restarted_broker(
-    context: LeakCheckingContext, protocol: Protocol
+    context: LeakCheckingContext, protocol: ProtocolName
 ) -> None:
     async def echo(request: bytes) -> bytes:
         return b"re " + request
@@ -683,7 +683,7 @@ async def test_a_service_worker_registers_again_with_a_restarted_broker(
 
 @pytest.mark.parametrize("protocol", MDP_PROTOCOLS)
 async def test_a_majordomo_worker_told_disconnect_registers_again_on_a_new_connection(
-    context: LeakCheckingContext, protocol: Protocol
+    context: LeakCheckingContext, protocol: ProtocolName
 ) -> None:
     # The broker here is a bare ROUTER, so the test sees exactly what the worker sends.
     router = context.socket(zmq.ROUTER)
@@ -728,7 +728,7 @@ async def _next_ready(router: zmq.asyncio.Socket) -> bytes:
 
 @pytest.mark.parametrize("protocol", ["zmqrelay", *MDP_PROTOCOLS])
 async def test_closing_a_client_fails_its_waiting_requests_and_streams_with_closed_error(
-    context: LeakCheckingContext, protocol: Protocol
+    context: LeakCheckingContext, protocol: ProtocolName
 ) -> None:
     both_started = anyio.Event()
     started = 0
@@ -818,7 +818,7 @@ async def test_a_majordomo_client_keeps_at_most_max_sockets_requests_in_flight(
 
 
 @pytest.mark.parametrize("protocol", MDP_PROTOCOLS)
-async def test_a_majordomo_worker_names_its_service(protocol: Protocol) -> None:
+async def test_a_majordomo_worker_names_its_service(protocol: ProtocolName) -> None:
     async def echo(request: bytes) -> bytes:
         return request
 
@@ -830,7 +830,7 @@ async def test_a_majordomo_worker_names_its_service(protocol: Protocol) -> None:
 
 @pytest.mark.parametrize("protocol", MDP_PROTOCOLS)
 async def test_a_majordomo_worker_that_stops_gracefully_loses_no_request_another_can_serve(
-    context: LeakCheckingContext, protocol: Protocol
+    context: LeakCheckingContext, protocol: ProtocolName
 ) -> None:
     async def work(request: bytes) -> bytes:
         await anyio.sleep(0.01)

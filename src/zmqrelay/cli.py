@@ -21,8 +21,9 @@ from click.core import ParameterSource
 
 from zmqrelay import __version__
 from zmqrelay._aio.broker import Broker, Engine, Mode
-from zmqrelay._aio.client import AsyncClient, Protocol
+from zmqrelay._aio.client import AsyncClient
 from zmqrelay._aio.curve import CurveKeyPair
+from zmqrelay._aio.service import ProtocolName
 from zmqrelay._bench_core import Peers, run_core_bench
 from zmqrelay._bench_peers import (
     generate_load,
@@ -422,7 +423,7 @@ def request(
     connect: str,
     timeout: float,
     service: str,
-    protocol: Protocol,
+    protocol: ProtocolName,
     curve_key: Path | None,
     curve_server_key: Path | None,
     frames: Sequence[str],
@@ -451,7 +452,7 @@ async def _request(
     endpoint: str,
     timeout: float,
     service: str,
-    protocol: Protocol,
+    protocol: ProtocolName,
     frames: list[bytes],
     curve_key: Path | None,
     curve_server_key: Path | None,

@@ -25,17 +25,19 @@ from zmqrelay._aio.client_links import ClientLinks
 from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.mdpclient import MajordomoTransport
 from zmqrelay._aio.service import (
+    ProtocolName,
     Service,
     boundary_errors,
     chosen_provider,
     curve_options,
+    endpoint_list,
+    majordomo_variant,
     require_tracing,
     tracing_wanted,
 )
 from zmqrelay._aio.tagged import TaggedTransport
 from zmqrelay._aio.transport import Transport
 from zmqrelay._aio.waiters import Batch
-from zmqrelay._core import mdp
 from zmqrelay._core.client import ClientStatistics, single_frame
 from zmqrelay.errors import (
     BrokerBusy,
@@ -51,9 +53,6 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
     from zmqrelay._aio.tracing import ClientTracing
-
-Protocol = Literal["zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
-"""How a client speaks to its broker: zmqrelay's own protocol, or a Majordomo variant."""
 
 
 def _service_name(service: str | bytes) -> bytes:
@@ -202,7 +201,7 @@ class AsyncClient(Service):
         routing_id: bytes | None = None,
         linger: float = 0.0,
         retry: RetryPolicy | None = None,
-        protocol: Protocol = "zmqrelay",
+        protocol: ProtocolName = "zmqrelay",
         max_sockets: int = 64,
         curve_keys: CurveKeyPair | str | Path | None = None,
         curve_server_key: CurveKeyPair | bytes | str | Path | None = None,
@@ -212,16 +211,10 @@ class AsyncClient(Service):
         suspend_after: int = 3,
         suspend_time: float = 5.0,
     ) -> None:
-        endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
-        if not endpoints:
-            raise ValueError("a client needs at least one endpoint")
-        if len(set(endpoints)) != len(endpoints):
-            raise ValueError(f"an endpoint is given twice: {endpoints!r}")
+        endpoints = endpoint_list(endpoint, self._kind)
         if heartbeat_interval <= 0 or heartbeat_timeout <= 0:
             raise ValueError("heartbeat_interval and heartbeat_timeout must be positive")
-        variant = mdp.as_variant(protocol)
-        if variant is None and protocol != "zmqrelay":
-            raise ValueError(f"unknown protocol {protocol!r}")
+        variant = majordomo_variant(protocol)
         if max_sockets < 1:
             raise ValueError("max_sockets must be at least 1")
         socket_options = curve_options(curve_keys, curve_server_key)

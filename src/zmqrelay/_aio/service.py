@@ -1,13 +1,16 @@
-"""What the broker, the worker and the client share: run once, report ready, close gracefully."""
+"""What the broker, the worker and the client share: run once, report ready, close gracefully.
+
+Also what the client and the worker check alike: their endpoints, and the protocol they speak.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 import anyio
 import anyio.abc
@@ -17,12 +20,43 @@ import zmq.asyncio
 from zmqrelay._aio import curve
 from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.zmqerrors import broken
+from zmqrelay._core import mdp
 from zmqrelay.errors import ClosedError
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
 T = TypeVar("T")
+
+ProtocolName = Literal["zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
+"""How a client or a worker speaks to its broker: zmqrelay's own protocol, or a Majordomo
+variant."""
+
+
+def majordomo_variant(protocol: ProtocolName) -> mdp.Variant | None:
+    """The Majordomo variant ``protocol`` names, or ``None`` for zmqrelay's own protocol.
+
+    Raises:
+        ValueError: ``protocol`` names no protocol.
+    """
+    variant = mdp.as_variant(protocol)
+    if variant is None and protocol != "zmqrelay":
+        raise ValueError(f"unknown protocol {protocol!r}")
+    return variant
+
+
+def endpoint_list(endpoint: str | Sequence[str], kind: str) -> list[str]:
+    """``endpoint`` as a list of one or more distinct endpoints, for a ``kind`` of peer.
+
+    Raises:
+        ValueError: no endpoint, or one given twice.
+    """
+    endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+    if not endpoints:
+        raise ValueError(f"a {kind} needs at least one endpoint")
+    if len(set(endpoints)) != len(endpoints):
+        raise ValueError(f"an endpoint is given twice in {endpoints!r}")
+    return endpoints
 
 
 def require_tracing(tracing: bool | TracerProvider | None) -> None:

@@ -22,10 +22,13 @@ from zmqrelay._aio.backends import Backend
 from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.handlers import FramesHandler, Handler, HandlerRunner
 from zmqrelay._aio.service import (
+    ProtocolName,
     Service,
     boundary_errors,
     chosen_provider,
     curve_options,
+    endpoint_list,
+    majordomo_variant,
     require_tracing,
     tracing_wanted,
 )
@@ -37,11 +40,9 @@ from zmqrelay._core.worker_link import Link
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
-__all__ = ["AsyncWorker", "Mode", "Protocol"]
+__all__ = ["AsyncWorker", "Mode"]
 
 Mode = Literal["relay", "load-balancing"]
-Protocol = Literal["zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
-"""How a worker speaks to its broker: zmqrelay's own dialects, or a Majordomo variant."""
 
 
 class AsyncWorker(Service):
@@ -138,7 +139,7 @@ class AsyncWorker(Service):
         heartbeat_interval: float = 2.5,
         liveness: int = 3,
         service: str | bytes | None = None,
-        protocol: Protocol = "zmqrelay",
+        protocol: ProtocolName = "zmqrelay",
         curve_keys: CurveKeyPair | str | Path | None = None,
         curve_server_key: CurveKeyPair | bytes | str | Path | None = None,
         tracing: bool | TracerProvider | None = None,
@@ -160,7 +161,7 @@ class AsyncWorker(Service):
         heartbeat_interval: float = 2.5,
         liveness: int = 3,
         service: str | bytes | None = None,
-        protocol: Protocol = "zmqrelay",
+        protocol: ProtocolName = "zmqrelay",
         curve_keys: CurveKeyPair | str | Path | None = None,
         curve_server_key: CurveKeyPair | bytes | str | Path | None = None,
         tracing: bool | TracerProvider | None = None,
@@ -181,7 +182,7 @@ class AsyncWorker(Service):
         heartbeat_interval: float = 2.5,
         liveness: int = 3,
         service: str | bytes | None = None,
-        protocol: Protocol = "zmqrelay",
+        protocol: ProtocolName = "zmqrelay",
         curve_keys: CurveKeyPair | str | Path | None = None,
         curve_server_key: CurveKeyPair | bytes | str | Path | None = None,
         tracing: bool | TracerProvider | None = None,
@@ -189,12 +190,10 @@ class AsyncWorker(Service):
         self._socket_options = curve_options(curve_keys, curve_server_key)
         require_tracing(tracing)
         self._tracing_setting = tracing
-        self._endpoints = _endpoints(endpoint)
+        self._endpoints = endpoint_list(endpoint, self._kind)
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        variant = mdp.as_variant(protocol)
-        if variant is None and protocol != "zmqrelay":
-            raise ValueError(f"unknown protocol {protocol!r}")
+        variant = majordomo_variant(protocol)
         if mode is None:
             mode = "relay" if service is None and variant is None else "load-balancing"
         if mode not in ("relay", "load-balancing"):
@@ -229,7 +228,7 @@ class AsyncWorker(Service):
         ]
 
     def __repr__(self) -> str:
-        endpoints = self._endpoints[0] if len(self._endpoints) == 1 else list(self._endpoints)
+        endpoints = self._endpoints[0] if len(self._endpoints) == 1 else self._endpoints
         return (
             f"<AsyncWorker {self._state} endpoint={endpoints!r} "
             f"in_flight={self._runner.in_flight}/{self._runner.concurrency}>"
@@ -381,17 +380,3 @@ class AsyncWorker(Service):
         if self._run_scope is not None:
             self._run_scope.cancel()
         await self._closed.wait()
-
-
-def _endpoints(endpoint: str | Sequence[str]) -> tuple[str, ...]:
-    """``endpoint`` as a tuple of one or more distinct endpoints.
-
-    Raises:
-        ValueError: no endpoint, or one given twice.
-    """
-    endpoints = (endpoint,) if isinstance(endpoint, str) else tuple(endpoint)
-    if not endpoints:
-        raise ValueError("a worker needs at least one endpoint")
-    if len(set(endpoints)) != len(endpoints):
-        raise ValueError(f"an endpoint is given twice in {list(endpoints)}")
-    return endpoints
