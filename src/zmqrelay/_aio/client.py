@@ -36,13 +36,12 @@ from zmqrelay._aio.service import (
     tracing_wanted,
 )
 from zmqrelay._aio.tagged import TaggedTransport
-from zmqrelay._aio.transport import Transport
+from zmqrelay._aio.transport import Transport, not_running
 from zmqrelay._aio.waiters import Batch
 from zmqrelay._core.client import ClientStatistics, single_frame
 from zmqrelay.errors import (
     BrokerBusy,
     BrokerLost,
-    ClosedError,
     NoWorkers,
     RemoteProtocolError,
     RequestTimeout,
@@ -533,7 +532,7 @@ class AsyncClient(Service):
     ) -> AsyncGenerator[tuple[int, bytes | Exception], None]:
         """Many requests as :meth:`request` makes them, each in a task, ``window`` at once."""
         if self._state != "running":
-            raise self._not_running()
+            raise not_running(self._state)
         loop = asyncio.get_running_loop()
         batch = Batch()
         ready = batch.ready
@@ -617,11 +616,7 @@ class AsyncClient(Service):
         return attempts(attempt, service, frames, limit, redeliveries)
 
     async def _refuse(self) -> list[bytes]:
-        raise self._not_running()
-
-    def _not_running(self) -> ClosedError:
-        """What a request gets while the client is not running."""
-        return ClosedError(f"the client is {self._state}; use it inside 'async with'")
+        raise not_running(self._state)
 
     def _count_retry(self, state: tenacity.RetryCallState) -> None:
         self._retries += 1
@@ -742,7 +737,7 @@ class AsyncClient(Service):
         redeliveries: int,
     ) -> AsyncGenerator[list[bytes], None]:
         if self._state != "running":
-            raise self._not_running()
+            raise not_running(self._state)
         limit = self._timeout if timeout is ... else timeout
         if self._tracing is None:
             return self._transport.stream(service, frames, limit, redeliveries)

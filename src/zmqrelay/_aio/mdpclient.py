@@ -22,6 +22,7 @@ import zmq.asyncio
 
 from zmqrelay._aio import sockets
 from zmqrelay._aio.client_links import ClientLinks
+from zmqrelay._aio.transport import not_running
 from zmqrelay._aio.zmqerrors import unbroken
 from zmqrelay._core import mdp
 from zmqrelay._core.client import ClientStatistics, error_from_plain
@@ -73,7 +74,7 @@ class Sessions:
 
     def _borrow(self) -> sockets.AsyncSocket:
         if self._closed:
-            raise ClosedError("the client is closed")
+            raise not_running()
         if self._idle:
             sock = self._idle.pop()
         else:
@@ -362,7 +363,7 @@ class MajordomoTransport:
         """
         pools = self._sessions
         if not pools:
-            raise ClosedError("the client is closed")
+            raise not_running()
         if not service:
             raise ValueError("a Majordomo request names a service: request(service, body)")
         if redeliveries:

@@ -27,6 +27,7 @@ from anyio.lowlevel import checkpoint
 from zmqrelay._aio import sockets
 from zmqrelay._aio.client_links import ClientLinks
 from zmqrelay._aio.service import sole
+from zmqrelay._aio.transport import not_running
 from zmqrelay._aio.waiters import Batch, Slot, Stream, Waiter
 from zmqrelay._core import tag
 from zmqrelay._core.client import ClientStatistics, Correlator, Reply, single_frame
@@ -146,7 +147,7 @@ class TaggedTransport:
         """
         pumps = self._pumps
         if not pumps:
-            raise ClosedError("the client is closed")
+            raise not_running()
         links = self._links
         loop = self._loop
         waiter: asyncio.Future[Reply] = loop.create_future()
@@ -194,7 +195,7 @@ class TaggedTransport:
         """
         pumps = self._pumps
         if not pumps:
-            raise ClosedError("the client is closed")
+            raise not_running()
         links = self._links
         loop = self._loop
         waiter = Stream()
@@ -251,7 +252,7 @@ class TaggedTransport:
     ) -> AsyncGenerator[tuple[int, bytes | Exception], None]:
         """A slot each in the correlator, no future: the consumer reads replies itself."""
         if not self._pumps:
-            raise ClosedError("the client is closed")
+            raise not_running()
         pump = self._pumps[0]
         loop = self._loop
         correlator = self._correlator

@@ -3,7 +3,9 @@
 The client is a facade: it checks arguments, retries, traces and counts retries, and hands
 each request to the transport chosen for its ``protocol``, zmqrelay's own tagged requests
 (:class:`~zmqrelay._aio.tagged.TaggedTransport`) or Majordomo
-(:class:`~zmqrelay._aio.mdpclient.MajordomoTransport`), to one broker or several.
+(:class:`~zmqrelay._aio.mdpclient.MajordomoTransport`), to one broker or several. Client and
+transports refuse a request in the same words when the client is not running
+(:func:`not_running`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,14 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from zmqrelay._core.client import ClientStatistics
+from zmqrelay.errors import ClosedError
 
-__all__ = ["Transport"]
+__all__ = ["Transport", "not_running"]
+
+
+def not_running(state: str = "closed") -> ClosedError:
+    """What a request gets while the client is not running, but ``state`` (``"new"``, say)."""
+    return ClosedError(f"the client is {state}; use it inside 'async with'")
 
 
 class Transport(Protocol):
