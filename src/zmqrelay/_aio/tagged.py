@@ -151,25 +151,15 @@ class TaggedTransport:
         links = self._links
         loop = self._loop
         waiter: asyncio.Future[Reply] = loop.create_future()
-        now = loop.time()
-        correlator = self._correlator
-        request_id, message = correlator.open(
-            waiter,
-            frames,
-            now=now,
-            timeout=limit,
-            redeliveries=redeliveries,
-            service=service,
-            context=context,
+        request_id, message = self._open(
+            waiter, frames, loop.time(), limit, redeliveries, service, False, context
         )
-        if limit is not None and now + limit < self._timer_at:
-            self._arm_timer(now + limit)
         try:
             if links is not None or not pumps[0].try_send(message):
                 await self._send(request_id, message, waiter)
             reply = await waiter
         except BaseException:
-            correlator.close(request_id)
+            self._correlator.close(request_id)
             failure = None
             if waiter.done() and not waiter.cancelled():
                 failure = waiter.exception()  # retrieved, whoever ended the call
@@ -199,19 +189,9 @@ class TaggedTransport:
         links = self._links
         loop = self._loop
         waiter = Stream()
-        now = loop.time()
-        request_id, message = self._correlator.open(
-            waiter,
-            frames,
-            now=now,
-            timeout=limit,
-            redeliveries=redeliveries,
-            service=service,
-            stream=True,
-            context=context,
+        request_id, message = self._open(
+            waiter, frames, loop.time(), limit, redeliveries, service, True, context
         )
-        if limit is not None and now + limit < self._timer_at:
-            self._arm_timer(now + limit)
         try:
             if links is not None or not pumps[0].try_send(message):
                 await self._send(request_id, message, waiter.ended())
@@ -271,19 +251,11 @@ class TaggedTransport:
                         body = next(bodies_left)
                     except StopIteration:
                         break
-                    slot = Slot(batch, index)
-                    request_id, message = correlator.open(
-                        slot,
-                        [body],
-                        now=now,
-                        timeout=limit,
-                        redeliveries=redeliveries,
-                        service=service,
+                    request_id, message = self._open(
+                        Slot(batch, index), [body], now, limit, redeliveries, service
                     )
                     in_flight[index] = request_id
                     index += 1
-                    if limit is not None and now + limit < self._timer_at:
-                        self._arm_timer(now + limit)
                     if not pump.try_send(message):
                         # A timeout while waiting for room shows as the request's outcome.
                         with anyio.move_on_after(math.inf if limit is None else limit):
@@ -370,6 +342,35 @@ class TaggedTransport:
             waiter = self._correlator.lose(request_id)
             if waiter is not None and not waiter.done():
                 waiter.set_exception(BrokerLost(f"lost broker {endpoint} before the reply"))
+
+    def _open(
+        self,
+        waiter: Waiter,
+        frames: Sequence[bytes],
+        now: float,
+        limit: float | None,
+        redeliveries: int,
+        service: bytes,
+        stream: bool = False,
+        context: bytes | None = None,
+    ) -> tuple[int, list[bytes]]:
+        """Open a request in the correlator at ``now``: its id and the message to send.
+
+        The timer is armed for its deadline if that comes before any other.
+        """
+        opened = self._correlator.open(
+            waiter,
+            frames,
+            now=now,
+            timeout=limit,
+            redeliveries=redeliveries,
+            service=service,
+            stream=stream,
+            context=context,
+        )
+        if limit is not None and now + limit < self._timer_at:
+            self._arm_timer(now + limit)
+        return opened
 
     def _arm_timer(self, when: float) -> None:
         if self._timer is not None:
