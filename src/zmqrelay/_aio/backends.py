@@ -1,10 +1,12 @@
 """One socket to one broker's backend, and the worker's registration with that broker.
 
-A :class:`Backend` reads the broker's messages through its protocol's core object (a
-:class:`~zmqrelay._core.registration.Conversation`: relay, ZRW or Majordomo), performs the
-signals they carry, sends answers within their session, and, for a protocol that registers,
-keeps the worker registered and heartbeating (:meth:`Backend.keep_registered`). What to say
-and when is the core object's; this module only waits and sends.
+A :class:`Backend` pairs the socket with its protocol's core object (a
+:class:`~zmqrelay._core.registration.Conversation`: relay, ZRW or Majordomo). The handler runner
+(:mod:`zmqrelay._aio.handlers`) reads the socket and hands each message to the conversation; the
+backend performs the signals the conversation reads out of them (:meth:`Backend.signalled`),
+sends answers within their session (:meth:`Backend.send`), and, for a protocol that registers,
+keeps the worker registered and heartbeating (:meth:`Backend.keep_registered`). What to say and
+when is the core object's; this module only waits and sends.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ class Backend:
         self.link = conversation.link
         self.pump = pump
         self.received = conversation.received
-        """Read a message from the broker: a request, or a :class:`Signal` for
-        :meth:`signalled`."""
+        """The conversation's reading of a message from the broker: a request, or a
+        :class:`Signal` for :meth:`signalled`."""
         self.register_now = anyio.Event()
         """Set when the broker said DISCONNECT: register again at once."""
         self.heard = anyio.Event()

@@ -1,8 +1,8 @@
 """The worker's facade: builds a handler runner and one socket per broker, and runs them.
 
-Running handlers is :mod:`zmqrelay._aio.handlers`'s job; speaking each broker's protocol
-(registration, heartbeats, goodbye) is :mod:`zmqrelay._aio.backends`' over
-:mod:`zmqrelay._core.registration`.
+Running handlers (and reading the brokers' messages) is :mod:`zmqrelay._aio.handlers`'s job;
+registering and heartbeating with each broker is :mod:`zmqrelay._aio.backends`', over
+:mod:`zmqrelay._core.registration`; the goodbyes (LEAVING, DISCONNECT) are said from here.
 """
 
 from __future__ import annotations

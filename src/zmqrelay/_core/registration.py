@@ -1,14 +1,17 @@
 """What a worker says to one broker and how it reads it: one class per protocol.
 
-The socket loops of :mod:`zmqrelay._aio.backends` feed these what a socket read and the time,
-and send what they return. The rules, each with its class:
+The worker's shell feeds these what a socket read and the time, and sends what they return:
+the handler runner (:mod:`zmqrelay._aio.handlers`) feeds them the broker's messages, a
+:class:`~zmqrelay._aio.backends.Backend` sends READY and heartbeats, and the worker's facade
+(:mod:`zmqrelay._aio.worker`) the goodbyes. The rules, each with its class:
 
 - :class:`Relayed` (relay mode): no registration, no heartbeats, no goodbye. A request is read
   as the broker forwarded it; one for a named service is refused at once (a relay broker routes
   no services).
 - :class:`Zrw` (zmqrelay's load-balancing protocol, :mod:`~zmqrelay._core.lbwire`): READY
   carries the worker's credits, and the broker answers it at once (with a heartbeat). A READY
-  not answered within a heartbeat interval is sent again after :meth:`Zrw.retry_delay`. As the
+  not answered within a heartbeat interval is sent again after
+  :meth:`Registration.retry_delay`. As the
   worker starts draining it says LEAVING (the broker sends no more), and DISCONNECT as it stops.
 - :class:`Majordomo` (its three variants, :mod:`~zmqrelay._core.mdp`): READY names the service
   and goes unanswered: the worker takes itself to be registered. Registering again, it first
