@@ -146,7 +146,7 @@ class HandlerRunner:
         batch = range(max(self.concurrency, 64))
         limit = self._limit
         pump, link, queue, free = backend.pump, backend.link, self._queue, self._free
-        received, frames_handler = backend.received, self._frames
+        read, frames_handler = self._read, self._frames
         loop = asyncio.get_running_loop()
         clock, slot_waiters = loop.time, self._slot_waiters
         turn_over = False
@@ -173,16 +173,8 @@ class HandlerRunner:
                             self._wake_receiver()
                         drained = True
                         break
-                    try:
-                        request = received(frames, now)
-                    except Unanswerable as exc:
-                        self._answer_at_once(backend, exc)
-                        continue
-                    except RemoteProtocolError as exc:
-                        self._malformed(f"dropped a malformed request: {exc}")
-                        continue
-                    if isinstance(request, Signal):
-                        backend.signalled(request)
+                    request = read(backend, frames, now, False)
+                    if request is None:
                         continue
                     if not frames_handler and len(request.body) != 1:
                         self._answer_at_once(backend, _misfit(request))
@@ -207,6 +199,30 @@ class HandlerRunner:
                     backend.heard.set()
                 if drained:
                     await pump.readable()
+
+    def _read(
+        self, backend: Backend, frames: list[bytes], now: float, refusing: bool
+    ) -> Answerable | None:
+        """Sort a message from ``backend``'s broker, read at ``now``: a request, or ``None``.
+
+        ``None``: there is nothing to handle. A signal is performed; a malformed message is
+        counted and dropped; a request the handler cannot take (:class:`Unanswerable`) is
+        answered at once, unless ``refusing``: then it is returned, to be refused as any other.
+        """
+        try:
+            read = backend.received(frames, now)
+        except Unanswerable as refused:
+            if refusing:
+                return refused.request
+            self._answer_at_once(backend, refused)
+            return None
+        except RemoteProtocolError as exc:
+            self._malformed(f"dropped a malformed request: {exc}")
+            return None
+        if isinstance(read, Signal):
+            backend.signalled(read)
+            return None
+        return read
 
     def _wake_handlers(self, count: int) -> None:
         """Wake up to ``count`` free handler tasks."""
@@ -516,16 +532,8 @@ class HandlerRunner:
                 return False
             if frames is None:
                 return False
-            try:
-                request = backend.received(frames, anyio.current_time())
-            except Unanswerable as exc:
-                request = exc.request
-            except RemoteProtocolError as exc:
-                self._malformed(f"dropped a malformed request: {exc}")
-                continue
-            if isinstance(request, Signal):
-                backend.signalled(request)
-            else:
+            request = self._read(backend, frames, anyio.current_time(), True)
+            if request is not None:
                 self._refuse(backend, request)
         return True
 
