@@ -37,7 +37,7 @@ from zmqrelay._aio.service import (
 )
 from zmqrelay._aio.tagged import TaggedTransport
 from zmqrelay._aio.transport import Transport, not_running
-from zmqrelay._aio.waiters import Batch
+from zmqrelay._aio.waiters import Batch, settled
 from zmqrelay._core.client import ClientStatistics, single_frame
 from zmqrelay.errors import (
     BrokerBusy,
@@ -570,16 +570,7 @@ class AsyncClient(Service):
                 while ready:
                     done, outcome = ready.popleft()
                     task = tasks.pop(done)
-                    if isinstance(outcome, BaseException):
-                        if not isinstance(outcome, Exception):
-                            raise outcome
-                        yield done, outcome
-                        continue
-                    try:
-                        reply: bytes | Exception = single_frame(task.result())
-                    except Exception as exc:  # yielded in place
-                        reply = exc
-                    yield done, reply
+                    yield done, settled(task if outcome is None else outcome)
         finally:
             for task in tasks.values():
                 task.cancel()

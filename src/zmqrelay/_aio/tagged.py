@@ -28,9 +28,9 @@ from zmqrelay._aio import sockets
 from zmqrelay._aio.client_links import ClientLinks
 from zmqrelay._aio.service import sole
 from zmqrelay._aio.transport import not_running
-from zmqrelay._aio.waiters import Batch, Slot, Stream, Waiter
+from zmqrelay._aio.waiters import Batch, Slot, Stream, Waiter, settled
 from zmqrelay._core import tag
-from zmqrelay._core.client import ClientStatistics, Correlator, Reply, single_frame
+from zmqrelay._core.client import ClientStatistics, Correlator, Reply
 from zmqrelay.errors import BrokenError, BrokerLost, ClosedError, RequestTimeout
 
 __all__ = ["TaggedTransport"]
@@ -285,16 +285,7 @@ class TaggedTransport:
                     done, outcome = ready.popleft()
                     del in_flight[done]
                     assert outcome is not None  # only requests run as tasks leave None
-                    if isinstance(outcome, BaseException):
-                        if not isinstance(outcome, Exception):
-                            raise outcome
-                        yield done, outcome
-                        continue
-                    try:
-                        reply: bytes | Exception = single_frame(outcome.result())
-                    except Exception as exc:  # yielded in place
-                        reply = exc
-                    yield done, reply
+                    yield done, settled(outcome)
         finally:
             for request_id in in_flight.values():
                 correlator.close(request_id)

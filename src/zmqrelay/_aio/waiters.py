@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Protocol
 
 from zmqrelay._core import tag
-from zmqrelay._core.client import Reply
+from zmqrelay._core.client import Reply, single_frame
 
 __all__ = ["Batch", "Slot", "Stream", "Waiter"]
 
@@ -121,3 +122,25 @@ class Slot:
 
 Waiter = asyncio.Future[Reply] | Stream | Slot
 """What the correlator holds for a request in flight."""
+
+
+class _Done(Protocol):
+    """A request that ended with a reply: a :class:`Reply`, or the task that made it."""
+
+    def result(self) -> list[bytes]: ...
+
+
+def settled(outcome: BaseException | _Done) -> bytes | Exception:
+    """What a batch yields for one request: its reply's one frame, or the error that ended it.
+
+    Raises:
+        BaseException: the outcome is one that is not an ``Exception`` (a cancellation).
+    """
+    if isinstance(outcome, BaseException):
+        if not isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+    try:
+        return single_frame(outcome.result())
+    except Exception as exc:  # yielded in place
+        return exc
