@@ -13,7 +13,8 @@ import zmq
 
 from peers import echo_handler, eventually, raw_socket, relay_statistics, req_client
 from zmqrelay import AsyncClient, AsyncWorker, Broker, ClosedError, EndpointError, Endpoints
-from zmqrelay._aio.broker import Engine, Mode
+from zmqrelay._aio.broker import Engine
+from zmqrelay._aio.service import Mode
 from zmqrelay.testing import LeakCheckingContext
 
 pytestmark = pytest.mark.asyncio

@@ -28,7 +28,8 @@ from peers import eventually, raw_socket
 from test_security import POLICY, Keys
 from zmqrelay import AsyncClient, AsyncWorker, Broker, Forbidden, NoWorkers, RequestTimeout
 from zmqrelay._aio import droplog
-from zmqrelay._aio.broker import Engine, Mode
+from zmqrelay._aio.broker import Engine
+from zmqrelay._aio.service import Mode
 from zmqrelay._core.throttle import Report, Throttle
 from zmqrelay._logs import JsonFormatter
 from zmqrelay.testing import LeakCheckingContext

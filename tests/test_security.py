@@ -31,7 +31,8 @@ from zmqrelay import (
     RequestTimeout,
     SecurityStatistics,
 )
-from zmqrelay._aio.broker import Engine, Mode
+from zmqrelay._aio.broker import Engine
+from zmqrelay._aio.service import Mode
 from zmqrelay.testing import LeakCheckingContext
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]

@@ -20,10 +20,10 @@ import click
 from click.core import ParameterSource
 
 from zmqrelay import __version__
-from zmqrelay._aio.broker import Broker, Engine, Mode
+from zmqrelay._aio.broker import Broker, Engine
 from zmqrelay._aio.client import AsyncClient
 from zmqrelay._aio.curve import CurveKeyPair
-from zmqrelay._aio.service import ProtocolName
+from zmqrelay._aio.service import Mode, ProtocolName
 from zmqrelay._bench_core import Peers, run_core_bench
 from zmqrelay._bench_peers import (
     generate_load,

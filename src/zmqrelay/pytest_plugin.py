@@ -40,8 +40,9 @@ from typing import Any, Literal, NamedTuple, cast, get_args
 
 import pytest
 
-from zmqrelay._aio.broker import Endpoints, Mode
+from zmqrelay._aio.broker import Endpoints
 from zmqrelay._aio.client import AsyncClient
+from zmqrelay._aio.service import Mode
 from zmqrelay.testing import (
     TRANSPORTS,
     BrokerHarness,

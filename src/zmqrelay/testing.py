@@ -37,10 +37,10 @@ import anyio
 import zmq
 import zmq.asyncio
 
-from zmqrelay._aio.broker import Broker, Endpoints, Mode
+from zmqrelay._aio.broker import Broker, Endpoints
 from zmqrelay._aio.client import AsyncClient
 from zmqrelay._aio.curve import CurveKeyPair
-from zmqrelay._aio.service import Service
+from zmqrelay._aio.service import Mode, Service
 from zmqrelay._aio.worker import AsyncWorker
 from zmqrelay._core.balancer import BalancerStatistics
 from zmqrelay._core.relay import BrokerStatistics

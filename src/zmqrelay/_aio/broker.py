@@ -21,6 +21,7 @@ from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.proxy import ProxyEngine
 from zmqrelay._aio.relay import PythonRelay
 from zmqrelay._aio.service import (
+    Mode,
     Service,
     boundary_errors,
     chosen_provider,
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
     from zmqrelay._aio.metrics import BrokerCollector
 
 Engine = Literal["libzmq", "python"]
-Mode = Literal["relay", "load-balancing"]
 
 _QUIET_SPELL = 0.1
 """After the libzmq engine, how long a drain waits for one more reply once frames balance."""

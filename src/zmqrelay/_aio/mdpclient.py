@@ -22,7 +22,7 @@ import zmq.asyncio
 
 from zmqrelay._aio import sockets
 from zmqrelay._aio.client_links import ClientLinks
-from zmqrelay._aio.transport import not_running
+from zmqrelay._aio.transport import closed_while_waiting, not_running
 from zmqrelay._aio.zmqerrors import unbroken
 from zmqrelay._core import mdp
 from zmqrelay._core.client import ClientStatistics, error_from_plain
@@ -30,7 +30,6 @@ from zmqrelay._core.worker import check_body
 from zmqrelay.errors import (
     BrokenError,
     BrokerLost,
-    ClosedError,
     RemoteProtocolError,
     RequestTimeout,
 )
@@ -190,7 +189,7 @@ class Sessions:
         if sock is not None and sock in self._lost:
             raise BrokerLost(f"lost broker {self._endpoint} before the reply") from None
         if self._closed:
-            raise ClosedError("the client closed before the reply came") from None
+            raise closed_while_waiting() from None
 
     @property
     def in_flight(self) -> int:

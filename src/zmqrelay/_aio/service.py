@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+Mode = Literal["relay", "load-balancing"]
+"""How a broker serves, and so how its workers speak: relay mode or load-balancing mode."""
+
 ProtocolName = Literal["zmqrelay", "mdp-0.1", "mdp-0.2", "majortomo"]
 """How a client or a worker speaks to its broker: zmqrelay's own protocol, or a Majordomo
 variant."""

@@ -27,7 +27,7 @@ from anyio.lowlevel import checkpoint
 from zmqrelay._aio import sockets
 from zmqrelay._aio.client_links import ClientLinks
 from zmqrelay._aio.service import sole
-from zmqrelay._aio.transport import not_running
+from zmqrelay._aio.transport import closed_while_waiting, not_running
 from zmqrelay._aio.waiters import Batch, Slot, Stream, Waiter, settled
 from zmqrelay._core import tag
 from zmqrelay._core.client import ClientStatistics, Correlator, Reply
@@ -129,9 +129,7 @@ class TaggedTransport:
                     self._timer.cancel()
                 for waiter in self._correlator.waiters():
                     if not waiter.done():
-                        waiter.set_exception(
-                            ClosedError("the client closed before the reply came")
-                        )
+                        waiter.set_exception(closed_while_waiting())
 
     async def exchange(
         self,

@@ -20,6 +20,11 @@ from zmqrelay.errors import ClosedError
 __all__ = ["Transport", "not_running"]
 
 
+def closed_while_waiting() -> ClosedError:
+    """What a request gets when the client closes before its reply comes."""
+    return ClosedError("the client closed before the reply came")
+
+
 def not_running(state: str = "closed") -> ClosedError:
     """What a request gets while the client is not running, but ``state`` (``"new"``, say)."""
     return ClosedError(f"the client is {state}; use it inside 'async with'")

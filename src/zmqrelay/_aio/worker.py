@@ -22,6 +22,7 @@ from zmqrelay._aio.backends import Backend
 from zmqrelay._aio.curve import CurveKeyPair
 from zmqrelay._aio.handlers import FramesHandler, Handler, HandlerRunner
 from zmqrelay._aio.service import (
+    Mode,
     ProtocolName,
     Service,
     boundary_errors,
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
 __all__ = ["AsyncWorker", "Mode"]
-
-Mode = Literal["relay", "load-balancing"]
 
 
 class AsyncWorker(Service):
