@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
@@ -413,20 +413,29 @@ def majordomo_client(context: zmq.asyncio.Context, ports: list[int]) -> AsyncCli
     )
 
 
+async def stream_past_its_lost_broker(
+    context: zmq.asyncio.Context, client: AsyncClient, port: int, command: bytes
+) -> AsyncGenerator[bytes, None]:
+    """A stream to the hand broker on ``port`` whose first part (``command``: final or not) was
+    read, the stream held open while the broker went away and the client saw it lost."""
+    async with hand_broker(context, port) as router:
+        await eventually(lambda: links(client)[0].state == "up")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(answer_one, router, command)
+            parts = client.stream("echo", b"one")
+            assert await anext(parts) == b"one"
+    await eventually(lambda: links(client)[0].state == "down")
+    return parts
+
+
 async def test_a_majordomo_stream_held_past_its_lost_broker_leaves_the_broker_usable(
     context: LeakCheckingContext,
 ) -> None:
     """The held stream's socket was closed with the broker: it must not serve the next request."""
     port, nobody = free_port(), free_port()
     async with majordomo_client(context, [port, nobody]) as client:
-        async with hand_broker(context, port) as router:
-            await eventually(lambda: links(client)[0].state == "up")
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(answer_one, router, _FINAL)
-                parts = client.stream("echo", b"one")
-                assert await anext(parts) == b"one"  # its last part, the stream still open
-        await eventually(lambda: links(client)[0].state == "down")
-        await parts.aclose()
+        parts = await stream_past_its_lost_broker(context, client, port, _FINAL)
+        await parts.aclose()  # after its last part: its socket would go back to the pool
         async with hand_broker(context, port) as router, anyio.create_task_group() as tg:
             await eventually(lambda: links(client)[0].state == "up")
             tg.start_soon(answer_one, router, _FINAL)
@@ -438,13 +447,7 @@ async def test_a_majordomo_stream_read_after_its_broker_was_lost_ends_in_broker_
 ) -> None:
     port, nobody = free_port(), free_port()
     async with majordomo_client(context, [port, nobody]) as client:
-        async with hand_broker(context, port) as router:
-            await eventually(lambda: links(client)[0].state == "up")
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(answer_one, router, _PARTIAL)
-                parts = client.stream("echo", b"one")
-                assert await anext(parts) == b"one"
-        await eventually(lambda: links(client)[0].state == "down")
+        parts = await stream_past_its_lost_broker(context, client, port, _PARTIAL)
         with pytest.raises(BrokerLost):
             await anext(parts)
         await parts.aclose()
