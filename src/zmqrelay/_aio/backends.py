@@ -105,23 +105,29 @@ class Backend:
         while True:
             self.register_now = anyio.Event()
             attempt = 1
-            while not await self._register(registration):
+            while (said_ready := await self._register(registration)) is None:
                 await anyio.sleep(registration.retry_delay(attempt, random.random()))
                 attempt += 1
+            # A heartbeat is due an interval after what was said last, however the broker
+            # answered the READY (a request answers it as a heartbeat does).
+            due = said_ready + interval
             while True:
-                with anyio.move_on_after(interval):
+                with anyio.move_on_after(due - anyio.current_time()):
                     await self.register_now.wait()
                 if self.register_now.is_set():
                     break  # the broker forgot this worker
-                heartbeat = registration.beat(anyio.current_time())
+                now = anyio.current_time()
+                heartbeat = registration.beat(now)
                 if heartbeat is None:  # the broker is gone, restarting, or stalled
                     self._session_ended()
                     break
                 pump.try_send(heartbeat)
+                due = now + interval
 
-    async def _register(self, registration: Registration) -> bool:
-        """Say READY; true once registered, false if the broker did not answer in time."""
-        greeting = registration.ready(anyio.current_time())
+    async def _register(self, registration: Registration) -> float | None:
+        """Say READY: when it was said, once registered; None if the broker did not answer."""
+        said = anyio.current_time()
+        greeting = registration.ready(said)
         if greeting.reconnect:
             self._reconnect()
         self.heard = anyio.Event()
@@ -129,7 +135,7 @@ class Backend:
         if not registration.registered:
             with anyio.move_on_after(registration.heartbeat_interval):
                 await self.heard.wait()
-        return registration.registered
+        return said if registration.registered else None
 
     def _reconnect(self) -> None:
         """Drop the connection to the broker and make a new one: the broker sees a new peer."""

@@ -114,9 +114,8 @@ class HandlerRunner:
         self._error_log = Throttle(_MALFORMED_LOG_INTERVAL)
         """Handlers that raised, by exception type: a client that makes the handler raise
         on every request fills no disk."""
-        self._idle: anyio.Event | None = None
-        """While :meth:`drain` waits: set once no request is in hand."""
-        self._when_idle: Callable[[], None] = _nothing
+        self._when_idle: Callable[[], None] | None = None
+        """While :meth:`drain` waits: called, once, when no request is in hand."""
         self._queue: deque[_Held] = deque()
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         """Receiving tasks waiting for a free handler, woken one at a time, first come first
@@ -162,7 +161,6 @@ class HandlerRunner:
                     finally:
                         self._receivers_waiting -= 1
                 now = clock()
-                drained = False
                 for _ in batch:
                     if self.in_flight >= limit:
                         break
@@ -171,7 +169,7 @@ class HandlerRunner:
                         if slot_waiters:
                             # Nothing here: another broker's socket may take the free handler.
                             self._wake_receiver()
-                        drained = True
+                        await pump.readable()
                         break
                     request = read(backend, frames, now, False)
                     if request is None:
@@ -193,12 +191,6 @@ class HandlerRunner:
                         break
                 else:
                     await checkpoint()
-                if not link.unacknowledged and not backend.heard.is_set():
-                    # The broker answered the READY, if with a request rather than a heartbeat
-                    # (the core saw it): the registration need not wait out its interval.
-                    backend.heard.set()
-                if drained:
-                    await pump.readable()
 
     def _read(
         self, backend: Backend, frames: list[bytes], now: float, refusing: bool
@@ -337,9 +329,9 @@ class HandlerRunner:
         self.in_flight -= 1
         if self._slot_waiters:
             self._wake_receiver()
-        if not self.in_flight and self._idle is not None and not self._idle.is_set():
-            self._when_idle()  # in this turn, right after the last reply went
-            self._idle.set()
+        if not self.in_flight and self._when_idle is not None:
+            when_idle, self._when_idle = self._when_idle, None
+            when_idle()  # in this turn, right after the last reply went
 
     async def _answer(self, held: _Held, slot: _Slot) -> list[bytes]:
         """The reply to ``held``: the handler's, or an error, within the client's timeout."""
@@ -546,9 +538,16 @@ class HandlerRunner:
         if not self.in_flight:
             when_idle()
             return
-        self._idle, self._when_idle = anyio.Event(), when_idle
+        idle = anyio.Event()
+
+        def now_idle() -> None:
+            when_idle()
+            idle.set()
+
+        self._when_idle = now_idle
         with anyio.move_on_after(timeout):
-            await self._idle.wait()
+            await idle.wait()
+        self._when_idle = None
 
     def stopped(self, backends: Sequence[Backend]) -> None:
         """The tasks have ended: refuse what is left, and log what the throttles hold back.
@@ -631,7 +630,3 @@ class _Held:
         self.backend = backend
         self.session = session
         self.arrived = arrived
-
-
-def _nothing() -> None:
-    """What :meth:`HandlerRunner.drain` is told to do when idle, until it is called."""
