@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import math
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import anyio
@@ -264,13 +264,7 @@ class TaggedTransport:
                 if not ready:
                     # Read what came here, rather than wait for the receive task to read it
                     # and wake this one: a task switch less per read.
-                    for _ in _READS:
-                        frames = receive()
-                        if frames is None:
-                            break
-                        matched = match(frames)
-                        if matched is not None and not matched[0].done():
-                            matched[0].set_result(matched[1])
+                    _hand_over(receive, match)
                 if ready and unyielded < 512:
                     unyielded += len(ready)
                 else:
@@ -386,14 +380,23 @@ class TaggedTransport:
             await pump.readable()
             if heard is not None:
                 heard(index)
-            for _ in _READS:
-                frames = receive()
-                if frames is None:
-                    break
-                matched = match(frames)
-                if matched is not None:
-                    waiter, reply = matched
-                    if not waiter.done():
-                        waiter.set_result(reply)
-            else:
-                await checkpoint()
+            if _hand_over(receive, match):
+                await checkpoint()  # a whole batch: there may be more, after the others ran
+
+
+def _hand_over(
+    receive: Callable[[], list[bytes] | None],
+    match: Callable[[list[bytes]], tuple[Waiter, Reply] | None],
+) -> bool:
+    """Hand each reply waiting in a socket to its waiter, a batch at most.
+
+    Returns true if a whole batch came (there may be more).
+    """
+    for _ in _READS:
+        frames = receive()
+        if frames is None:
+            return False
+        matched = match(frames)
+        if matched is not None and not matched[0].done():
+            matched[0].set_result(matched[1])
+    return True
