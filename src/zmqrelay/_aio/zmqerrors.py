@@ -4,7 +4,7 @@ A bare ``zmq.ZMQError`` never reaches user code. libzmq refuses a call for one o
 that matter to a caller: the address it was given cannot be bound or connected
 (:class:`~zmqrelay.EndpointError`), or the socket can no longer be used
 (:class:`~zmqrelay.BrokenError`). Socket code raises these through :func:`broken` and
-:func:`endpoint_error`, and code that only needs to know whether a socket is still usable
+:func:`translated`, and code that only needs to know whether a socket is still usable
 catches :data:`UNUSABLE`.
 """
 
@@ -18,7 +18,7 @@ import zmq
 
 from zmqrelay.errors import BrokenError, ClosedError, EndpointError
 
-__all__ = ["UNUSABLE", "broken", "endpoint_error", "translated", "unbroken"]
+__all__ = ["UNUSABLE", "broken", "translated", "unbroken"]
 
 UNUSABLE = (ClosedError, BrokenError)
 """What a call on a socket raises when the socket cannot be used: closed here, or broken."""
@@ -36,13 +36,6 @@ def broken(exc: zmq.ZMQError, socket: str) -> BrokenError:
     return BrokenError(f"{socket} failed: {reason}")
 
 
-def endpoint_error(exc: zmq.ZMQError, action: str, endpoint: str) -> EndpointError:
-    """The :class:`~zmqrelay.EndpointError` for binding or connecting ``endpoint`` failing."""
-    return EndpointError(
-        exc.errno or errno.EINVAL, f"cannot {action} {endpoint!r}: {exc.strerror}"
-    )
-
-
 @contextmanager
 def unbroken(socket: str) -> Iterator[None]:
     """Raise a ``zmq.ZMQError`` from the block as :func:`broken` says."""
@@ -58,4 +51,6 @@ def translated(action: str, endpoint: str) -> Iterator[None]:
     try:
         yield
     except zmq.ZMQError as exc:
-        raise endpoint_error(exc, action, endpoint) from exc
+        raise EndpointError(
+            exc.errno or errno.EINVAL, f"cannot {action} {endpoint!r}: {exc.strerror}"
+        ) from exc
