@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -132,6 +134,16 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def end_process(process: subprocess.Popen[str]) -> None:
+    """Kill ``process`` by PID (woken first, should it be stopped), and wait for it to end."""
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGCONT)
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=20)
+    if process.stderr is not None:
+        process.stderr.close()
 
 
 def broker_process(frontend: str, backend: str) -> subprocess.Popen[str]:

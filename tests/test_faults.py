@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import anyio
 import pytest
 
-from peers import eventually, free_port
+from peers import end_process, eventually, free_port
 from zmqrelay import AsyncClient, RequestRefused, RequestTimeout, ZmqRelayError
 
 pytestmark = pytest.mark.asyncio
@@ -70,12 +70,7 @@ class Processes:
 
     def stop_all(self) -> None:
         for process in self.started:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGCONT)
-                os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=20)
-            if process.stderr is not None:
-                process.stderr.close()
+            end_process(process)
 
 
 @contextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -14,7 +13,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from peers import broker_process, echo_handler, eventually, free_port, raw_socket
+from peers import broker_process, echo_handler, end_process, eventually, free_port, raw_socket
 from zmqrelay import (
     AsyncClient,
     AsyncWorker,
@@ -295,15 +294,6 @@ async def test_majordomo_clients_use_several_brokers_and_fail_over(
 
 
 # -- a broker in a process of its own, stopped (SIGSTOP) and killed ------------------------------
-
-
-def end_process(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGCONT)
-        os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=20)
-    if process.stderr is not None:
-        process.stderr.close()
 
 
 async def until(condition: Callable[[], bool]) -> float:
